@@ -1,0 +1,276 @@
+"""The wire shapes of the snapshot API (version 2023-11-01), as pydantic models.
+
+Every rule of the vendor's StartSnapshot page lives here once: the manifest
+layer reuses these constrained types, the client sends these models, and the
+emulator validates incoming bodies with them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Annotated, Any, Optional
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.alias_generators import to_pascal
+
+API_VERSION = "2023-11-01"
+ACTIONS = ("StartSnapshot", "UpdateSnapshot", "StopSnapshot")
+#: The documented per-action limit.
+DOCUMENTED_QPS = 150
+MAX_STREAMS = 17
+ALREADY_STARTED = "The task has been started. Please do not call the startup task interface repeatedly"
+
+ID_PATTERN = r"^[a-zA-Z0-9_@\-\.]{1,128}$"
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+MaxIdleTime = Annotated[StrictInt, Field(ge=1, le=86400)]
+Dimension = Annotated[StrictInt, Field(ge=0, le=1920)]
+Interval = Annotated[StrictInt, Field(ge=1, le=600)]
+Region = Annotated[StrictInt, Field(ge=0)]
+StreamIndex = Annotated[StrictInt, Field(ge=0)]
+
+DEFAULT_MAX_IDLE_TIME = 180
+DEFAULT_INTERVAL = 2
+
+
+class Format(IntEnum):
+    jpeg = 0
+    png = 1
+
+
+class StreamType(IntEnum):
+    main = 0
+    screen = 1
+
+
+class StorageType(IntEnum):
+    tos = 0
+    vod = 1
+    custom = 2
+    veimagex = 3
+
+
+class Vendor(IntEnum):
+    s3 = 0
+    oss = 1
+    obs = 2
+    cos = 3
+    kodo = 4
+
+
+def _strict_enum(enum: type[IntEnum]):
+    """An enum field that takes the API's integers only (no bools, no strings)."""
+
+    def check(value: int) -> int:
+        if value not in enum._value2member_map_:
+            allowed = ", ".join(f"{m.value} ({m.name})" for m in enum)
+            raise ValueError(f"must be one of {allowed}")
+        return value
+
+    return Annotated[StrictInt, AfterValidator(check)]
+
+
+FormatCode = _strict_enum(Format)
+StreamTypeCode = _strict_enum(StreamType)
+StorageTypeCode = _strict_enum(StorageType)
+VendorCode = _strict_enum(Vendor)
+
+
+class WireModel(BaseModel):
+    """PascalCase on the wire, snake_case in Python; unknown fields ignored as the API does."""
+
+    model_config = ConfigDict(alias_generator=to_pascal, populate_by_name=True, extra="ignore", frozen=True)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready body, with the API's field names and no unset optionals."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Stream(WireModel):
+    index: Optional[StreamIndex] = None
+    user_id: NonEmpty
+    stream_type: StreamTypeCode = 0
+
+
+class TargetStreams(WireModel):
+    stream_list: Optional[list[Stream]] = None
+
+    @model_validator(mode="after")
+    def _limits(self) -> "TargetStreams":
+        streams = self.stream_list or []
+        if len(streams) > MAX_STREAMS:
+            raise ValueError(f"at most {MAX_STREAMS} streams are allowed, got {len(streams)}")
+        seen: set[int] = set()
+        for stream in streams:
+            if stream.index is not None:
+                if stream.index in seen:
+                    raise ValueError(f"Stream.Index {stream.index} is repeated; each Index must be unique")
+                seen.add(stream.index)
+        return self
+
+
+class ImageConfig(WireModel):
+    format: FormatCode = 0
+    width: Dimension = 0
+    height: Dimension = 0
+    interval: Interval = DEFAULT_INTERVAL
+
+
+class TosConfig(WireModel):
+    account_id: NonEmpty
+    region: Region = 0
+    bucket: NonEmpty
+
+
+class VodConfig(WireModel):
+    account_id: NonEmpty
+    region: Region = 0
+    space: NonEmpty
+    storage_class: Annotated[StrictInt, Field(ge=1, le=3)] = 1
+    auto_set_file_extension: StrictBool = False
+
+
+class CustomConfig(WireModel):
+    vendor: VendorCode = 0
+    region: Region = 0
+    bucket: NonEmpty
+    access_key: NonEmpty
+    secret_key: NonEmpty
+
+
+class VeImageXConfig(WireModel):
+    account_id: NonEmpty
+    region: Region = 0
+    service_id: NonEmpty
+
+
+_STORAGE_BLOCK = {0: "tos_config", 2: "custom_config", 3: "ve_image_x_config"}
+
+
+class StorageConfig(WireModel):
+    type: StorageTypeCode = 0
+    tos_config: Optional[TosConfig] = None
+    vod_config: Optional[VodConfig] = None
+    custom_config: Optional[CustomConfig] = None
+    ve_image_x_config: Optional[VeImageXConfig] = None
+
+    @model_validator(mode="after")
+    def _block_for_type(self) -> "StorageConfig":
+        if self.type == StorageType.vod:
+            raise ValueError("Type 1 (VOD) is not supported for snapshots; use 0 (TOS), 2 (S3-compatible) or 3 (veImageX)")
+        block = _STORAGE_BLOCK[self.type]
+        if getattr(self, block) is None:
+            raise ValueError(f"Type {self.type} requires {to_pascal(block)}")
+        return self
+
+    def for_type(self) -> "StorageConfig":
+        """Only the block the type uses: the API ignores the others."""
+        block = _STORAGE_BLOCK[self.type]
+        return StorageConfig(type=self.type, **{block: getattr(self, block)})
+
+
+class TaskKey(WireModel):
+    """What identifies a task: AppId + RoomId + TaskId."""
+
+    app_id: Identifier
+    room_id: Identifier
+    task_id: Identifier
+
+
+class StartSnapshotRequest(WireModel):
+    app_id: Identifier
+    business_id: Optional[Identifier] = None
+    room_id: Identifier
+    task_id: Identifier
+    target_streams: Optional[TargetStreams] = None
+    max_idle_time: MaxIdleTime = DEFAULT_MAX_IDLE_TIME
+    image_config: ImageConfig = ImageConfig()
+    storage_config: StorageConfig
+
+
+class UpdateSnapshotRequest(WireModel):
+    app_id: Identifier
+    business_id: Optional[Identifier] = None
+    room_id: Identifier
+    task_id: Identifier
+    image_config: Optional[ImageConfig] = None
+
+
+class StopSnapshotRequest(WireModel):
+    app_id: Identifier
+    business_id: Optional[Identifier] = None
+    room_id: Identifier
+    task_id: Identifier
+
+
+REQUEST_MODELS: dict[str, type[WireModel]] = {
+    "StartSnapshot": StartSnapshotRequest,
+    "UpdateSnapshot": UpdateSnapshotRequest,
+    "StopSnapshot": StopSnapshotRequest,
+}
+
+
+class ErrorInfo(BaseModel):
+    CodeN: int = 0
+    Code: str
+    Message: str = ""
+
+
+class ResponseMetadata(BaseModel):
+    RequestId: str = ""
+    Action: str = ""
+    Version: str = ""
+    Service: str = ""
+    Region: str = ""
+    Error: Optional[ErrorInfo] = None
+
+
+class Envelope(BaseModel):
+    """The response of every action: metadata, and ``Result`` on success."""
+
+    ResponseMetadata: ResponseMetadata
+    Result: Any = None
+
+
+# The error codes of the gateway (../shared/api/README.md) and of the
+# emulator's business errors. name -> (CodeN, HTTP status)
+ERROR_CODES: dict[str, tuple[int, int]] = {
+    "MissingParameter": (100002, 400),
+    "MissingAuthenticationToken": (100003, 401),
+    "MissingRequestInfo": (100004, 400),
+    "MissingSignature": (100005, 401),
+    "InvalidTimestamp": (100006, 403),
+    "InvalidActionOrVersion": (100008, 404),
+    "InvalidAccessKey": (100009, 401),
+    "SignatureDoesNotMatch": (100010, 401),
+    "AccessDenied": (100013, 403),
+    "InternalError": (100014, 500),
+    "FlowLimitExceeded": (100018, 429),
+    # Business errors. The vendor does not document the "not running" code;
+    # this is the emulator's choice, and the client matches it by name.
+    "InvalidParameter": (10001, 400),
+    "InvalidParameter.TaskNotRunning": (10002, 400),
+}
+TASK_NOT_RUNNING = "InvalidParameter.TaskNotRunning"
+
+
+def describe_validation_error(exc) -> str:
+    """One line per problem of a pydantic ValidationError, located by API field path."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
