@@ -1,0 +1,44 @@
+"""The ``snapctl`` command: a thin shell over the library.
+
+Subcommands are imported only when invoked, so ``snapctl --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+
+# name -> "module:attribute" of a click command, imported on first use.
+COMMANDS: dict[str, str] = {
+    "emulator": "reconciler.emulator.command:emulator",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="snapctl", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Keep Volcengine RTC snapshot tasks exactly as your YAML manifests say."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="snapctl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
