@@ -14,6 +14,15 @@ from . import __version__
 
 # name -> "module:attribute" of a click command, imported on first use.
 COMMANDS: dict[str, str] = {
+    "validate": "reconciler.commands:validate",
+    "plan": "reconciler.commands:plan",
+    "apply": "reconciler.commands:apply",
+    "destroy": "reconciler.commands:destroy",
+    "reconcile": "reconciler.commands:reconcile",
+    "import": "reconciler.commands:import_",
+    "state": "reconciler.commands:state",
+    "force-unlock": "reconciler.commands:force_unlock",
+    "schema": "reconciler.commands:schema",
     "emulator": "reconciler.emulator.command:emulator",
 }
 
@@ -36,8 +45,20 @@ def cli() -> None:
     """Keep Volcengine RTC snapshot tasks exactly as your YAML manifests say."""
 
 
-def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="snapctl")
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI. Exit 0 success, 1 any error (bad flags included), 2 only for
+    ``plan --detailed-exitcode`` with changes, 130 on Ctrl-C."""
+    try:
+        cli.main(args=argv, prog_name="snapctl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 1
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("Interrupted.", err=True)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,151 @@
+"""Apply: carry out a plan's actions against the API and record each completed call.
+
+Actions run concurrently (bounded by ``parallelism``) through one shared
+:class:`~reconciler.client.SnapshotClient`, whose per-action rate limiters keep
+the whole run under the API's limit. Every completed call is recorded in the
+state before the next step of that task, and one task's failure never stops
+the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+from . import api
+from .client import CallResult, Outcome, SnapshotClient
+from .errors import ApiError
+from .plan import ActionKind, Plan
+from .state import StateStore
+
+
+@dataclass
+class ActionResult:
+    """What happened to one task."""
+
+    address: str
+    kind: str  # an ActionKind value, or "reassert" for reconcile's re-start of an unchanged task
+    ok: bool = False
+    calls: list[CallResult] = field(default_factory=list)
+    error: Optional[ApiError] = None
+    #: reconcile: the task was not running and StartSnapshot brought it back.
+    healed: bool = False
+
+    @property
+    def outcome(self) -> str:
+        if not self.ok:
+            return "failed"
+        return self.calls[-1].outcome.value if self.calls else "ok"
+
+
+@dataclass
+class ApplyReport:
+    results: list[ActionResult]
+    elapsed_s: float
+    interrupted: bool = False
+
+    @property
+    def failures(self) -> list[ActionResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def healed(self) -> list[ActionResult]:
+        return [r for r in self.results if r.healed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.interrupted
+
+
+def stop_request(body: Mapping) -> api.StopSnapshotRequest:
+    return api.StopSnapshotRequest(
+        app_id=body["AppId"], business_id=body.get("BusinessId"), room_id=body["RoomId"], task_id=body["TaskId"]
+    )
+
+
+def update_request(request: api.StartSnapshotRequest) -> api.UpdateSnapshotRequest:
+    return api.UpdateSnapshotRequest(
+        app_id=request.app_id,
+        business_id=request.business_id,
+        room_id=request.room_id,
+        task_id=request.task_id,
+        image_config=request.image_config,
+    )
+
+
+class Applier:
+    """Runs actions for one apply; ``requests`` holds the desired requests with their secrets."""
+
+    def __init__(
+        self,
+        client: SnapshotClient,
+        store: StateStore,
+        requests: Mapping[str, api.StartSnapshotRequest],
+        *,
+        parallelism: int = 64,
+        on_result: Callable[[ActionResult], None] | None = None,
+        stop_event=None,  # anything with is_set(): asyncio.Event or threading.Event
+    ):
+        self.client = client
+        self.store = store
+        self.requests = requests
+        self.parallelism = max(1, parallelism)
+        self.on_result = on_result
+        self.stop_event = stop_event
+
+    async def run(self, plan: Plan, reassert: Sequence[str] = ()) -> ApplyReport:
+        """Apply ``plan``; also StartSnapshot each address of ``reassert`` (reconcile)."""
+        began = time.monotonic()
+        jobs: list[tuple[str, str]] = [(a.address, a.kind.value) for a in plan.actions]
+        jobs += [(address, "reassert") for address in reassert]
+        plan_actions = {a.address: a for a in plan.actions}
+        semaphore = asyncio.Semaphore(self.parallelism)
+        results: list[ActionResult] = []
+        skipped = False
+
+        async def run_one(address: str, kind: str) -> None:
+            nonlocal skipped
+            async with semaphore:
+                if self.stop_event is not None and self.stop_event.is_set():
+                    skipped = True
+                    return
+                result = ActionResult(address=address, kind=kind)
+                try:
+                    await self._perform(result, plan_actions.get(address))
+                    result.ok = True
+                except ApiError as exc:
+                    result.error = exc
+                results.append(result)
+                if self.on_result is not None:
+                    self.on_result(result)
+
+        await asyncio.gather(*(run_one(address, kind) for address, kind in jobs))
+        results.sort(key=lambda r: r.address)
+        return ApplyReport(results=results, elapsed_s=time.monotonic() - began, interrupted=skipped)
+
+    async def _perform(self, result: ActionResult, action) -> None:
+        address, kind = result.address, result.kind
+        if kind == ActionKind.delete.value:
+            result.calls.append(await self.client.stop(stop_request(action.current)))
+            self.store.record_delete(address)
+            return
+        request = self.requests[address]
+        if kind == ActionKind.replace.value:
+            result.calls.append(await self.client.stop(stop_request(action.current)))
+            self.store.record_delete(address)
+        elif kind == ActionKind.update.value:
+            call = await self.client.update(update_request(request))
+            result.calls.append(call)
+            if call.outcome is not Outcome.not_running:
+                self.store.record_put(address, request.wire(), call.request_id)
+                return
+            # The task idled out: bring it back with the whole desired request.
+        call = await self.client.start(request)
+        result.calls.append(call)
+        if kind == "reassert":
+            if call.outcome is Outcome.already_started:
+                return  # running as recorded: nothing new to remember
+            result.healed = True
+        self.store.record_put(address, request.wire(), call.request_id)

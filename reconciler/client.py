@@ -1,0 +1,247 @@
+"""A typed, rate-limited, retrying client for the three snapshot actions.
+
+One :class:`SnapshotClient` is shared by every concurrent call of a run: it
+owns the keep-alive connection pool and one rate limiter per action, so the
+documented per-action limit holds across all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+import orjson
+
+from . import api
+from .errors import (
+    ApiError,
+    AuthError,
+    InvalidParameterError,
+    RetryableError,
+    ServerError,
+    TaskNotRunningError,
+    ThrottledError,
+    TransportError,
+)
+from .ratelimit import RateLimiter
+from .signing import SigningKey, sign_request
+
+AUTH_CODES = frozenset(
+    {
+        "MissingAuthenticationToken",
+        "MissingRequestInfo",
+        "MissingSignature",
+        "InvalidTimestamp",
+        "InvalidAccessKey",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+    }
+)
+
+
+class Outcome(str, enum.Enum):
+    """What a successful call did."""
+
+    started = "started"
+    already_started = "already_started"
+    updated = "updated"
+    stopped = "stopped"
+    not_running = "not_running"
+
+
+@dataclass(frozen=True)
+class CallResult:
+    action: str
+    outcome: Outcome
+    request_id: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded by attempts and total time."""
+
+    max_attempts: int = 8
+    base_s: float = 0.1
+    cap_s: float = 5.0
+    total_s: float = 120.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.cap_s, self.base_s * (2 ** (attempt - 1))))
+
+
+@dataclass
+class ClientStats:
+    """Counters of what the client sent and what came back (for summaries and metrics)."""
+
+    requests: collections.Counter = field(default_factory=collections.Counter)  # (action, outcome or code)
+    throttled: int = 0
+    retries: int = 0
+
+    def record(self, action: str, result: str) -> None:
+        self.requests[(action, result)] += 1
+
+
+class SnapshotClient:
+    """Async client; use as ``async with SnapshotClient(...) as client``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        key: SigningKey,
+        *,
+        region: str = "cn-north-1",
+        qps: float = api.DOCUMENTED_QPS,
+        timeout_s: float = 10.0,
+        max_connections: int = 100,
+        retry: RetryPolicy = RetryPolicy(),
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
+        self.endpoint = endpoint.rstrip("/")
+        self.region = region
+        self.retry = retry
+        self.stats = ClientStats()
+        self._key = key
+        self._rng = rng or random.Random()
+        self._on_event = on_event
+        self._limiters = {action: RateLimiter(qps) for action in api.ACTIONS}
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(
+            base_url=self.endpoint,
+            timeout=httpx.Timeout(timeout_s),
+            limits=limits,
+            transport=transport,
+            verify=True,
+            headers={"User-Agent": "snapctl"},
+        )
+        url = httpx.URL(self.endpoint)
+        self._host = url.netloc.decode("ascii")
+        self._path = url.path or "/"
+
+    async def __aenter__(self) -> "SnapshotClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # The three actions -------------------------------------------------
+
+    async def start(self, request: api.StartSnapshotRequest) -> CallResult:
+        """StartSnapshot; ``already_started`` when the task was running (its config unchanged)."""
+        result, request_id, attempts = await self._call("StartSnapshot", request.wire())
+        outcome = Outcome.already_started if result == api.ALREADY_STARTED else Outcome.started
+        return CallResult("StartSnapshot", outcome, request_id, attempts)
+
+    async def update(self, request: api.UpdateSnapshotRequest) -> CallResult:
+        """UpdateSnapshot (only Interval takes effect); ``not_running`` when there is no such task."""
+        return await self._call_tolerating_not_running("UpdateSnapshot", request.wire(), Outcome.updated)
+
+    async def stop(self, request: api.StopSnapshotRequest) -> CallResult:
+        """StopSnapshot; ``not_running`` when there was nothing to stop."""
+        return await self._call_tolerating_not_running("StopSnapshot", request.wire(), Outcome.stopped)
+
+    async def _call_tolerating_not_running(self, action: str, body: dict, success: Outcome) -> CallResult:
+        try:
+            _, request_id, attempts = await self._call(action, body)
+            return CallResult(action, success, request_id, attempts)
+        except TaskNotRunningError as exc:
+            return CallResult(action, Outcome.not_running, exc.request_id, getattr(exc, "attempts", 1))
+
+    # Transport, retries, errors -----------------------------------------
+
+    async def _call(self, action: str, body: dict) -> tuple[Any, str, int]:
+        payload = orjson.dumps(body)
+        deadline = time.monotonic() + self.retry.total_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result, request_id = await self._send_once(action, payload)
+                self.stats.record(action, "ok" if result != api.ALREADY_STARTED else "already_started")
+                return result, request_id, attempt
+            except ApiError as exc:
+                exc.action = action
+                exc.attempts = attempt  # type: ignore[attr-defined]
+                self.stats.record(action, exc.code or type(exc).__name__)
+                if isinstance(exc, ThrottledError):
+                    self.stats.throttled += 1
+                if not exc.retryable or attempt >= self.retry.max_attempts:
+                    raise
+                delay = self.retry.delay(attempt, self._rng)
+                if time.monotonic() + delay > deadline:
+                    raise
+                self.stats.retries += 1
+                self._emit("retry", action=action, attempt=attempt, error=str(exc), delay_s=round(delay, 3))
+                await asyncio.sleep(delay)
+
+    async def _send_once(self, action: str, payload: bytes) -> tuple[Any, str]:
+        await self._limiters[action].acquire()
+        query = {"Action": action, "Version": api.API_VERSION}
+        headers = sign_request(
+            key=self._key,
+            method="POST",
+            host=self._host,
+            path=self._path,
+            query=query,
+            content_type="application/json",
+            body=payload,
+            region=self.region,
+        )
+        headers["Content-Type"] = "application/json"
+        try:
+            response = await self._http.post(self._path, params=query, content=payload, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise TransportError(f"connection failed ({type(exc).__name__}: {exc})") from None
+        return self._interpret(response)
+
+    def _interpret(self, response: httpx.Response) -> tuple[Any, str]:
+        status = response.status_code
+        try:
+            envelope = api.Envelope.model_validate_json(response.content)
+        except ValueError:
+            message = f"HTTP {status} with a body that is not the API's envelope"
+            if status == 429:
+                raise ThrottledError(message, status=status) from None
+            if status >= 500:
+                raise ServerError(message, status=status) from None
+            raise ApiError(message, status=status) from None
+        meta = envelope.ResponseMetadata
+        error = meta.Error
+        if error is None and status == 200:
+            return envelope.Result, meta.RequestId
+        code = error.Code if error else f"HTTP{status}"
+        kwargs = dict(
+            code=code,
+            code_n=error.CodeN if error else 0,
+            request_id=meta.RequestId,
+            status=status,
+        )
+        message = error.Message if error else f"HTTP {status}"
+        if code == "FlowLimitExceeded" or status == 429:
+            raise ThrottledError(message, **kwargs)
+        if status >= 500 or code == "InternalError":
+            raise ServerError(message, **kwargs)
+        if code == api.TASK_NOT_RUNNING:
+            raise TaskNotRunningError(message, **kwargs)
+        if code in AUTH_CODES:
+            raise AuthError(message, **kwargs)
+        if code.startswith("InvalidParameter"):
+            raise InvalidParameterError(message, **kwargs)
+        raise ApiError(message, **kwargs)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(event, fields)

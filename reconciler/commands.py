@@ -1,0 +1,577 @@
+"""The subcommands of ``snapctl``. Each parses flags, calls the library, prints."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import orjson
+
+from . import api
+from .errors import SnapctlError, UsageError
+from .render import Style
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+# Output helpers ------------------------------------------------------------
+
+
+def colour_enabled(stream, no_color: bool) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR, --no-color or TERM=dumb."""
+    if no_color or os.environ.get("NO_COLOR", "") != "" or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def out(text: str) -> None:
+    click.echo(text, nl=False)
+
+
+def err(text: str) -> None:
+    click.echo(text, err=True, nl=False)
+
+
+def print_json(document: Any) -> None:
+    click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+
+
+def print_warnings(manifests, style: Style) -> None:
+    for warning in manifests.warnings:
+        err(style(f"{warning}\n", "yellow"))
+
+
+# Shared options -------------------------------------------------------------
+
+
+def paths_argument(f):
+    return click.argument("paths", nargs=-1, type=click.Path(path_type=Path))(f)
+
+
+def state_option(f):
+    return click.option(
+        "--state", "state_path", type=click.Path(path_type=Path), default=Path("state/snapctl.state.json"),
+        show_default=True, envvar="SNAPCTL_STATE", help="State file (env SNAPCTL_STATE).",
+    )(f)
+
+
+def output_options(f):
+    f = click.option("--no-color", is_flag=True, help="No ANSI colour (also NO_COLOR=1).")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout (see docs/json-output.md).")(f)
+    return f
+
+
+def api_options(f):
+    f = click.option("--endpoint", envvar="SNAPCTL_ENDPOINT", help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).")(f)
+    f = click.option("--qps", type=click.FloatRange(min=0), default=float(api.DOCUMENTED_QPS), show_default=True, help="Requests per second per action (0: no limit).")(f)
+    f = click.option("--parallelism", type=click.IntRange(min=1), default=64, show_default=True, help="Tasks in flight at once.")(f)
+    f = click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds to wait for one answer.")(f)
+    f = click.option("--lock-timeout", "lock_timeout_s", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Seconds to wait for the state lock.")(f)
+    return f
+
+
+def scope_options(f):
+    f = click.option("--target", "targets", multiple=True, metavar="ADDR", help="Limit to APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.")(f)
+    f = click.option("--replace", "replace", multiple=True, metavar="ADDR", help="Force the replacement of APP/ROOM/TASK. Repeatable.")(f)
+    return f
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Every failure is one clear message on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except SnapctlError as exc:
+            style = Style(colour_enabled(sys.stderr, kwargs.get("no_color", False)))
+            from .manifest import ManifestError
+
+            if isinstance(exc, ManifestError):
+                for diagnostic in exc.diagnostics:
+                    err(style(f"{diagnostic}\n", "red" if diagnostic.severity == "error" else "yellow"))
+                errors = sum(d.severity == "error" for d in exc.diagnostics)
+                err(style(f"Error: {errors} problem(s) in the manifests; nothing was sent and nothing written.\n", "red", "bold"))
+            else:
+                err(style(f"Error: {exc}\n", "red", "bold"))
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+def _settings(endpoint, qps, parallelism, timeout_s):
+    from .engine import Settings
+
+    return Settings(endpoint=endpoint, qps=qps, parallelism=parallelism, timeout_s=timeout_s)
+
+
+def _load(paths) -> Any:
+    from .manifest import load_manifests
+
+    return load_manifests(list(paths) or ["manifests"])
+
+
+# validate --------------------------------------------------------------------
+
+
+@click.command()
+@paths_argument
+@output_options
+@handle_errors
+def validate(paths, as_json, no_color):
+    """Check manifests offline: syntax, every API rule, duplicates, environment variables.
+
+    PATHS are files or directories of *.yaml / *.yml (default: manifests/).
+    """
+    style = Style(colour_enabled(sys.stdout, no_color))
+    manifests = _load(paths)
+    if as_json:
+        print_json({"format_version": 1, "type": "validate", "valid": True, "tasks": len(manifests.tasks),
+                    "files": manifests.files, "warnings": [str(w) for w in manifests.warnings]})
+        return
+    print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
+    out(style(f"Success! {len(manifests.tasks)} task(s) in {len(manifests.files)} file(s) are valid.\n", "green"))
+
+
+# plan ------------------------------------------------------------------------
+
+
+@click.command()
+@paths_argument
+@state_option
+@scope_options
+@output_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True, help="Output format (--json is --format json).")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), help="Save the plan for a later `snapctl apply FILE`.")
+@click.option("--destroy", is_flag=True, help="Plan the destruction of every task in the state.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 1 on error, 2 with changes.")
+@handle_errors
+def plan(paths, state_path, targets, replace, as_json, no_color, fmt, out_file, destroy, detailed_exitcode):
+    """Show what apply would change. Reads manifests and the state; sends nothing."""
+    from . import engine, render
+
+    manifests = _load(paths) if not destroy or paths else None
+    state = engine.read_state(state_path)
+    from .manifest import ManifestSet
+
+    manifests = manifests or ManifestSet(tasks={}, warnings=[], files=[])
+    the_plan = engine.plan(manifests, state, targets=targets, replace=replace, destroy=destroy,
+                           manifest_paths=[str(p) for p in (paths or [Path("manifests")])])
+    if out_file:
+        engine.save_plan(the_plan, out_file)
+    fmt = "json" if as_json else fmt
+    if fmt == "json":
+        print_json(render.plan_document(the_plan))
+    elif fmt == "markdown":
+        out(render.plan_markdown(the_plan))
+    else:
+        print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
+        out(render.plan_text(the_plan, Style(colour_enabled(sys.stdout, no_color))))
+        if out_file:
+            out(f"\nSaved the plan to {out_file}. Apply exactly this plan with: snapctl apply {out_file}\n")
+    if detailed_exitcode and the_plan.has_changes:
+        sys.exit(EXIT_CHANGES)
+
+
+# apply / destroy -----------------------------------------------------------------
+
+
+def _confirm(the_plan, auto_approve: bool, verb: str) -> None:
+    if auto_approve or not the_plan.has_changes:
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(f"{verb} needs confirmation but there is no terminal to ask on; pass --auto-approve, or apply a saved plan file")
+    out(f"\nDo you want to perform these actions? Only 'yes' will be accepted.\n")
+    answer = click.prompt("  Enter a value", default="", show_default=False)
+    if answer.strip() != "yes":
+        raise UsageError(f"{verb} cancelled")
+
+
+class Progress:
+    """A live bar (done/total, rate, ETA) on a terminal, else one line per finished task."""
+
+    def __init__(self, total: int, style: Style, *, quiet: bool, stream=None):
+        self.total = total
+        self.style = style
+        self.stream = stream or sys.stderr
+        self._bar = None
+        self._quiet = quiet
+        if not quiet and total and self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+            console = Console(file=self.stream, no_color=not style.colour)
+            self._bar = Bar(TextColumn("applying"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True)
+            self._task = self._bar.add_task("apply", total=total, rate="")
+            self._bar.start()
+            import time
+            self._t0 = time.monotonic()
+
+    def __call__(self, result) -> None:
+        from .render import result_line
+
+        if self._bar is not None:
+            import time
+            done = self._bar.tasks[0].completed + 1
+            rate = done / max(time.monotonic() - self._t0, 1e-6)
+            self._bar.update(self._task, advance=1, rate=f"{rate:.0f} tasks/s")
+            if not result.ok:
+                self._bar.console.print(result_line(result, self.style), markup=False, highlight=False)
+        elif not self._quiet:
+            click.echo(result_line(result, self.style), file=self.stream)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _execute(the_plan, manifests, store, settings, *, as_json: bool, no_color: bool, command: str, reassert=()):
+    from . import engine, render
+
+    style = Style(colour_enabled(sys.stdout, no_color))
+    progress = Progress(len(the_plan.actions) + len(reassert), Style(colour_enabled(sys.stderr, no_color)),
+                        quiet=False, stream=sys.stderr if as_json else sys.stdout)
+    from .controller import graceful_stop
+
+    try:
+        with graceful_stop() as stop:
+            report = engine.run_apply(the_plan, manifests, store, settings.client(), parallelism=settings.parallelism,
+                                      reassert=reassert, on_result=progress, stop_event=stop)
+    finally:
+        progress.close()
+    if as_json:
+        print_json(render.apply_document(report, the_plan, command=command.lower()))
+    else:
+        out("\n" + render.apply_summary(report, the_plan, style, command=command))
+    if not report.ok:
+        sys.exit(EXIT_ERROR)
+    return report
+
+
+def _looks_like_plan_file(paths) -> bool:
+    return len(paths) == 1 and paths[0].is_file() and paths[0].suffix not in (".yaml", ".yml")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@state_option
+@scope_options
+@api_options
+@output_options
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def apply(paths, state_path, targets, replace, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color, auto_approve):
+    """Make the API match the manifests, then record it in the state.
+
+    PATHS are manifest files or directories (default: manifests/), or one plan
+    file saved by `snapctl plan --out FILE`, which is applied exactly as saved
+    (and refused if the state or the manifests moved on since).
+    """
+    from . import engine, render
+    from .state import StateStore
+
+    settings = _settings(endpoint, qps, parallelism, timeout_s)
+    if _looks_like_plan_file(paths):
+        if targets or replace:
+            raise UsageError("--target and --replace belong to `snapctl plan` when applying a saved plan")
+        saved = engine.load_plan(paths[0])
+        manifests = _load([Path(p) for p in saved.manifest_paths]) if not saved.destroy else _empty()
+        with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
+            engine.verify_saved_plan(saved, store, manifests)
+            if not saved.has_changes:
+                return out("No changes. Nothing to apply.\n") if not as_json else print_json(render.apply_document(_no_report(), saved))
+            _execute(saved, manifests, store, settings, as_json=as_json, no_color=no_color, command="Apply")
+        return
+    manifests = _load(paths)
+    print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
+    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
+        the_plan = engine.plan(manifests, store.state, targets=targets, replace=replace)
+        _run_planned(the_plan, manifests, store, settings, as_json=as_json, no_color=no_color, auto_approve=auto_approve, verb="Apply")
+
+
+def _empty():
+    from .manifest import ManifestSet
+
+    return ManifestSet(tasks={}, warnings=[], files=[])
+
+
+def _no_report():
+    from .apply import ApplyReport
+
+    return ApplyReport(results=[], elapsed_s=0.0)
+
+
+def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, auto_approve, verb):
+    from . import render
+
+    if not as_json:
+        out(render.plan_text(the_plan, Style(colour_enabled(sys.stdout, no_color))))
+    if not the_plan.has_changes:
+        if as_json:
+            print_json(render.apply_document(_no_report(), the_plan, command=verb.lower()))
+        return
+    _confirm(the_plan, auto_approve, verb)
+    _execute(the_plan, manifests, store, settings, as_json=as_json, no_color=no_color, command=verb)
+
+
+@click.command()
+@state_option
+@click.option("--target", "targets", multiple=True, metavar="ADDR", help="Destroy only APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.")
+@api_options
+@output_options
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def destroy(state_path, targets, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color, auto_approve):
+    """Stop every task in the state (StopSnapshot) and forget it."""
+    from . import engine
+    from .state import StateStore
+
+    settings = _settings(endpoint, qps, parallelism, timeout_s)
+    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl destroy") as store:
+        the_plan = engine.plan(_empty(), store.state, targets=targets, destroy=True)
+        _run_planned(the_plan, _empty(), store, settings, as_json=as_json, no_color=no_color, auto_approve=auto_approve, verb="Destroy")
+
+
+# schema ------------------------------------------------------------------------
+
+
+@click.command()
+def schema():
+    """Print the JSON Schema of the manifest format (for editors)."""
+    from .manifest import manifest_json_schema
+
+    print_json(manifest_json_schema())
+
+
+# reconcile -------------------------------------------------------------------------
+
+
+@click.command()
+@paths_argument
+@state_option
+@api_options
+@output_options
+@click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until SIGTERM/SIGINT.")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Seconds between rounds with --watch.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="With --watch: serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+@handle_errors
+def reconcile(paths, state_path, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color,
+              watch, interval_s, metrics_port, metrics_host):
+    """Re-assert every declared task and apply pending changes, without asking.
+
+    Each declared task is started again (StartSnapshot): a task that idled out
+    comes back ("healed"), a running one answers "already started". Changes in
+    the manifests are applied as `apply` would. With --watch this runs as a
+    controller; a failed round is reported and the loop goes on.
+    """
+    from . import controller, render
+
+    settings = _settings(endpoint, qps, parallelism, timeout_s)
+    paths = list(paths) or [Path("manifests")]
+    style = Style(colour_enabled(sys.stdout, no_color))
+    stream = sys.stderr if as_json else sys.stdout
+
+    def on_result(result):
+        if not result.ok or result.healed or result.kind != "reassert":
+            click.echo(render.result_line(result, style), file=stream)
+
+    def report_round(round_):
+        if as_json:
+            document = {"format_version": 1, "type": "reconcile", "ok": round_.ok,
+                        "error": str(round_.error) if round_.error else None,
+                        "declared": round_.declared, "duration_s": round(round_.duration_s, 3)}
+            if round_.report is not None:
+                document |= {"result": render.apply_document(round_.report, round_.plan, command="reconcile")}
+            click.echo(orjson.dumps(document).decode())
+            return
+        if round_.error is not None:
+            if hasattr(round_.error, "diagnostics"):
+                for diagnostic in round_.error.diagnostics:
+                    err(f"{diagnostic}\n")
+            err(style(f"Error: reconcile round failed: {round_.error}\n", "red"))
+            return
+        report = round_.report
+        healed = len(report.healed)
+        changed = round_.plan.summary.total
+        failed = len(report.failures)
+        line = (f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {changed} change(s) applied, "
+                f"{healed} healed, {failed} failed.")
+        out(style(line + "\n", "red" if failed else "green"))
+        if healed:
+            out("Healed: " + ", ".join(r.address for r in report.healed) + "\n")
+
+    if not watch:
+        round_ = controller.reconcile_once(paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result)
+        if round_.error is not None and not as_json:
+            raise round_.error
+        report_round(round_)
+        if not round_.ok:
+            sys.exit(EXIT_ERROR)
+        return
+    metrics = controller.Metrics(metrics_port, metrics_host) if metrics_port is not None else None
+    if metrics is not None:
+        err(f"Serving metrics on http://{metrics_host}:{metrics.server.server_port}/metrics\n")
+    with controller.graceful_stop() as stop:
+        try:
+            rounds = controller.watch(paths, state_path, settings, interval_s=interval_s, stop=stop,
+                                      lock_timeout_s=lock_timeout_s, metrics=metrics, on_round=report_round,
+                                      on_result=on_result)
+        finally:
+            if metrics is not None:
+                metrics.close()
+    err(f"Stopped after {rounds} round(s); the state is written.\n")
+
+
+# import ------------------------------------------------------------------------------
+
+
+@click.command(name="import")
+@click.argument("address")
+@paths_argument
+@state_option
+@api_options
+@output_options
+@handle_errors
+def import_(address, paths, state_path, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color):
+    """Adopt a running task APP/ROOM/TASK into the state.
+
+    The task must be declared in the manifests. StartSnapshot answered "already
+    started" proves it runs; it is recorded with its declared configuration.
+    """
+    import asyncio
+
+    from .client import Outcome
+    from .state import StateStore
+
+    manifests = _load(paths)
+    task = manifests.tasks.get(address)
+    if task is None:
+        raise UsageError(f"{address} is not declared in the manifests; declare it first, then import it")
+    settings = _settings(endpoint, qps, parallelism, timeout_s)
+    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl import") as store:
+        if address in store.state.tasks:
+            raise UsageError(f"{address} is already in the state; nothing to import")
+        client = settings.client()
+
+        async def start():
+            async with client:
+                return await client.start(task.request)
+
+        call = asyncio.run(start())
+        store.record_put(address, task.request.wire(), call.request_id)
+    adopted = call.outcome is Outcome.already_started
+    if as_json:
+        print_json({"format_version": 1, "type": "import", "address": address, "outcome": call.outcome.value,
+                    "adopted": adopted, "request_id": call.request_id})
+        return
+    if adopted:
+        out(f"Imported {address}: it was running (StartSnapshot: already started). Recorded with its declared configuration.\n")
+    else:
+        out(f"{address} was not running: StartSnapshot started it with its declared configuration, and it is now in the state.\n")
+
+
+# state ---------------------------------------------------------------------------------
+
+
+@click.group()
+def state():
+    """Inspect or edit the state: list, show, rm."""
+
+
+@state.command(name="list")
+@state_option
+@output_options
+@handle_errors
+def state_list(state_path, as_json, no_color):
+    """List the task addresses in the state."""
+    from .state import read_state
+
+    current = read_state(state_path)
+    if as_json:
+        print_json({"format_version": 1, "type": "state", "lineage": current.lineage, "serial": current.serial,
+                    "tasks": sorted(current.tasks)})
+        return
+    for address in sorted(current.tasks):
+        out(address + "\n")
+
+
+@state.command(name="show")
+@click.argument("address")
+@state_option
+@output_options
+@handle_errors
+def state_show(address, state_path, as_json, no_color):
+    """Show what the state holds for APP/ROOM/TASK (secrets only as fingerprints)."""
+    from .plan import mask_secrets
+    from .render import flatten
+    from .state import read_state
+
+    entry = read_state(state_path).tasks.get(address)
+    if entry is None:
+        raise UsageError(f"{address} is not in the state (see snapctl state list)")
+    if as_json:
+        print_json({"format_version": 1, "address": address, "request": mask_secrets(entry["request"]),
+                    "request_id": entry.get("request_id"), "applied_at": entry.get("applied_at")})
+        return
+    out(f"# {address}\n")
+    for path, value in flatten(entry["request"]):
+        out(f"{path} = {orjson.dumps(value).decode()}\n")
+    out(f"# applied at {entry.get('applied_at')} (RequestId {entry.get('request_id') or '-'})\n")
+
+
+@state.command(name="rm")
+@click.argument("addresses", nargs=-1, required=True)
+@state_option
+@click.option("--lock-timeout", "lock_timeout_s", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Seconds to wait for the state lock.")
+@handle_errors
+def state_rm(addresses, state_path, lock_timeout_s):
+    """Forget tasks without stopping them (they keep running, unmanaged)."""
+    import copy
+
+    from .state import StateStore
+
+    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl state rm") as store:
+        missing = [a for a in addresses if a not in store.state.tasks]
+        if missing:
+            raise UsageError(f"not in the state: {', '.join(missing)}")
+        updated = copy.copy(store.state)
+        updated.tasks = {a: e for a, e in store.state.tasks.items() if a not in addresses}
+        store.replace_state(updated)
+    out(f"Removed {len(addresses)} task(s) from the state; they were not stopped.\n")
+
+
+# force-unlock ------------------------------------------------------------------------------
+
+
+@click.command(name="force-unlock")
+@state_option
+@handle_errors
+def force_unlock(state_path):
+    """Clear a state lock left behind.
+
+    The lock is an operating-system lock that the kernel releases when its
+    holder exits, so a killed run never leaves one behind. A lock that is
+    still held belongs to a live process: this command names it and refuses,
+    rather than letting two writers corrupt the state.
+    """
+    import socket
+
+    from .state import lock_is_held, lock_path, read_lock_holder
+
+    holder = read_lock_holder(state_path)
+    if lock_is_held(state_path):
+        who = holder.describe() if holder else "another process"
+        hint = f"; stop it (kill {holder.pid}) or wait" if holder and holder.host == socket.gethostname() else ""
+        raise UsageError(f"state {state_path} is locked by a live process: {who}{hint}")
+    path = lock_path(state_path)
+    if path.exists():
+        path.unlink()
+        out(f"The state is not locked; removed the stale lock record {path}" + (f" of {holder.describe()}" if holder else "") + ".\n")
+    else:
+        out("The state is not locked.\n")

@@ -1,0 +1,152 @@
+"""Reconcile: re-assert every declared task and apply pending changes, once or
+as a long-running GitOps controller with Prometheus metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from . import engine
+from .apply import ActionResult, ApplyReport
+from .errors import SnapctlError
+from .plan import Plan
+from .state import StateStore
+
+
+@dataclass
+class Round:
+    """The outcome of one reconcile round."""
+
+    plan: Plan | None
+    report: ApplyReport | None
+    error: SnapctlError | None
+    declared: int
+    started_at: float
+    duration_s: float
+    api_requests: dict[tuple[str, str], int]
+    throttled: int
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.report is not None and self.report.ok
+
+
+class Metrics:
+    """Prometheus metrics of the controller, served on ``port`` by prometheus_client."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1"):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+        self.registry = CollectorRegistry()
+        self.declared = Gauge("snapctl_tasks_declared", "Tasks declared in the manifests", registry=self.registry)
+        self.converged = Gauge("snapctl_tasks_converged", "Declared tasks running as declared after the last round", registry=self.registry)
+        self.failed = Gauge("snapctl_tasks_failed", "Tasks whose last action failed", registry=self.registry)
+        self.healed = Counter("snapctl_tasks_healed", "Tasks found not running and started again", registry=self.registry)
+        self.requests = Counter("snapctl_api_requests", "API requests by action and outcome", ["action", "outcome"], registry=self.registry)
+        self.throttled = Counter("snapctl_api_throttled", "API answers FlowLimitExceeded", registry=self.registry)
+        self.rounds = Counter("snapctl_rounds", "Reconcile rounds by result", ["result"], registry=self.registry)
+        self.last_round = Gauge("snapctl_last_round_timestamp_seconds", "When the last round started", registry=self.registry)
+        self.last_duration = Gauge("snapctl_last_round_duration_seconds", "How long the last round took", registry=self.registry)
+        self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+
+    def observe(self, round_: Round) -> None:
+        self.declared.set(round_.declared)
+        failed = len(round_.report.failures) if round_.report else 0
+        self.failed.set(failed)
+        self.converged.set(round_.declared - failed if round_.error is None else 0)
+        if round_.report:
+            self.healed.inc(len(round_.report.healed))
+        for (action, outcome), count in round_.api_requests.items():
+            self.requests.labels(action, outcome).inc(count)
+        self.throttled.inc(round_.throttled)
+        self.rounds.labels("ok" if round_.ok else "failed").inc()
+        self.last_round.set(round_.started_at)
+        self.last_duration.set(round_.duration_s)
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def reconcile_once(
+    paths: Sequence[Path],
+    state_path: Path,
+    settings: engine.Settings,
+    *,
+    lock_timeout_s: float = 0.0,
+    on_result: Callable[[ActionResult], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> Round:
+    """One round: load, plan, apply changes and StartSnapshot every unchanged task."""
+    started, t0 = time.time(), time.monotonic()
+    client = None
+    try:
+        manifests = engine.load_manifests(list(paths))
+        with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl reconcile") as store:
+            client = settings.client()
+            plan = engine.plan(manifests, store.state)
+            reassert = engine.unchanged_addresses(plan, manifests, store.state)
+            report = engine.run_apply(
+                plan, manifests, store, client, parallelism=settings.parallelism, reassert=reassert,
+                on_result=on_result, stop_event=stop_event,
+            )
+        error, declared = None, len(manifests.tasks)
+    except SnapctlError as exc:
+        plan, report, error, declared = None, None, exc, 0
+    requests = dict(client.stats.requests) if client else {}
+    throttled = client.stats.throttled if client else 0
+    return Round(plan, report, error, declared, started, time.monotonic() - t0, requests, throttled)
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[threading.Event]:
+    """SIGTERM/SIGINT set the event (in-flight calls finish, the state is written);
+    a second signal interrupts at once."""
+    stop = threading.Event()
+    previous = {}
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def watch(
+    paths: Sequence[Path],
+    state_path: Path,
+    settings: engine.Settings,
+    *,
+    interval_s: float,
+    stop: threading.Event,
+    lock_timeout_s: float = 0.0,
+    metrics: Metrics | None = None,
+    on_round: Callable[[Round], None] | None = None,
+    on_result: Callable[[ActionResult], None] | None = None,
+    max_rounds: int | None = None,
+) -> int:
+    """Reconcile every ``interval_s`` until ``stop`` is set; a failed round never ends the loop.
+    Returns the number of rounds run."""
+    rounds = 0
+    while not stop.is_set():
+        round_ = reconcile_once(paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result, stop_event=stop)
+        rounds += 1
+        if metrics is not None:
+            metrics.observe(round_)
+        if on_round is not None:
+            on_round(round_)
+        if max_rounds is not None and rounds >= max_rounds:
+            break
+        stop.wait(interval_s)
+    return rounds

@@ -1,0 +1,145 @@
+"""The library's front door: load → plan → apply → record, as the CLI uses it.
+
+Every function here works without the CLI; tests and other programs call them
+directly with their own client and paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from . import api
+from .apply import ActionResult, Applier, ApplyReport
+from .client import RetryPolicy, SnapshotClient
+from .credentials import load_credentials, resolve_endpoint, resolve_region
+from .errors import UsageError
+from .manifest import ManifestSet, load_manifests
+from .plan import ActionKind, Plan, check_plan_current, make_plan
+from .signing import SigningKey
+from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, read_state
+
+
+@dataclass
+class Settings:
+    """How to reach the API and how hard to push it."""
+
+    endpoint: str | None = None
+    qps: float = api.DOCUMENTED_QPS
+    parallelism: int = 64
+    timeout_s: float = 10.0
+    max_attempts: int = 8
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def client(self, key: SigningKey | None = None, **kwargs) -> SnapshotClient:
+        return SnapshotClient(
+            resolve_endpoint(self.endpoint, self.environ),
+            key or load_credentials(self.environ),
+            region=resolve_region(self.environ),
+            qps=self.qps,
+            timeout_s=self.timeout_s,
+            max_connections=max(self.parallelism, 10),
+            retry=RetryPolicy(max_attempts=self.max_attempts),
+            **kwargs,
+        )
+
+
+def desired_bodies(manifests: ManifestSet) -> dict[str, dict]:
+    return {address: task.request.wire() for address, task in manifests.tasks.items()}
+
+
+def requests_of(manifests: ManifestSet) -> dict[str, api.StartSnapshotRequest]:
+    return {address: task.request for address, task in manifests.tasks.items()}
+
+
+def plan(
+    manifests: ManifestSet,
+    state: State,
+    *,
+    targets: Sequence[str] = (),
+    replace: Sequence[str] = (),
+    destroy: bool = False,
+    manifest_paths: Sequence[str] = (),
+) -> Plan:
+    """The plan that would make ``state`` match ``manifests``."""
+    return make_plan(
+        desired_bodies(manifests), state, targets=targets, replace=replace, destroy=destroy, manifest_paths=manifest_paths
+    )
+
+
+def save_plan(plan_: Plan, path: Path) -> None:
+    """Write a plan for a later ``apply FILE`` (it holds fingerprints, never secrets)."""
+    atomic_write(Path(path), plan_.model_dump_json(indent=2).encode() + b"\n")
+
+
+def load_plan(path: Path) -> Plan:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the plan file ({exc.strerror})") from None
+    try:
+        return Plan.model_validate_json(raw)
+    except ValueError:
+        raise UsageError(f"{path}: not a snapctl plan file (save one with snapctl plan --out FILE)") from None
+
+
+def verify_saved_plan(saved: Plan, store: StateStore, manifests: ManifestSet) -> None:
+    """A saved plan applies only to the state it was made against, with the manifests it was made from."""
+    check_plan_current(saved, store.state, str(store.path))
+    for action in saved.actions:
+        if action.kind is ActionKind.delete:
+            continue
+        task = manifests.tasks.get(action.address)
+        if task is None or store.state.fingerprint(task.request.wire()) != action.desired:
+            raise UsageError(
+                f"{action.address}: the manifests changed since the plan was saved; run snapctl plan again"
+            )
+
+
+def run_apply(
+    plan_: Plan,
+    manifests: ManifestSet,
+    store: StateStore,
+    client: SnapshotClient,
+    *,
+    parallelism: int = 64,
+    reassert: Sequence[str] = (),
+    on_result: Callable[[ActionResult], None] | None = None,
+    stop_event=None,
+) -> ApplyReport:
+    """Apply ``plan_`` through ``client``, recording every completed call in ``store``."""
+    applier = Applier(
+        client, store, requests_of(manifests), parallelism=parallelism, on_result=on_result, stop_event=stop_event
+    )
+    return asyncio.run(_run_and_close(applier, plan_, reassert))
+
+
+async def _run_and_close(applier: Applier, plan_: Plan, reassert: Sequence[str]) -> ApplyReport:
+    try:
+        return await applier.run(plan_, reassert)
+    finally:
+        await applier.client.aclose()
+
+
+def unchanged_addresses(plan_: Plan, manifests: ManifestSet, state: State) -> list[str]:
+    """Declared tasks the plan leaves alone (reconcile re-asserts them)."""
+    touched = {a.address for a in plan_.actions}
+    return [address for address in manifests.tasks if address in state.tasks and address not in touched]
+
+
+__all__ = [
+    "DEFAULT_STATE_PATH",
+    "Settings",
+    "load_manifests",
+    "read_state",
+    "StateStore",
+    "plan",
+    "save_plan",
+    "load_plan",
+    "verify_saved_plan",
+    "run_apply",
+    "unchanged_addresses",
+]

@@ -1,0 +1,239 @@
+"""The plan: what apply would do to make the state match the manifests.
+
+A plan compares the desired requests with the state, never with the network.
+It is a value: printed, saved to a file, and applied later.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from deepdiff import DeepDiff
+from pydantic import BaseModel, Field
+
+from .errors import UsageError
+from .state import State, is_fingerprint
+
+PLAN_FORMAT_VERSION = 1
+#: The only field UpdateSnapshot can change in place.
+IN_PLACE_FIELDS = frozenset({"ImageConfig.Interval"})
+
+
+class ActionKind(str, enum.Enum):
+    create = "create"
+    update = "update"
+    replace = "replace"
+    delete = "delete"
+
+
+SYMBOLS = {ActionKind.create: "+", ActionKind.update: "~", ActionKind.replace: "-/+", ActionKind.delete: "-"}
+
+
+class FieldChange(BaseModel):
+    """One field that differs. Secrets appear only as ``(sensitive)`` markers."""
+
+    path: str
+    old: Any = None
+    new: Any = None
+    forces_replacement: bool
+    sensitive: bool = False
+
+
+class PlannedAction(BaseModel):
+    address: str
+    kind: ActionKind
+    reason: str = ""
+    changes: list[FieldChange] = Field(default_factory=list)
+    #: The desired StartSnapshot body, secrets fingerprinted (None for delete).
+    desired: Optional[dict[str, Any]] = None
+    #: What the state holds (None for create).
+    current: Optional[dict[str, Any]] = None
+
+    @property
+    def symbol(self) -> str:
+        return SYMBOLS[self.kind]
+
+
+class PlanSummary(BaseModel):
+    add: int = 0
+    change: int = 0
+    replace: int = 0
+    destroy: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.add + self.change + self.replace + self.destroy
+
+    def line(self) -> str:
+        return (
+            f"Plan: {self.add} to add, {self.change} to change, "
+            f"{self.replace} to replace, {self.destroy} to destroy."
+        )
+
+
+class Plan(BaseModel):
+    """A plan and what it was made against (for refusing it once stale)."""
+
+    format_version: int = PLAN_FORMAT_VERSION
+    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    state_lineage: str
+    state_serial: int
+    state_exists: bool
+    manifest_paths: list[str] = Field(default_factory=list)
+    destroy: bool = False
+    actions: list[PlannedAction] = Field(default_factory=list)
+    summary: PlanSummary = Field(default_factory=PlanSummary)
+    unchanged: int = 0
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions)
+
+
+def _path_text(parts: Sequence[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def mask_secrets(value: Any) -> Any:
+    """Replace fingerprints, however deep, by a marker: output shows that a secret changed, never what it is."""
+    if is_fingerprint(value):
+        return "(sensitive)"
+    if isinstance(value, dict):
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def _has_secret(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_secret(v) for v in value)
+    return is_fingerprint(value)
+
+
+def diff_requests(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[FieldChange]:
+    """Field-by-field changes from ``current`` to ``desired`` (both wire bodies), in a stable order."""
+    diff = DeepDiff(dict(current), dict(desired), view="tree", verbose_level=2)
+    changes: list[FieldChange] = []
+    for report in diff.values():
+        for level in report:
+            parts = level.path(output_format="list")
+            path = _path_text(parts)
+            old = None if _missing(level.t1) else level.t1
+            new = None if _missing(level.t2) else level.t2
+            sensitive = _has_secret(old) or _has_secret(new)
+            changes.append(
+                FieldChange(
+                    path=path,
+                    old=mask_secrets(old),
+                    new=mask_secrets(new),
+                    forces_replacement=path not in IN_PLACE_FIELDS,
+                    sensitive=sensitive,
+                )
+            )
+    changes.sort(key=lambda c: c.path)
+    return changes
+
+
+def _missing(value: Any) -> bool:
+    return type(value).__name__ == "NotPresent"
+
+
+def _matches(address: str, targets: Iterable[str]) -> bool:
+    """A target names a task (APP/ROOM/TASK), a room (APP/ROOM) or an app (APP)."""
+    for target in targets:
+        target = target.strip("/")
+        if address == target or address.startswith(target + "/"):
+            return True
+    return False
+
+
+def make_plan(
+    desired: Mapping[str, Mapping[str, Any]],
+    state: State,
+    *,
+    targets: Sequence[str] = (),
+    replace: Sequence[str] = (),
+    destroy: bool = False,
+    manifest_paths: Sequence[str] = (),
+) -> Plan:
+    """Diff desired wire requests (by address, secrets in clear) against ``state``.
+
+    ``targets`` limits the plan to those addresses (or their rooms/apps);
+    ``replace`` forces a replacement; ``destroy`` plans the deletion of everything in scope.
+    """
+    for address in replace:
+        if address not in desired or address not in state.tasks:
+            raise UsageError(f"--replace {address}: no such task in both the manifests and the state")
+    if destroy:
+        desired = {}
+    actions: list[PlannedAction] = []
+    unchanged = 0
+    for address in sorted(set(desired) | set(state.tasks)):
+        if targets and not _matches(address, targets):
+            continue
+        want = desired.get(address)
+        have = state.tasks.get(address, {}).get("request") if address in state.tasks else None
+        if want is not None:
+            want = state.fingerprint(dict(want))
+        if have is None:
+            actions.append(PlannedAction(address=address, kind=ActionKind.create, desired=want, reason="not in the state"))
+        elif want is None:
+            actions.append(PlannedAction(address=address, kind=ActionKind.delete, current=have, reason="not in the manifests"))
+        elif address in replace:
+            actions.append(
+                PlannedAction(
+                    address=address, kind=ActionKind.replace, desired=want, current=have,
+                    changes=diff_requests(have, want), reason="replacement requested with --replace",
+                )
+            )
+        elif want == have:
+            unchanged += 1
+        else:
+            changes = diff_requests(have, want)
+            kind = ActionKind.replace if any(c.forces_replacement for c in changes) else ActionKind.update
+            reason = (
+                "only ImageConfig.Interval differs: UpdateSnapshot changes it in place"
+                if kind is ActionKind.update
+                else "fields the API cannot update in place differ"
+            )
+            actions.append(PlannedAction(address=address, kind=kind, desired=want, current=have, changes=changes, reason=reason))
+    summary = PlanSummary(
+        add=sum(a.kind is ActionKind.create for a in actions),
+        change=sum(a.kind is ActionKind.update for a in actions),
+        replace=sum(a.kind is ActionKind.replace for a in actions),
+        destroy=sum(a.kind is ActionKind.delete for a in actions),
+    )
+    return Plan(
+        state_lineage=state.lineage,
+        state_serial=state.serial,
+        state_exists=state.exists,
+        manifest_paths=list(manifest_paths),
+        destroy=destroy,
+        actions=actions,
+        summary=summary,
+        unchanged=unchanged,
+    )
+
+
+def check_plan_current(plan: Plan, state: State, state_path: str) -> None:
+    """Refuse a saved plan whose state has moved on or belongs to another state."""
+    if plan.format_version != PLAN_FORMAT_VERSION:
+        raise UsageError(f"plan format {plan.format_version} is not supported (this snapctl reads {PLAN_FORMAT_VERSION})")
+    if plan.state_exists and state.exists and plan.state_lineage != state.lineage:
+        raise UsageError(
+            f"the saved plan was made for another state (lineage {plan.state_lineage}, "
+            f"{state_path} has {state.lineage}); run snapctl plan again"
+        )
+    if plan.state_exists != state.exists or plan.state_serial != state.serial:
+        raise UsageError(
+            f"the saved plan is stale: it was made against serial {plan.state_serial} and "
+            f"{state_path} is now at serial {state.serial if state.exists else 'none (no state)'}; run snapctl plan again"
+        )

@@ -1,0 +1,230 @@
+"""How plans and apply results look: for people (text, Markdown) and machines (JSON).
+
+Renderers take values and return strings; they never print, so the CLI decides
+where output goes and whether it is coloured. Secrets never reach here: plans
+carry fingerprints, which are shown as ``(sensitive)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any, Iterable
+
+from .apply import ActionResult, ApplyReport
+from .plan import ActionKind, FieldChange, Plan, PlannedAction, mask_secrets
+
+OUTPUT_FORMAT_VERSION = 1
+
+_COLOURS = {
+    ActionKind.create: "green",
+    ActionKind.update: "yellow",
+    ActionKind.replace: "magenta",
+    ActionKind.delete: "red",
+}
+_HEADLINES = {
+    ActionKind.create: "will be created",
+    ActionKind.update: "will be updated in place",
+    ActionKind.replace: "must be replaced",
+    ActionKind.delete: "will be destroyed",
+}
+_ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31", "bold": "1", "dim": "2"}
+
+
+class Style:
+    """ANSI styling that is a no-op when colour is off."""
+
+    def __init__(self, colour: bool):
+        self.colour = colour
+
+    def __call__(self, text: str, *styles: str) -> str:
+        if not self.colour or not styles:
+            return text
+        codes = ";".join(_ANSI[s] for s in styles)
+        return f"\x1b[{codes}m{text}\x1b[0m"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    return json.dumps(mask_secrets(value), ensure_ascii=False, sort_keys=False)
+
+
+def flatten(body: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"A": {"B": 1}}`` -> ``[("A.B", 1)]``, lists as ``[i]``; secrets masked."""
+    out: list[tuple[str, Any]] = []
+    items: Iterable[tuple[Any, Any]] = (body or {}).items() if isinstance(body, dict) else enumerate(body or [])
+    for key, value in items:
+        path = f"{prefix}[{key}]" if isinstance(key, int) else (f"{prefix}.{key}" if prefix else str(key))
+        if isinstance(value, (dict, list)) and value:
+            out.extend(flatten(value, path))
+        else:
+            out.append((path, mask_secrets(value)))
+    return out
+
+
+def action_changes(action: PlannedAction) -> list[FieldChange]:
+    """The field changes of an action; creates and deletes list every field."""
+    if action.kind is ActionKind.create:
+        return [FieldChange(path=p, old=None, new=v, forces_replacement=False, sensitive=v == "(sensitive)") for p, v in flatten(action.desired)]
+    if action.kind is ActionKind.delete:
+        return [FieldChange(path=p, old=v, new=None, forces_replacement=False, sensitive=v == "(sensitive)") for p, v in flatten(action.current)]
+    return action.changes
+
+
+def plan_text(plan: Plan, style: Style) -> str:
+    """The human plan: every action with its field diff, then the summary line."""
+    if not plan.actions:
+        return (
+            f"No changes. {plan.unchanged} task(s) match the state.\n"
+            if not plan.destroy
+            else "No changes. Nothing to destroy.\n"
+        )
+    lines = ["snapctl will perform the following actions:", ""]
+    for action in plan.actions:
+        colour = _COLOURS[action.kind]
+        lines.append(style(f"  # {action.address} {_HEADLINES[action.kind]}", "bold"))
+        if action.reason and action.kind in (ActionKind.update, ActionKind.replace):
+            lines.append(style(f"  # ({action.reason})", "dim"))
+        lines.append(style(f"{action.symbol:>4} {action.address}", colour))
+        changes = action_changes(action)
+        width = max((len(c.path) for c in changes), default=0)
+        for change in changes:
+            if action.kind is ActionKind.create:
+                lines.append(style(f"      + {change.path.ljust(width)} = {_value(change.new)}", "green"))
+            elif action.kind is ActionKind.delete:
+                lines.append(style(f"      - {change.path.ljust(width)} = {_value(change.old)}", "red"))
+            else:
+                mark = style("  # forces replacement", "magenta") if change.forces_replacement and action.kind is ActionKind.replace else ""
+                lines.append(f"      ~ {change.path.ljust(width)} = {_value(change.old)} -> {_value(change.new)}{mark}")
+        lines.append("")
+    lines.append(style(plan.summary.line(), "bold"))
+    return "\n".join(lines) + "\n"
+
+
+def _room_of(address: str) -> str:
+    return address.rsplit("/", 1)[0]
+
+
+def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
+    """Markdown for a pull-request comment or job summary; rooms with many
+    actions fold into ``<details>`` blocks."""
+    lines = ["### snapctl plan", "", f"**{plan.summary.line()}**", ""]
+    if not plan.actions:
+        lines.append(f"No changes. {plan.unchanged} task(s) match the state.")
+        return "\n".join(lines) + "\n"
+    for room, group in itertools.groupby(plan.actions, key=lambda a: _room_of(a.address)):
+        actions = list(group)
+        body = ["```diff"]
+        for action in actions:
+            prefix = {"+": "+", "~": "!", "-/+": "!", "-": "-"}[action.symbol]
+            body.append(f"{prefix} {action.symbol} {action.address} ({_HEADLINES[action.kind]})")
+            for change in action_changes(action):
+                if action.kind is ActionKind.create:
+                    body.append(f"+     {change.path} = {_value(change.new)}")
+                elif action.kind is ActionKind.delete:
+                    body.append(f"-     {change.path} = {_value(change.old)}")
+                else:
+                    note = "  # forces replacement" if change.forces_replacement and action.kind is ActionKind.replace else ""
+                    body.append(f"!     {change.path}: {_value(change.old)} -> {_value(change.new)}{note}")
+        body.append("```")
+        title = f"Room `{room}`: {len(actions)} action(s)"
+        if len(actions) > collapse_over:
+            lines += [f"<details><summary>{title}</summary>", "", *body, "", "</details>", ""]
+        else:
+            lines += [f"#### {title}", "", *body, ""]
+    return "\n".join(lines) + "\n"
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    """The ``--json`` plan: stable and documented in docs/json-output.md."""
+    return {
+        "format_version": OUTPUT_FORMAT_VERSION,
+        "type": "plan",
+        "created_at": plan.created_at,
+        "state": {"lineage": plan.state_lineage, "serial": plan.state_serial},
+        "destroy": plan.destroy,
+        "summary": plan.summary.model_dump() | {"unchanged": plan.unchanged},
+        "has_changes": plan.has_changes,
+        "actions": [
+            {
+                "address": a.address,
+                "action": a.kind.value,
+                "symbol": a.symbol,
+                "reason": a.reason,
+                "changes": [c.model_dump() for c in action_changes(a)],
+            }
+            for a in plan.actions
+        ],
+    }
+
+
+def _error_fields(result: ActionResult) -> dict[str, Any]:
+    err = result.error
+    if err is None:
+        return {"code": None, "code_n": None, "message": None, "request_id": result.calls[-1].request_id if result.calls else None}
+    return {"code": err.code or type(err).__name__, "code_n": err.code_n or None, "message": err.message, "request_id": err.request_id or None}
+
+
+def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -> dict[str, Any]:
+    """The ``--json`` result of apply, destroy and reconcile."""
+    return {
+        "format_version": OUTPUT_FORMAT_VERSION,
+        "type": command,
+        "ok": report.ok,
+        "interrupted": report.interrupted,
+        "elapsed_s": round(report.elapsed_s, 3),
+        "summary": plan.summary.model_dump() | {
+            "succeeded": sum(r.ok for r in report.results),
+            "failed": len(report.failures),
+            "healed": len(report.healed),
+        },
+        "results": [
+            {
+                "address": r.address,
+                "action": r.kind,
+                "outcome": r.outcome,
+                "healed": r.healed,
+                "calls": [{"action": c.action, "outcome": c.outcome.value, "request_id": c.request_id, "attempts": c.attempts} for c in r.calls],
+                **_error_fields(r),
+            }
+            for r in report.results
+        ],
+    }
+
+
+_DONE = {"create": "created", "update": "updated", "replace": "replaced", "delete": "destroyed", "reassert": "running"}
+
+
+def result_line(result: ActionResult, style: Style) -> str:
+    """One line per finished task (non-terminal progress and logs)."""
+    if not result.ok:
+        err = result.error
+        rid = f" [RequestId {err.request_id}]" if err and err.request_id else ""
+        return style(f"{result.address}: {result.kind} failed: {err}{rid}", "red")
+    calls = ", ".join(f"{c.action} {c.outcome.value.replace('_', ' ')}" for c in result.calls)
+    word = "healed (was not running)" if result.healed else _DONE.get(result.kind, result.kind)
+    return f"{result.address}: {word} ({calls})"
+
+
+def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str = "Apply") -> str:
+    s = plan.summary
+    lines = []
+    if report.failures:
+        lines.append(style(f"{command} failed for {len(report.failures)} of {len(report.results)} task(s):", "red", "bold"))
+        for r in report.failures:
+            lines.append(style(f"  {r.address}: {r.error}" + (f" [RequestId {r.error.request_id}]" if r.error and r.error.request_id else ""), "red"))
+        lines.append("Every success is recorded in the state; run the command again to finish the job.")
+    elif report.interrupted:
+        lines.append(style(f"{command} interrupted: finished actions are recorded in the state; run it again to finish.", "yellow", "bold"))
+    else:
+        lines.append(
+            style(
+                f"{command} complete! Tasks: {s.add} added, {s.change} changed, {s.replace} replaced, {s.destroy} destroyed.",
+                "green",
+                "bold",
+            )
+        )
+    if report.healed:
+        lines.append(f"Healed {len(report.healed)} task(s) that were not running: " + ", ".join(r.address for r in report.healed))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,392 @@
+"""The state: what snapctl last applied successfully, per task address.
+
+On disk a state is a JSON document (``snapctl.state.json``) plus, while an
+apply runs, an append-only journal beside it (``…json.journal``): one line per
+completed API call, written and fsynced before the next step, so a process
+killed at any moment loses nothing. Opening the state for writing folds the
+journal back into the document (atomic write: temporary file, fsync, rename;
+the previous document kept as ``….backup``). Readers replay the journal too,
+so what they see is always every completed call.
+
+Secrets never reach the disk: the fields of :data:`SECRET_FIELDS` are replaced
+by a keyed fingerprint (HMAC-SHA256 under a random per-lineage key), enough to
+notice a change and useless for recovering the value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import hmac
+import os
+import secrets as _secrets
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from . import __version__
+from .errors import LockError, StateError
+
+FORMAT_VERSION = 1
+DEFAULT_STATE_PATH = Path("state/snapctl.state.json")
+#: Wire paths of secret fields inside a StartSnapshot request.
+SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("StorageConfig", "CustomConfig", "SecretKey"),
+    ("StorageConfig", "CustomConfig", "AccessKey"),
+)
+FINGERPRINT_PREFIX = "hmac-sha256:"
+
+
+def is_fingerprint(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(FINGERPRINT_PREFIX)
+
+
+@dataclass
+class State:
+    """A state in memory. ``tasks`` maps an address to its entry:
+    ``{"request": <StartSnapshot wire body, secrets fingerprinted>, "request_id": str, "applied_at": str}``."""
+
+    lineage: str
+    serial: int = 0
+    fingerprint_key: str = ""
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exists: bool = False
+
+    @classmethod
+    def new(cls) -> "State":
+        return cls(lineage=str(uuid.uuid4()), fingerprint_key=_secrets.token_hex(32))
+
+    def fingerprint(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A copy of a wire request with every secret replaced by its fingerprint."""
+        out = request
+        copied = False
+        for path in SECRET_FIELDS:
+            parent = out
+            for part in path[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+                if parent is None:
+                    break
+            if not isinstance(parent, dict) or path[-1] not in parent or is_fingerprint(parent[path[-1]]):
+                continue
+            if not copied:
+                out, copied = copy.deepcopy(request), True
+                parent = out
+                for part in path[:-1]:
+                    parent = parent[part]
+            digest = hmac.new(self.fingerprint_key.encode(), str(parent[path[-1]]).encode(), hashlib.sha256).hexdigest()
+            parent[path[-1]] = FINGERPRINT_PREFIX + digest[:32]
+        return out
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "snapctl_version": __version__,
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "fingerprint_key": self.fingerprint_key,
+            "tasks": dict(sorted(self.tasks.items())),
+        }
+
+    def apply_entry(self, entry: dict[str, Any]) -> None:
+        if entry["op"] == "put":
+            self.tasks[entry["address"]] = entry["entry"]
+        else:
+            self.tasks.pop(entry["address"], None)
+        self.serial = entry["serial"]
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".journal")
+
+
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + ".backup")
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _parse_document(path: Path, raw: bytes) -> State:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StateError(
+            f"{path}: not valid JSON ({exc}); the file may be truncated. "
+            f"The previous version is kept at {backup_path(path)}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise StateError(f"{path}: a state is a JSON object, found {type(doc).__name__}")
+    version = doc.get("format_version")
+    if not isinstance(version, int):
+        raise StateError(f"{path}: no format_version; this is not a snapctl state file")
+    if version > FORMAT_VERSION:
+        raise StateError(
+            f"{path}: written in state format {version} by snapctl {doc.get('snapctl_version', '?')}; "
+            f"this snapctl reads format {FORMAT_VERSION}. Upgrade snapctl"
+        )
+    if version < 1:
+        raise StateError(f"{path}: unknown state format version {version}")
+    try:
+        lineage, serial, key, tasks = doc["lineage"], doc["serial"], doc["fingerprint_key"], doc["tasks"]
+    except KeyError as exc:
+        raise StateError(f"{path}: missing field {exc.args[0]!r}") from None
+    if not (isinstance(lineage, str) and isinstance(serial, int) and isinstance(key, str) and isinstance(tasks, dict)):
+        raise StateError(f"{path}: lineage, serial, fingerprint_key or tasks has the wrong type")
+    for address, entry in tasks.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+            raise StateError(f"{path}: task {address!r} has no request")
+    return State(lineage=lineage, serial=serial, fingerprint_key=key, tasks=tasks, exists=True)
+
+
+def _replay_journal(path: Path, state: State) -> bool:
+    """Apply the journal's entries newer than the document. True if a journal was found."""
+    jpath = journal_path(path)
+    try:
+        raw = jpath.read_bytes()
+    except FileNotFoundError:
+        return False
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if number >= len(lines) - 1:  # a last line cut short by a kill: that call never completed
+                break
+            raise StateError(f"{jpath}:{number}: corrupt journal line") from None
+        if "lineage" in entry and "op" not in entry:
+            if entry["lineage"] != state.lineage:
+                raise StateError(f"{jpath}: journal belongs to another state (lineage {entry['lineage']})")
+            continue
+        if entry.get("serial", 0) > state.serial:
+            state.apply_entry(entry)
+    return True
+
+
+def read_state(path: Path) -> State:
+    """The state as of every completed call (document plus journal); a new empty
+    state if there is no file. Takes no lock: writers replace files atomically."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if journal_path(path).exists():
+            raise StateError(f"{journal_path(path)} exists without {path}; restore {path} from {backup_path(path)}")
+        return State.new()
+    except IsADirectoryError:
+        raise StateError(f"{path} is a directory, not a state file") from None
+    state = _parse_document(path, raw)
+    _replay_journal(path, state)
+    return state
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename (mode 0600)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    host: str
+    pid: int
+    started_at: str
+    command: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host} ({self.command}), since {self.started_at}"
+
+
+def read_lock_holder(path: Path) -> LockHolder | None:
+    try:
+        info = orjson.loads(lock_path(path).read_bytes())
+        return LockHolder(info["host"], int(info["pid"]), info["started_at"], info.get("command", "?"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def lock_is_held(path: Path) -> bool:
+    """True while some process holds the state's lock."""
+    try:
+        fd = os.open(lock_path(path), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class StateStore:
+    """Exclusive, crash-safe write access to one state file.
+
+    The lock is an OS ``flock`` on ``….lock``: the kernel drops it when the
+    holder exits or is killed, so a dead run never blocks the next one.
+    """
+
+    def __init__(self, path: Path, *, lock_timeout_s: float = 0.0, command: str = "snapctl"):
+        self.path = Path(path)
+        self._lock_timeout_s = lock_timeout_s
+        self._command = command
+        self._lock_fd: int | None = None
+        self._journal_fd: int | None = None
+        self.state: State = State.new()
+
+    def __enter__(self) -> "StateStore":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Take the lock, then read the state and fold in any journal left by a killed run."""
+        if not self.path.parent.is_dir():
+            raise StateError(f"state directory {self.path.parent} does not exist")
+        self._acquire_lock()
+        try:
+            self.state = read_state(self.path)
+            if journal_path(self.path).exists():
+                self.checkpoint()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def close(self) -> None:
+        try:
+            if self._journal_fd is not None:
+                self.checkpoint()
+        finally:
+            self._release_lock()
+
+    # Recording ---------------------------------------------------------
+
+    def record_put(self, address: str, request_wire: dict[str, Any], request_id: str = "") -> None:
+        """Remember that ``address`` now runs ``request_wire`` (secrets are fingerprinted here)."""
+        entry = {
+            "request": self.state.fingerprint(request_wire),
+            "request_id": request_id,
+            "applied_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        self._append({"op": "put", "address": address, "entry": entry})
+
+    def record_delete(self, address: str) -> None:
+        self._append({"op": "delete", "address": address})
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        if self._lock_fd is None:
+            raise RuntimeError("state store is not open")
+        if self._journal_fd is None:
+            if not self.state.exists:
+                self.checkpoint()
+            self._journal_fd = os.open(journal_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._write_journal({"lineage": self.state.lineage, "base_serial": self.state.serial})
+        entry["serial"] = self.state.serial + 1
+        self._write_journal(entry)
+        self.state.apply_entry(entry)
+
+    def _write_journal(self, entry: dict[str, Any]) -> None:
+        assert self._journal_fd is not None
+        os.write(self._journal_fd, orjson.dumps(entry) + b"\n")
+        os.fdatasync(self._journal_fd)
+
+    def checkpoint(self) -> None:
+        """Write the whole state atomically, keep the previous document as the backup, drop the journal."""
+        try:
+            previous = self.path.read_bytes()
+        except FileNotFoundError:
+            previous = None
+        if previous is not None:
+            atomic_write(backup_path(self.path), previous)
+        atomic_write(self.path, orjson.dumps(self.state.to_document(), option=orjson.OPT_INDENT_2) + b"\n")
+        self.state.exists = True
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(journal_path(self.path))
+        _fsync_dir(self.path.parent)
+
+    def replace_state(self, state: State) -> None:
+        """Write ``state`` as the new document (used by ``state rm``)."""
+        state.serial = max(state.serial, self.state.serial) + 1
+        self.state = state
+        self.checkpoint()
+
+    # Locking -------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        lpath = lock_path(self.path)
+        fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self._lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    raise StateError(f"cannot lock {lpath}: {exc.strerror}") from None
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    holder = read_lock_holder(self.path)
+                    who = holder.describe() if holder else "another process"
+                    waited = f" after waiting {self._lock_timeout_s:g}s" if self._lock_timeout_s else ""
+                    raise LockError(
+                        f"state {self.path} is locked by {who}{waited}. Wait for it to finish, "
+                        "or pass --lock-timeout SECONDS to wait"
+                    ) from None
+                time.sleep(0.05)
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": self._command,
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, orjson.dumps(holder), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+
+@contextlib.contextmanager
+def open_store(path: Path, *, lock_timeout_s: float = 0.0, command: str = "snapctl") -> Iterator[StateStore]:
+    store = StateStore(path, lock_timeout_s=lock_timeout_s, command=command)
+    with store:
+        yield store
