@@ -1,0 +1,129 @@
+"""Plan decisions: create, update in place, replace, delete, no-op; targets; saved-plan checks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from reconciler.errors import UsageError
+from reconciler.plan import ActionKind, check_plan_current, diff_requests, make_plan
+from reconciler.state import State
+
+BASE = {
+    "AppId": "a", "RoomId": "r", "TaskId": "t", "MaxIdleTime": 180,
+    "ImageConfig": {"Format": 0, "Width": 0, "Height": 0, "Interval": 2},
+    "StorageConfig": {"Type": 2, "CustomConfig": {"Vendor": 0, "Region": 0, "Bucket": "b", "AccessKey": "AK", "SecretKey": "SECRET-1"}},
+}
+
+
+def state_with(**tasks) -> State:
+    state = State.new()
+    state.exists = True
+    state.serial = 4
+    state.tasks = {address.replace("__", "/"): {"request": state.fingerprint(body)} for address, body in tasks.items()}
+    return state
+
+
+def changed(**edits):
+    body = copy.deepcopy(BASE)
+    for path, value in edits.items():
+        node = body
+        *parents, leaf = path.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return body
+
+
+def test_no_changes_when_equal():
+    plan = make_plan({"a/r/t": BASE}, state_with(a__r__t=BASE))
+    assert plan.actions == [] and plan.unchanged == 1
+    assert plan.summary.line() == "Plan: 0 to add, 0 to change, 0 to replace, 0 to destroy."
+
+
+def test_create_and_delete():
+    plan = make_plan({"a/r/new": BASE}, state_with(a__r__old=BASE))
+    assert [(a.address, a.kind) for a in plan.actions] == [("a/r/new", ActionKind.create), ("a/r/old", ActionKind.delete)]
+    assert plan.summary.add == 1 and plan.summary.destroy == 1
+
+
+def test_interval_alone_is_an_update_in_place():
+    plan = make_plan({"a/r/t": changed(ImageConfig__Interval=5)}, state_with(a__r__t=BASE))
+    (action,) = plan.actions
+    assert action.kind is ActionKind.update
+    assert [(c.path, c.old, c.new, c.forces_replacement) for c in action.changes] == [("ImageConfig.Interval", 2, 5, False)]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"ImageConfig__Width": 640},
+        {"ImageConfig__Format": 1},
+        {"MaxIdleTime": 600},
+        {"BusinessId": "B1"},
+        {"TargetStreams": {"StreamList": [{"UserId": "u1", "StreamType": 0}]}},
+        {"StorageConfig__CustomConfig__Bucket": "other"},
+        {"StorageConfig__CustomConfig__SecretKey": "SECRET-2"},
+    ],
+)
+def test_any_other_change_is_a_replacement(edit):
+    plan = make_plan({"a/r/t": changed(**edit, ImageConfig__Interval=9)}, state_with(a__r__t=BASE))
+    (action,) = plan.actions
+    assert action.kind is ActionKind.replace
+    assert any(c.forces_replacement for c in action.changes)
+    assert [c.forces_replacement for c in action.changes if c.path == "ImageConfig.Interval"] == [False]
+
+
+def test_secret_changes_are_masked_in_the_diff():
+    plan = make_plan({"a/r/t": changed(StorageConfig__CustomConfig__SecretKey="SECRET-2")}, state_with(a__r__t=BASE))
+    (change,) = plan.actions[0].changes
+    assert change.sensitive and change.old == change.new == "(sensitive)"
+    assert "SECRET" not in plan.model_dump_json()
+
+
+def test_storage_type_change_masks_nested_secrets():
+    tos = changed()
+    tos["StorageConfig"] = {"Type": 0, "TosConfig": {"AccountId": "1", "Region": 0, "Bucket": "b"}}
+    plan = make_plan({"a/r/t": tos}, state_with(a__r__t=BASE))
+    dumped = plan.model_dump_json()
+    assert "SECRET-1" not in dumped and "hmac-sha256" not in "".join(str(c.old) for c in plan.actions[0].changes)
+
+
+def test_targets_and_forced_replacement():
+    state = state_with(a__r__t=BASE, a__r2__t=BASE)
+    desired = {"a/r/t": changed(ImageConfig__Interval=5), "a/r2/t": changed(ImageConfig__Interval=5), "b/r/t": BASE}
+    assert [a.address for a in make_plan(desired, state, targets=["a/r2"]).actions] == ["a/r2/t"]
+    assert [a.address for a in make_plan(desired, state, targets=["b"]).actions] == ["b/r/t"]
+    forced = make_plan({"a/r/t": BASE, "a/r2/t": BASE}, state, replace=["a/r/t"])
+    assert [(a.address, a.kind) for a in forced.actions] == [("a/r/t", ActionKind.replace)]
+    with pytest.raises(UsageError, match="--replace"):
+        make_plan({"a/r/t": BASE}, state, replace=["a/r/zzz"])
+
+
+def test_destroy_plans_deletes_of_everything_in_scope():
+    plan = make_plan({"a/r/t": BASE}, state_with(a__r__t=BASE, a__r2__t=BASE), destroy=True, targets=["a/r"])
+    assert [(a.address, a.kind) for a in plan.actions] == [("a/r/t", ActionKind.delete)]
+
+
+def test_order_is_deterministic():
+    desired = {f"a/r/t{i}": BASE for i in (3, 1, 2)}
+    assert [a.address for a in make_plan(desired, State.new()).actions] == ["a/r/t1", "a/r/t2", "a/r/t3"]
+
+
+def test_diff_of_lists_names_the_index():
+    old = changed(TargetStreams={"StreamList": [{"UserId": "u1"}]})
+    new = changed(TargetStreams={"StreamList": [{"UserId": "u2"}]})
+    assert [c.path for c in diff_requests(old, new)] == ["TargetStreams.StreamList[0].UserId"]
+
+
+def test_saved_plan_is_refused_when_stale_or_foreign():
+    state = state_with(a__r__t=BASE)
+    plan = make_plan({"a/r/t": changed(ImageConfig__Interval=5)}, state)
+    check_plan_current(plan, state, "s.json")
+    state.serial += 1
+    with pytest.raises(UsageError, match="stale"):
+        check_plan_current(plan, state, "s.json")
+    other = state_with(a__r__t=BASE)
+    with pytest.raises(UsageError, match="another state"):
+        check_plan_current(plan, other, "s.json")

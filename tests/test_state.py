@@ -1,0 +1,167 @@
+"""The state file: atomic writes, journal, backup, permissions, secrets, the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from reconciler.errors import LockError, StateError
+from reconciler.state import (
+    FORMAT_VERSION,
+    StateStore,
+    backup_path,
+    journal_path,
+    lock_is_held,
+    read_state,
+)
+
+BODY = {
+    "AppId": "a", "RoomId": "r", "TaskId": "t",
+    "StorageConfig": {"Type": 2, "CustomConfig": {"Vendor": 0, "Bucket": "b", "AccessKey": "AK-PLAIN-1", "SecretKey": "SK-PLAIN-1"}},
+}
+
+
+def test_new_state_is_written_with_version_lineage_serial_and_0600(tmp_path):
+    path = tmp_path / "s.json"
+    with StateStore(path) as store:
+        store.record_put("a/r/t", BODY, "req-1")
+        store.record_put("a/r/u", BODY)
+    doc = json.loads(path.read_text())
+    assert doc["format_version"] == FORMAT_VERSION
+    assert doc["serial"] == 2 and doc["lineage"]
+    assert set(doc["tasks"]) == {"a/r/t", "a/r/u"}
+    assert doc["tasks"]["a/r/t"]["request_id"] == "req-1"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert not journal_path(path).exists()
+
+
+def test_secrets_are_fingerprinted_never_stored(tmp_path):
+    path = tmp_path / "s.json"
+    with StateStore(path) as store:
+        store.record_put("a/r/t", BODY)
+        journal = journal_path(path).read_text()
+    text = path.read_text() + journal + backup_path(path).read_text()
+    assert "SK-PLAIN-1" not in text and "AK-PLAIN-1" not in text
+    stored = read_state(path).tasks["a/r/t"]["request"]["StorageConfig"]["CustomConfig"]
+    assert stored["SecretKey"].startswith("hmac-sha256:")
+    # Same secret, same fingerprint (a change is noticed, an equal value is not).
+    state = read_state(path)
+    assert state.fingerprint(BODY) == state.tasks["a/r/t"]["request"]
+    changed = json.loads(json.dumps(BODY))
+    changed["StorageConfig"]["CustomConfig"]["SecretKey"] = "SK-PLAIN-2"
+    assert state.fingerprint(changed) != state.tasks["a/r/t"]["request"]
+
+
+def test_every_call_is_in_the_journal_before_close(tmp_path):
+    path = tmp_path / "s.json"
+    store = StateStore(path)
+    store.open()
+    store.record_put("a/r/t", BODY)
+    store.record_put("a/r/u", BODY)
+    store.record_delete("a/r/t")
+    # A reader (another process, or a run after a kill) sees every completed call.
+    seen = read_state(path)
+    assert set(seen.tasks) == {"a/r/u"} and seen.serial == 3
+    store.close()
+    assert read_state(path).serial == 3
+
+
+def test_a_cut_journal_line_is_ignored_and_folded_on_next_open(tmp_path):
+    path = tmp_path / "s.json"
+    store = StateStore(path)
+    store.open()
+    store.record_put("a/r/t", BODY)
+    with open(journal_path(path), "ab") as journal:
+        journal.write(b'{"op": "put", "address": "a/r/x", "ser')  # killed mid-write
+    store._release_lock()  # simulate death: nothing folded
+    assert set(read_state(path).tasks) == {"a/r/t"}
+    with StateStore(path) as again:
+        assert set(again.state.tasks) == {"a/r/t"}
+    assert not journal_path(path).exists()
+    assert json.loads(path.read_text())["serial"] == 1
+
+
+def test_backup_keeps_the_previous_document(tmp_path):
+    path = tmp_path / "s.json"
+    with StateStore(path) as store:
+        store.record_put("a/r/t", BODY)
+    first = path.read_text()
+    with StateStore(path) as store:
+        store.record_delete("a/r/t")
+    assert backup_path(path).read_text() == first
+    assert json.loads(backup_path(path).read_text())["serial"] == 1
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"format_version": 1, "lineage": "x", "ser', "not valid JSON"),
+        ('{"format_version": 99, "lineage": "x", "serial": 1, "fingerprint_key": "k", "tasks": {}}', "Upgrade snapctl"),
+        ('{"format_version": 0, "lineage": "x", "serial": 1, "fingerprint_key": "k", "tasks": {}}', "unknown state format"),
+        ('{"lineage": "x"}', "not a snapctl state"),
+        ("[]", "JSON object"),
+        ('{"format_version": 1, "lineage": "x", "serial": "1", "fingerprint_key": "k", "tasks": {}}', "wrong type"),
+    ],
+)
+def test_broken_states_are_refused_and_not_overwritten(tmp_path, content, message):
+    path = tmp_path / "s.json"
+    path.write_text(content)
+    with pytest.raises(StateError, match=message):
+        read_state(path)
+    with pytest.raises(StateError, match=message):
+        StateStore(path).open()
+    assert path.read_text() == content
+    assert not lock_is_held(path)
+
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path):
+    path = tmp_path / "s.json"
+    with StateStore(path, command="snapctl apply"):
+        with pytest.raises(LockError) as info:
+            StateStore(path).open()
+    message = str(info.value)
+    assert f"pid {os.getpid()}" in message and "snapctl apply" in message and "--lock-timeout" in message
+
+
+def test_lock_timeout_waits_for_the_holder(tmp_path):
+    path = tmp_path / "s.json"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from reconciler.state import StateStore
+        with StateStore({str(path)!r}):
+            print("locked", flush=True)
+            time.sleep(1.0)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    with pytest.raises(LockError):
+        StateStore(path, lock_timeout_s=0.2).open()
+    with StateStore(path, lock_timeout_s=10):
+        assert time.monotonic() - t0 > 0.3
+    holder.wait(10)
+
+
+def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
+    path = tmp_path / "s.json"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from reconciler.state import StateStore
+        store = StateStore({str(path)!r})
+        store.open()
+        store.record_put("a/r/t", {{"AppId": "a"}})
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    assert lock_is_held(path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    with StateStore(path) as store:  # no wait, no force-unlock
+        assert set(store.state.tasks) == {"a/r/t"}
