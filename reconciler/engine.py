@@ -89,6 +89,8 @@ def load_plan(path: Path) -> Plan:
 def verify_saved_plan(saved: Plan, store: StateStore, manifests: ManifestSet) -> None:
     """A saved plan applies only to the state it was made against, with the manifests it was made from."""
     check_plan_current(saved, store.state, str(store.path))
+    if not store.state.exists and saved.new_state_key:
+        store.state.lineage, store.state.fingerprint_key = saved.state_lineage, saved.new_state_key
     for action in saved.actions:
         if action.kind is ActionKind.delete:
             continue

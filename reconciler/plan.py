@@ -81,6 +81,9 @@ class Plan(BaseModel):
     state_lineage: str
     state_serial: int
     state_exists: bool
+    #: Only for a plan made before any state existed: apply creates the state
+    #: with this lineage and fingerprint key, so the plan's fingerprints hold.
+    new_state_key: Optional[str] = None
     manifest_paths: list[str] = Field(default_factory=list)
     destroy: bool = False
     actions: list[PlannedAction] = Field(default_factory=list)
@@ -215,6 +218,7 @@ def make_plan(
         state_lineage=state.lineage,
         state_serial=state.serial,
         state_exists=state.exists,
+        new_state_key=None if state.exists else state.fingerprint_key,
         manifest_paths=list(manifest_paths),
         destroy=destroy,
         actions=actions,

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install snapctl into .venv, start the bundled emulator on loopback, then plan
+# and apply manifests/ against it. Safe to run again: the second apply is a no-op.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e .
+SNAPCTL=.venv/bin/snapctl
+
+# The emulator keeps its tasks in state/emulator-tasks.json so they survive restarts,
+# like the real service keeps running tasks between your runs.
+log=$(mktemp)
+"$SNAPCTL" emulator --port 0 --data state/emulator-tasks.json >"$log" 2>&1 &
+emulator=$!
+trap 'kill "$emulator" 2>/dev/null || true; wait "$emulator" 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 100); do
+  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$log" | head -n1 || true)
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "${url:-}" ] || { cat "$log" >&2; echo "the emulator did not start" >&2; exit 1; }
+echo "Emulator at $url"
+
+# The emulator's documented default credentials, and demo values for the
+# S3-compatible storage secrets that manifests/offsite.yaml reads from the environment.
+export SNAPCTL_ENDPOINT="$url"
+export VOLC_ACCESSKEY=AKLTsnapctlemulator VOLC_SECRETKEY=snapctl-emulator-secret
+export OFFSITE_ACCESS_KEY="${OFFSITE_ACCESS_KEY:-demo-offsite-access-key}"
+export OFFSITE_SECRET_KEY="${OFFSITE_SECRET_KEY:-demo-offsite-secret-key}"
+
+"$SNAPCTL" validate manifests/
+"$SNAPCTL" plan manifests/
+"$SNAPCTL" apply --auto-approve manifests/
+echo
+.venv/bin/python - "$url" <<'PY'
+import sys, httpx
+print("Tasks running in the emulator:", httpx.get(sys.argv[1] + "/_emulator/stats").json()["tasks_running"])
+PY

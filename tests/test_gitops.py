@@ -1,0 +1,315 @@
+"""Pipelines and controllers: saved plans, JSON, exit codes, Markdown, reconcile, watch,
+metrics, import, state commands, force-unlock, colour rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.emulator.config import EmulatorConfig
+from reconciler.emulator.server import EmulatorServer
+
+from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env, stats, tasks
+
+MANIFEST = """\
+app_id: app1
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+  offsite: {type: custom, vendor: oss, bucket: offsite, access_key: "${env:OFF_AK}", secret_key: "${env:OFF_SK}"}
+defaults:
+  storage: archive
+  image: {interval: 3}
+rooms:
+  RoomA:
+    tasks:
+      T1: {}
+      T2: {storage: offsite}
+  RoomB:
+    tasks:
+      T1: {image: {width: 320}}
+"""
+ADDRESSES = {"app1/RoomA/T1", "app1/RoomA/T2", "app1/RoomB/T1"}
+ANSI = re.compile(r"\x1b\[")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with EmulatorServer(EmulatorConfig()) as srv:
+        yield srv
+
+
+@pytest.fixture
+def work(tmp_path, server):
+    httpx.post(f"{server.url}/_emulator/reset")
+    httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0, "drop_rate": 0.0, "slow_rate": 0.0})
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "manifests" / "app.yaml").write_text(MANIFEST)
+    return tmp_path
+
+
+@pytest.fixture
+def env(work, server):
+    return snapctl_env(server.url, work, OFF_AK="AK-gitops-secret", OFF_SK="SK-gitops-secret")
+
+
+def snap(work, env, *args, **kw):
+    return run_snapctl(list(args), cwd=work, env=env, **kw)
+
+
+def test_detailed_exitcode(work, env):
+    assert snap(work, env, "plan", "--detailed-exitcode").code == 2
+    assert snap(work, env, "apply", "--auto-approve").code == 0
+    assert snap(work, env, "plan", "--detailed-exitcode").code == 0
+    (work / "manifests" / "app.yaml").write_text(MANIFEST + "bogus: 1\n")
+    assert snap(work, env, "plan", "--detailed-exitcode").code == 1
+
+
+def test_saved_plan_applies_then_is_stale(work, env, server):
+    saved = snap(work, env, "plan", "--out", "changes.plan")
+    assert saved.code == 0 and "snapctl apply changes.plan" in saved.stdout
+    text = (work / "changes.plan").read_text()
+    assert "SK-gitops-secret" not in text and "AK-gitops-secret" not in text
+    applied = snap(work, env, "apply", "changes.plan")
+    assert applied.code == 0, applied.output
+    assert set(tasks(server.url)) == ADDRESSES
+    again = snap(work, env, "apply", "changes.plan")
+    assert again.code == 1 and "stale" in again.stderr
+    assert "Traceback" not in again.output
+
+
+def test_saved_plan_for_another_state_is_refused(work, env, server):
+    assert snap(work, env, "apply", "--auto-approve").code == 0
+    (work / "manifests" / "app.yaml").write_text(MANIFEST.replace("interval: 3", "interval: 4"))
+    assert snap(work, env, "plan", "--out", "p.plan").code == 0
+    other = work / "other"
+    (other / "state").mkdir(parents=True)
+    (other / "manifests").mkdir()
+    (other / "manifests" / "app.yaml").write_text(MANIFEST)
+    env_other = env | {"HOME": str(other)}
+    assert run_snapctl(["apply", "--auto-approve"], cwd=other, env=env_other).code == 0
+    refused = run_snapctl(["apply", str(work / "p.plan")], cwd=other, env=env_other)
+    assert refused.code == 1 and "another state" in refused.stderr
+
+
+def test_saved_plan_is_refused_when_manifests_changed(work, env):
+    assert snap(work, env, "plan", "--out", "p.plan").code == 0
+    (work / "manifests" / "app.yaml").write_text(MANIFEST.replace("interval: 3", "interval: 9"))
+    refused = snap(work, env, "apply", "p.plan")
+    assert refused.code == 1 and "manifests changed" in refused.stderr
+
+
+def test_saved_plan_is_refused_when_a_secret_changed(work, env, server):
+    assert snap(work, env, "plan", "--out", "p.plan").code == 0
+    refused = snap(work, env | {"OFF_SK": "SK-rotated"}, "apply", "p.plan")
+    assert refused.code == 1 and "manifests changed" in refused.stderr
+    assert stats(server.url)["total"] == 0
+
+
+def test_plan_json_shape(work, env):
+    result = snap(work, env, "plan", "--json")
+    assert result.code == 0
+    doc = json.loads(result.stdout)
+    assert doc["format_version"] == 1 and doc["type"] == "plan" and doc["has_changes"] is True
+    assert doc["summary"] == {"add": 3, "change": 0, "replace": 0, "destroy": 0, "unchanged": 0}
+    assert {a["address"] for a in doc["actions"]} == ADDRESSES
+    for action in doc["actions"]:
+        assert set(action) == {"address", "action", "symbol", "reason", "changes"}
+        assert action["action"] == "create" and action["symbol"] == "+"
+        for change in action["changes"]:
+            assert set(change) == {"path", "old", "new", "forces_replacement", "sensitive"}
+    secrets = [c for a in doc["actions"] for c in a["changes"] if c["sensitive"]]
+    assert {c["path"] for c in secrets} == {"StorageConfig.CustomConfig.AccessKey", "StorageConfig.CustomConfig.SecretKey"}
+    assert all(c["new"] == "(sensitive)" for c in secrets)
+    assert "gitops-secret" not in result.output
+
+
+def test_apply_json_shape_with_a_failure(work, env, server):
+    httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 1.0})
+    result = snap(work, env, "apply", "--auto-approve", "--json")
+    assert result.code == 1
+    doc = json.loads(result.stdout)
+    assert doc["type"] == "apply" and doc["ok"] is False
+    assert doc["summary"]["failed"] == 3
+    for r in doc["results"]:
+        assert r["outcome"] == "failed" and r["code"] == "InternalError" and r["code_n"] == 100014
+        assert r["request_id"] and r["message"]
+    httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0})
+    ok = json.loads(snap(work, env, "apply", "--auto-approve", "--json").stdout)
+    assert ok["ok"] is True and {r["outcome"] for r in ok["results"]} == {"started"}
+    assert all(r["calls"][0]["action"] == "StartSnapshot" for r in ok["results"])
+
+
+def test_markdown_plan(work, env):
+    result = snap(work, env, "plan", "--format", "markdown")
+    assert result.code == 0
+    md = result.stdout
+    assert md.startswith("### snapctl plan") and "**Plan: 3 to add" in md
+    assert "Room `app1/RoomA`" in md and "```diff" in md
+    many = MANIFEST + "".join(f"      X{i}: {{}}\n" for i in range(12))
+    (work / "manifests" / "app.yaml").write_text(many.replace("  RoomB:\n    tasks:\n      T1: {image: {width: 320}}\n", "") +
+                                                 "  RoomB:\n    tasks:\n      T1: {image: {width: 320}}\n")
+    folded = snap(work, env, "plan", "--format", "markdown").stdout
+    assert "<details><summary>Room `app1/RoomA`" in folded
+
+
+def test_reconcile_heals_an_idled_out_task(work, env, server):
+    assert snap(work, env, "apply", "--auto-approve").code == 0
+    httpx.post(f"{server.url}/_emulator/streams-stopped", json={"AppId": "app1", "RoomId": "RoomB", "Immediate": True})
+    assert "app1/RoomB/T1" not in tasks(server.url)
+    result = snap(work, env, "reconcile")
+    assert result.code == 0, result.output
+    assert "1 healed" in result.stdout and "Healed: app1/RoomB/T1" in result.stdout
+    assert "app1/RoomB/T1" in tasks(server.url)
+    again = snap(work, env, "reconcile", "--json")
+    doc = json.loads(again.stdout.strip().splitlines()[-1])
+    assert doc["ok"] and doc["result"]["summary"]["healed"] == 0
+    assert {r["outcome"] for r in doc["result"]["results"]} == {"already_started"}
+
+
+def _wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, server):
+    proc = subprocess.Popen(
+        [SNAPCTL, "reconcile", "--watch", "--interval", "0.3", "--metrics-port", "0", "--json", "--timeout", "1"],
+        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        port_line = _wait_for(lambda: proc.stderr.readline(), what="metrics line")
+        port = int(re.search(r":(\d+)/metrics", port_line).group(1))
+        first = json.loads(proc.stdout.readline())
+        assert first["ok"] and first["result"]["summary"]["add"] == 3
+        httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 1.0})
+        failed = _wait_for(lambda: (lambda d: d if not d["ok"] else None)(json.loads(proc.stdout.readline())), what="a failed round")
+        assert failed["result"]["summary"]["failed"] == 3
+        httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0})
+        _wait_for(lambda: json.loads(proc.stdout.readline())["ok"], what="a good round after faults")
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert "snapctl_tasks_declared 3.0" in metrics
+        assert re.search(r'snapctl_api_requests_total\{action="StartSnapshot",outcome="ok"\} [1-9]', metrics)
+        assert re.search(r'snapctl_rounds_total\{result="failed"\} [1-9]', metrics)
+        assert "snapctl_last_round_duration_seconds" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Stopped after" in proc.stderr.read()
+    state = json.loads((work / "state" / "snapctl.state.json").read_text())
+    assert set(state["tasks"]) == ADDRESSES
+    assert not (work / "state" / "snapctl.state.json.journal").exists()
+
+
+def test_import_state_commands_and_force_unlock(work, env, server):
+    assert snap(work, env, "apply", "--auto-approve").code == 0
+    listed = snap(work, env, "state", "list")
+    assert listed.stdout.split() == sorted(ADDRESSES)
+    shown = snap(work, env, "state", "show", "app1/RoomA/T2")
+    assert "StorageConfig.CustomConfig.Vendor = 1" in shown.stdout and "(sensitive)" in shown.stdout
+    assert "gitops-secret" not in shown.stdout
+    removed = snap(work, env, "state", "rm", "app1/RoomA/T2")
+    assert removed.code == 0 and "app1/RoomA/T2" in tasks(server.url)  # forgotten, not stopped
+    assert "app1/RoomA/T2" not in snap(work, env, "state", "list").stdout
+    imported = snap(work, env, "import", "app1/RoomA/T2")
+    assert imported.code == 0 and "Imported app1/RoomA/T2" in imported.stdout
+    assert snap(work, env, "plan", "--detailed-exitcode").code == 0
+    assert snap(work, env, "import", "app1/RoomA/T2").code == 1
+    assert snap(work, env, "import", "app1/Nope/T1").code == 1
+    assert snap(work, env, "state", "show", "app1/Nope/T1").code == 1
+    unlocked = snap(work, env, "force-unlock")
+    assert unlocked.code == 0 and "not locked" in unlocked.stdout
+
+
+def test_force_unlock_refuses_a_live_holder(work, env):
+    holder = subprocess.Popen(
+        ["python3" if False else os.path.join(os.path.dirname(SNAPCTL), "python"), "-c",
+         "import time; from reconciler.state import StateStore\n"
+         "s = StateStore('state/snapctl.state.json', command='snapctl apply'); s.open(); print('locked', flush=True); time.sleep(30)"],
+        cwd=work, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused = snap(work, env, "force-unlock")
+        assert refused.code == 1 and f"pid {holder.pid}" in refused.stderr and "kill" in refused.stderr
+        blocked = snap(work, env, "apply", "--auto-approve")
+        assert blocked.code == 1 and f"pid {holder.pid}" in blocked.stderr and "snapctl apply" in blocked.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_destroy(work, env, server):
+    assert snap(work, env, "apply", "--auto-approve").code == 0
+    refused = snap(work, env, "destroy")
+    assert refused.code == 1 and "--auto-approve" in refused.stderr
+    result = snap(work, env, "destroy", "--auto-approve")
+    assert result.code == 0 and "3 destroyed" in result.stdout
+    assert tasks(server.url) == {}
+    assert snap(work, env, "state", "list").stdout == ""
+
+
+def test_no_escape_codes_off_terminal_or_with_no_color(work, env):
+    for extra_env in ({}, {"NO_COLOR": "1"}):
+        result = snap(work, env | extra_env, "plan")
+        assert not ANSI.search(result.output)
+    assert not ANSI.search(snap(work, env, "plan", "--no-color").output)
+
+
+def _run_on_terminal(args, cwd, env, answer=None):
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execve(SNAPCTL, [SNAPCTL, *args], env)
+    output = b""
+    deadline = time.monotonic() + 60
+    answered = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+            if answer is not None and not answered and b"Enter a value" in output:
+                os.write(fd, answer.encode() + b"\r")
+                answered = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_colour_on_a_terminal_unless_no_color(work, env):
+    code, output = _run_on_terminal(["plan"], work, env | {"TERM": "xterm"})
+    assert code == 0 and ANSI.search(output)
+    code, output = _run_on_terminal(["plan"], work, env | {"TERM": "xterm", "NO_COLOR": "1"})
+    assert code == 0 and not ANSI.search(output)
+
+
+def test_interactive_confirmation(work, env, server):
+    code, output = _run_on_terminal(["apply"], work, env | {"TERM": "xterm"}, answer="no")
+    assert code == 1 and "cancelled" in output
+    assert stats(server.url)["total"] == 0
+    code, output = _run_on_terminal(["apply"], work, env | {"TERM": "xterm"}, answer="yes")
+    assert code == 0, output
+    assert set(tasks(server.url)) == ADDRESSES
