@@ -1,0 +1,62 @@
+"""``snapctl emulator``: serve the snapshot API on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, EmulatorConfig
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on (0: any free port).")
+@click.option(
+    "--access-key", envvar="SNAPCTL_EMULATOR_ACCESS_KEY", show_envvar=True, default=DEFAULT_ACCESS_KEY,
+    show_default=True, help="The one access key accepted.",
+)
+@click.option(
+    "--secret-key", envvar="SNAPCTL_EMULATOR_SECRET_KEY", show_envvar=True, default=DEFAULT_SECRET_KEY,
+    help=f"Its secret key (default: the documented {DEFAULT_SECRET_KEY}). Never printed.",
+)
+@click.option("--region", default=DEFAULT_REGION, show_default=True, help="Region requests must be signed for.")
+@click.option("--qps", type=int, default=150, show_default=True, help="Requests per second per action before 429 (0: no limit).")
+@click.option("--latency-ms", type=int, default=0, show_default=True, help="Delay added to every API answer.")
+@click.option("--jitter-ms", type=int, default=0, show_default=True, help="Random extra delay, up to this much.")
+@click.option("--error-rate", type=float, default=0.0, show_default=True, help="Share of requests answered 500 InternalError, not done.")
+@click.option(
+    "--drop-rate", type=float, default=0.0, show_default=True,
+    help="Share of requests whose connection is dropped, half before and half after doing the action.",
+)
+@click.option("--slow-rate", type=float, default=0.0, show_default=True, help="Share of requests done, then answered after --slow-ms.")
+@click.option("--slow-ms", type=int, default=5000, show_default=True, help="Delay of the slow answers.")
+@click.option(
+    "--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Keep the tasks in this JSON file so they survive restarts.",
+)
+@click.option("--seed", type=int, default=None, help="Seed of the fault and jitter draws, for repeatable runs.")
+def emulator(**options) -> None:
+    """Serve the RTC snapshot API (StartSnapshot, UpdateSnapshot, StopSnapshot) locally.
+
+    It behaves like the real API on the wire: V4 signatures, the response envelope,
+    error codes, the per-action rate limit and task idle timeouts. The fault rates
+    are shares of requests in [0, 1] and together at most 1. GET /_emulator/tasks
+    and /_emulator/stats show what it holds; see docs/emulator.md.
+    """
+    from pydantic import ValidationError
+
+    from ..api import describe_validation_error
+    from .server import run_forever
+    from .tasks import DataFileError
+
+    try:
+        config = EmulatorConfig(**options)
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid settings: {describe_validation_error(exc)}") from None
+    try:
+        run_forever(config)
+    except DataFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None

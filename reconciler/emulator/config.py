@@ -1,0 +1,51 @@
+"""The emulator's settings, validated once for the command line and for ``POST /_emulator/config``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..api import DOCUMENTED_QPS
+
+DEFAULT_ACCESS_KEY = "AKLTsnapctlemulator"
+DEFAULT_SECRET_KEY = "snapctl-emulator-secret"
+DEFAULT_REGION = "cn-north-1"
+
+#: The settings ``POST /_emulator/config`` may change while the emulator runs.
+RUNTIME_FIELDS = ("error_rate", "drop_rate", "slow_rate", "slow_ms", "latency_ms", "jitter_ms", "qps")
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class EmulatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    access_key: str = Field(DEFAULT_ACCESS_KEY, min_length=1)
+    secret_key: str = Field(DEFAULT_SECRET_KEY, min_length=1, repr=False)
+    region: str = Field(DEFAULT_REGION, min_length=1)
+    qps: int = Field(DOCUMENTED_QPS, ge=0)
+    latency_ms: int = Field(0, ge=0)
+    jitter_ms: int = Field(0, ge=0)
+    error_rate: Rate = 0.0
+    drop_rate: Rate = 0.0
+    slow_rate: Rate = 0.0
+    slow_ms: int = Field(5000, ge=0)
+    max_body: int = Field(65536, ge=1)
+    data: Optional[Path] = None
+    seed: Optional[int] = None
+    max_skew_s: int = Field(900, ge=0)
+
+    @model_validator(mode="after")
+    def _rates_share_one_draw(self) -> "EmulatorConfig":
+        # One random draw per request picks at most one fault, so the rates are shares of one whole.
+        total = self.error_rate + self.drop_rate + self.slow_rate
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"error_rate + drop_rate + slow_rate must not exceed 1, got {total:g}")
+        return self
+
+    def runtime(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in RUNTIME_FIELDS}

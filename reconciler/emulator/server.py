@@ -1,0 +1,120 @@
+"""Running the emulator under uvicorn: in a background thread (tests, benchmarks) or in the foreground (the command)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from typing import Optional
+
+from .app import EmulatorApp
+from .config import EmulatorConfig
+
+__all__ = ["EmulatorConfig", "EmulatorServer", "run_forever"]
+
+#: In-flight answers (slow faults, latency) get this long to finish when the server stops.
+GRACEFUL_SHUTDOWN_S = 2
+START_TIMEOUT_S = 10
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn_server(app: EmulatorApp, *, log_config):
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        loop="auto",  # uvloop when installed
+        http="auto",  # httptools when installed
+        lifespan="on",
+        access_log=False,
+        log_config=log_config,
+        log_level="warning",
+        server_header=False,
+        backlog=2048,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    return uvicorn.Server(config)
+
+
+class EmulatorServer:
+    """The emulator serving on a background thread; ``port=0`` picks a free port.
+
+    >>> with EmulatorServer(EmulatorConfig()) as server:
+    ...     server.url
+    """
+
+    def __init__(self, config: Optional[EmulatorConfig] = None):
+        self.config = config or EmulatorConfig()
+        self.app = EmulatorApp(self.config)
+        self.url = ""
+        self._server = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "EmulatorServer":
+        """Return once the server accepts connections."""
+        sock = _bind(self.config.host, self.config.port)
+        self.url = _url(sock)
+        # log_config=None: an embedded server leaves the host's logging setup alone.
+        self._server = server = _uvicorn_server(self.app, log_config=None)
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="snapctl-emulator", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError(f"the emulator did not start on {self.url}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join()
+        self._thread = None
+        self._server = None
+
+    def __enter__(self) -> "EmulatorServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_forever(config: EmulatorConfig) -> None:
+    """Serve in the foreground until SIGINT or SIGTERM, then shut down cleanly (tasks written)."""
+    import uvicorn.config
+
+    app = EmulatorApp(config)
+    sock = _bind(config.host, config.port)
+    server = _uvicorn_server(app, log_config=uvicorn.config.LOGGING_CONFIG)
+    print(
+        f"snapctl emulator listening on {_url(sock)} (access key {config.access_key}, secret key from --secret-key)",
+        flush=True,
+    )
+    # uvicorn re-raises the signal that stopped it once it is done; a no-op handler
+    # makes that re-raise harmless, so a signalled shutdown exits with status 0.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
