@@ -7,6 +7,7 @@ canonical request.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ def format_x_date(moment: datetime | None = None) -> str:
     return (moment or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime(X_DATE_FORMAT)
 
 
+@functools.lru_cache(maxsize=32)  # one key per day and region: derive it once, not per request
 def signing_key(secret_key: str, date: str, region: str, service: str = SERVICE) -> bytes:
     key = _hmac(secret_key.encode("utf-8"), date)
     key = _hmac(key, region)

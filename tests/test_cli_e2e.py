@@ -181,19 +181,58 @@ def test_lost_state_converges_through_already_started(workdir, env, server):
 
 
 def test_one_failure_never_stops_the_others(workdir, env, server):
-    # A task the emulator refuses (the access key of an unknown account is fine, but
-    # the emulator has no rule against it); inject by stopping the emulator's acceptance:
-    # a second app whose requests fail with a server-side parameter rule the manifest
-    # layer cannot see: an AppId the emulator rejects is not expressible, so use faults.
-    httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 1.0})
+    (workdir / "manifests" / "denied.yaml").write_text(
+        "app_id: app2\nstorage:\n  s: {type: tos, account_id: '1', bucket: b}\n"
+        "defaults: {storage: s}\nrooms:\n  R:\n    tasks:\n      A: {}\n      B: {}\n"
+    )
+    httpx.post(f"{server.url}/_emulator/config", json={"deny_apps": ["app2"]})
     try:
-        failed = snap(workdir, env, "apply", "--auto-approve", "--timeout", "2")
+        failed = snap(workdir, env, "apply", "--auto-approve")
+    finally:
+        httpx.post(f"{server.url}/_emulator/config", json={"deny_apps": []})
+    assert failed.code == 1
+    assert "Apply failed for 2 of 5 task(s)" in failed.stdout
+    assert "app2/R/A: AccessDenied: " in failed.stdout and "RequestId" in failed.stdout
+    assert "Traceback" not in failed.output
+    # Permission errors are not retried: one request per denied task.
+    assert stats(server.url)["by_action"]["StartSnapshot"]["outcomes"]["AccessDenied"] == 2
+    # Every success is in the state; the failures are not.
+    assert set(state_doc(workdir)["tasks"]) == {"app1/Room1/Task1", "app1/Room1/Task2", "app1/Room2/Task1"}
+    result = snap(workdir, env, "apply", "--auto-approve")
+    assert result.code == 0 and "2 added" in result.stdout
+    assert len(state_doc(workdir)["tasks"]) == 5
+
+
+def test_one_invalid_task_among_valid_ones_sends_nothing(workdir, env, server):
+    edit(workdir, "max_idle_time: 600", "max_idle_time: 86401")
+    result = snap(workdir, env, "apply", "--auto-approve")
+    assert result.code == 1
+    assert "manifests/rooms.yaml:24:24: error: rooms.Room1.tasks.Task2.max_idle_time" in result.stderr
+    assert "Traceback" not in result.output
+    assert stats(server.url)["total"] == 0
+    assert not (workdir / "state" / "snapctl.state.json").exists()
+
+
+def test_failure_in_the_middle_keeps_earlier_successes(workdir, env, server):
+    many = "".join(f"      T{i:03d}: {{}}\n" for i in range(60))
+    (workdir / "manifests" / "many.yaml").write_text(
+        "app_id: app3\nstorage:\n  s: {type: tos, account_id: '1', bucket: b}\n"
+        f"defaults: {{storage: s}}\nrooms:\n  R:\n    tasks:\n{many}"
+    )
+    # Faults that outlast the client's retries hit some tasks mid-run; the rest land.
+    httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.6})
+    try:
+        failed = snap(workdir, env, "apply", "--auto-approve", "--parallelism", "4")
     finally:
         httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0})
-    assert failed.code == 1
-    assert "InternalError" in failed.stdout and "Traceback" not in failed.output
+    running = set(tasks(server.url))
+    recorded = set(state_doc(workdir)["tasks"]) if (workdir / "state" / "snapctl.state.json").exists() else set()
+    assert recorded == running  # every started task is in the state, nothing more
+    if failed.code == 1:
+        assert "InternalError" in failed.stdout
     result = snap(workdir, env, "apply", "--auto-approve")
-    assert result.code == 0 and "3 added" in result.stdout
+    assert result.code == 0, result.output
+    assert len(state_doc(workdir)["tasks"]) == 63 == len(tasks(server.url))
 
 
 def test_examples_in_manifests_dir_plan_and_apply(tmp_path, server):

@@ -227,6 +227,8 @@ class EmulatorApp:
             self._authenticate(scope, query, body_hash, now)
             self._throttle(action)
             request = validated(REQUEST_MODELS[action], self._json_object(body, oversized))
+            if request.app_id in config.deny_apps:
+                raise Refusal("AccessDenied", f"the access key is not allowed to {action} in app {request.app_id}")
         except Refusal as refusal:
             stats.record(bucket, refusal.code)
             await self._answer(send, *self._error(now, action, version, refusal))

@@ -36,6 +36,7 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
     help="Keep the tasks in this JSON file so they survive restarts.",
 )
 @click.option("--seed", type=int, default=None, help="Seed of the fault and jitter draws, for repeatable runs.")
+@click.option("--deny-app", "deny_apps", multiple=True, metavar="APPID", help="Answer AccessDenied for this AppId, as an IAM policy would. Repeatable.")
 def emulator(**options) -> None:
     """Serve the RTC snapshot API (StartSnapshot, UpdateSnapshot, StopSnapshot) locally.
 
@@ -51,7 +52,7 @@ def emulator(**options) -> None:
     from .tasks import DataFileError
 
     try:
-        config = EmulatorConfig(**options)
+        config = EmulatorConfig(**{**options, "deny_apps": list(options["deny_apps"])})
     except ValidationError as exc:
         raise click.ClickException(f"invalid settings: {describe_validation_error(exc)}") from None
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,7 +14,7 @@ DEFAULT_SECRET_KEY = "snapctl-emulator-secret"
 DEFAULT_REGION = "cn-north-1"
 
 #: The settings ``POST /_emulator/config`` may change while the emulator runs.
-RUNTIME_FIELDS = ("error_rate", "drop_rate", "slow_rate", "slow_ms", "latency_ms", "jitter_ms", "qps")
+RUNTIME_FIELDS = ("error_rate", "drop_rate", "slow_rate", "slow_ms", "latency_ms", "jitter_ms", "qps", "deny_apps")
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -38,6 +38,9 @@ class EmulatorConfig(BaseModel):
     data: Optional[Path] = None
     seed: Optional[int] = None
     max_skew_s: int = Field(900, ge=0)
+    #: AppIds the access key may not use: their requests are answered AccessDenied,
+    #: as an IAM policy would (for rehearsing permission failures).
+    deny_apps: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _rates_share_one_draw(self) -> "EmulatorConfig":
@@ -47,5 +50,5 @@ class EmulatorConfig(BaseModel):
             raise ValueError(f"error_rate + drop_rate + slow_rate must not exceed 1, got {total:g}")
         return self
 
-    def runtime(self) -> dict[str, float]:
+    def runtime(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in RUNTIME_FIELDS}
