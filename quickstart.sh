@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Install snapctl into .venv, start the bundled emulator on loopback, then plan
+# Install snapctl (with its test dependencies) into .venv, start the bundled emulator on loopback, then plan
 # and apply manifests/ against it. Safe to run again: the second apply is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+.venv/bin/python -m pip install --quiet -e ".[test]"   # test extras too: the README's second command runs the suite
 SNAPCTL=.venv/bin/snapctl
 
 # The emulator keeps its tasks in state/emulator-tasks.json so they survive restarts,
