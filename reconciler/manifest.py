@@ -1,0 +1,794 @@
+"""Manifests: YAML files declaring snapshot tasks, resolved into StartSnapshot requests.
+
+A document names one app and declares rooms and their tasks; settings are
+inherited document ``defaults`` -> room -> task (``image`` field by field,
+``streams`` and ``storage`` as a whole). Loading validates every value with
+the constrained types of :mod:`reconciler.api`, collects every problem with
+its ``file:line:column``, and either returns the fully resolved requests or
+raises :class:`ManifestError` listing all of them.
+
+Validation is piecewise (document shape, defaults, each storage profile, each
+room, each task) so that one bad task does not hide the problems of others.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import gc
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+
+import annotated_types
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from . import api
+from .errors import UsageError
+from .yamlsource import Diagnostic, Document, Location, read_documents
+
+__all__ = [
+    "SECRET_FIELDS",
+    "DesiredTask",
+    "Diagnostic",
+    "Location",
+    "ManifestError",
+    "ManifestSet",
+    "discover",
+    "load_manifests",
+    "manifest_json_schema",
+]
+
+#: API field paths (PascalCase, as in :meth:`api.WireModel.wire`) that hold secrets.
+SECRET_FIELDS = ("StorageConfig.CustomConfig.AccessKey", "StorageConfig.CustomConfig.SecretKey")
+_SECRET_KEYS = frozenset({"access_key", "secret_key"})
+
+_ID_RULE = "IDs are 1 to 128 characters: letters, digits and _ @ - ."
+
+
+class ManifestError(UsageError):
+    """Manifests that cannot be used; ``diagnostics`` lists every problem found."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]):
+        self.diagnostics = sorted(dict.fromkeys(diagnostics), key=Diagnostic.sort_key)
+        super().__init__(str(self))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    def __str__(self) -> str:
+        return "\n".join(map(str, self.diagnostics))
+
+
+@dataclass(frozen=True)
+class DesiredTask:
+    """One declared task: its address ``APP/ROOM/TASK`` and the request that starts it."""
+
+    address: str
+    request: api.StartSnapshotRequest
+    location: Location
+
+
+@dataclass
+class ManifestSet:
+    """Everything the manifests declare: tasks by address (sorted), warnings, files read."""
+
+    tasks: dict[str, DesiredTask]
+    warnings: list[Diagnostic] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+# --- value types -------------------------------------------------------------
+
+
+def _describe(value: Any, secret: bool = False) -> str:
+    """A value as a message shows it; a secret's value is never shown."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean true" if value else "boolean false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bytes):
+        return "binary data"
+    if secret:
+        return "a string" if isinstance(value, str) else "a number" if isinstance(value, (int, float)) else "a date"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return f"date {value.isoformat()}"
+    if isinstance(value, str):
+        return f"string {_short(value)!r}"
+    return type(value).__name__
+
+
+def _short(value: Any) -> Any:
+    return value[:37] + "..." if isinstance(value, str) and len(value) > 40 else value
+
+
+def _did_you_mean(word: Any, choices) -> str:
+    matches = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def _named_enum(enum, code_type: Any, names: tuple[str, ...]):
+    """The API's integer enum, also accepting the members' names."""
+    codes = {name: enum[name].value for name in names}
+    choices = f"{', '.join(names)} (or {', '.join(str(c) for c in codes.values())})"
+    valid_codes = set(codes.values())
+
+    def to_code(value: Any) -> Any:
+        if type(value) is str and value in codes:
+            return codes[value]
+        if type(value) is int and value in valid_codes:
+            return value
+        hint = _did_you_mean(value.lower(), names) if isinstance(value, str) else ""
+        raise ValueError(f"must be one of {choices}, got {_describe(value)}{hint}")
+
+    return Annotated[(code_type, BeforeValidator(to_code), WithJsonSchema({"enum": [*codes, *codes.values()]}))]
+
+
+FormatField = _named_enum(api.Format, api.FormatCode, ("jpeg", "png"))
+StreamTypeField = _named_enum(api.StreamType, api.StreamTypeCode, ("main", "screen"))
+VendorField = _named_enum(api.Vendor, api.VendorCode, ("s3", "oss", "obs", "cos", "kodo"))
+
+# The storage types snapshots accept, by name and by API code.
+_STORAGE_NAMES = ("tos", "custom", "veimagex")
+_STORAGE_BY_CODE = {api.StorageType[n].value: n for n in _STORAGE_NAMES}
+
+
+def _refuse_storage_type(value: Any) -> Any:
+    if (type(value) is str and value == "vod") or (type(value) is int and value == api.StorageType.vod):
+        raise ValueError("storage type vod (1) is not supported for snapshots; use tos, custom or veimagex (0, 2 or 3)")
+    hint = _did_you_mean(value.lower(), _STORAGE_NAMES) if isinstance(value, str) else ""
+    raise ValueError(f"must be one of tos, custom, veimagex (or 0, 2, 3), got {_describe(value)}{hint}")
+
+
+# --- the document format -----------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _opt(description: str) -> Any:
+    """An optional setting: absent means "inherit"."""
+    return Field(None, description=description)
+
+
+class Image(_Strict):
+    """Snapshot image settings; each field merges over the level above, then the API default."""
+
+    format: FormatField = _opt("jpeg | png (API 0 | 1); default jpeg")
+    width: api.Dimension = _opt("0..1920; 0 = the stream's own width")
+    height: api.Dimension = _opt("0..1920; 0 = the stream's own height")
+    interval: api.Interval = _opt(f"seconds between shots, 1..600; default {api.DEFAULT_INTERVAL}")
+
+
+class Stream(_Strict):
+    """One stream to snapshot."""
+
+    user_id: api.NonEmpty = Field(description="the publishing user's ID")
+    stream_type: StreamTypeField = Field(0, description="main | screen (API 0 | 1)")
+    index: api.StreamIndex = _opt("optional, unique within the list")
+
+
+class TosStorage(_Strict):
+    """Volcengine TOS."""
+
+    type: Literal["tos", 0]
+    account_id: api.NonEmpty
+    region: api.Region = 0
+    bucket: api.NonEmpty
+
+
+class CustomStorage(_Strict):
+    """An S3-compatible third-party store."""
+
+    type: Literal["custom", 2]
+    vendor: VendorField = Field(0, description="s3 | oss | obs | cos | kodo (API 0..4)")
+    region: api.Region = 0
+    bucket: api.NonEmpty
+    access_key: api.NonEmpty = Field(description="secret: write ${env:NAME}")
+    secret_key: api.NonEmpty = Field(description="secret: write ${env:NAME}")
+
+
+class VeImageXStorage(_Strict):
+    """veImageX."""
+
+    type: Literal["veimagex", 3]
+    account_id: api.NonEmpty
+    region: api.Region = 0
+    service_id: api.NonEmpty
+
+
+class _InvalidStorage(BaseModel):
+    """A storage block whose type is missing or not one snapshots support: reports just that."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Annotated[Any, AfterValidator(_refuse_storage_type)]
+
+
+_STORAGE_MODELS: dict[str, type[_Strict]] = {"tos": TosStorage, "custom": CustomStorage, "veimagex": VeImageXStorage}
+StorageSpec = Union[TosStorage, CustomStorage, VeImageXStorage]
+
+# Tags of the storage unions. pydantic puts them in error locations, where
+# they are dropped; the colon keeps them apart from any valid key.
+_PROFILE_TAG = "storage:profile"
+_INVALID_TAG = "storage:invalid"
+_TAG_TYPES: dict[str, Any] = {f"storage:{n}": m for n, m in _STORAGE_MODELS.items()}
+_TAG_TYPES[_INVALID_TAG] = _InvalidStorage
+_TAG_TYPES[_PROFILE_TAG] = api.Identifier
+
+
+def _storage_union(with_profile: bool):
+    def tag(value: Any) -> str | None:
+        if isinstance(value, str):
+            return _PROFILE_TAG if with_profile else None
+        if not isinstance(value, dict):
+            return None
+        kind = value.get("type")
+        if type(kind) is int:
+            kind = _STORAGE_BY_CODE.get(kind)
+        return f"storage:{kind}" if type(kind) is str and kind in _STORAGE_MODELS else _INVALID_TAG
+
+    members: list[Any] = [Annotated[m, Tag(f"storage:{n}")] for n, m in _STORAGE_MODELS.items()]
+    members.append(SkipJsonSchema[Annotated[_InvalidStorage, Tag(_INVALID_TAG)]])
+    if with_profile:
+        members.insert(0, Annotated[api.Identifier, Tag(_PROFILE_TAG)])
+        expected = "a storage profile's name or a storage block"
+    else:
+        expected = "a storage block"
+    return Annotated[
+        Union[tuple(members)],
+        Discriminator(tag, custom_error_type="storage", custom_error_message=f"must be {expected} (a mapping with type tos, custom or veimagex)"),
+    ]
+
+
+StorageBlock = _storage_union(with_profile=False)
+StorageRef = _storage_union(with_profile=True)
+
+
+class Settings(_Strict):
+    """What a task needs; ``defaults``, rooms and tasks all take these."""
+
+    business_id: Optional[api.Identifier] = _opt("BusinessId; null removes an inherited one")
+    max_idle_time: api.MaxIdleTime = _opt(f"seconds, 1..86400; default {api.DEFAULT_MAX_IDLE_TIME}")
+    image: Image = _opt("merges field by field over the level above")
+    storage: StorageRef = _opt("a storage profile's name or an inline storage block; replaces as a whole")
+    streams: Optional[Annotated[list[Stream], Field(max_length=api.MAX_STREAMS)]] = _opt(
+        f"at most {api.MAX_STREAMS}; omitted, null or []: every stream in the room; replaces as a whole"
+    )
+
+
+class Room(Settings):
+    """A room: settings for its tasks, and the tasks."""
+
+    tasks: dict[api.Identifier, Optional[Settings]] = Field(description="task ID -> settings (may be empty)")
+
+
+class ManifestDocument(_Strict):
+    """A snapctl manifest: one app's snapshot tasks."""
+
+    model_config = ConfigDict(title="snapctl manifest")
+
+    app_id: api.Identifier = Field(description="AppId")
+    defaults: Settings = _opt("inherited by every task of this document")
+    storage: dict[api.Identifier, StorageBlock] = Field(default_factory=dict, description="named storage profiles")
+    rooms: dict[api.Identifier, Room] = Field(description="room ID -> room")
+
+
+# The same format, one level at a time: what lies below is checked piece by piece.
+class _DocumentShape(_Strict):
+    app_id: api.Identifier
+    defaults: Any = None
+    storage: dict[api.Identifier, Any] = {}
+    rooms: dict[api.Identifier, Any]
+
+
+class _RoomShape(Settings):
+    tasks: dict[api.Identifier, Any]
+
+
+_BLOCK_ADAPTER = TypeAdapter(StorageBlock)
+_EMPTY = Settings()
+_DEFAULT_IMAGE = api.ImageConfig()
+_IMAGE_FIELDS = ("format", "width", "height", "interval")
+
+
+def _bounds(annotated) -> tuple[Any, Any]:
+    low = high = None
+    for meta in getattr(annotated, "__metadata__", ()):
+        for item in getattr(meta, "metadata", [meta]):
+            if isinstance(item, annotated_types.Ge):
+                low = item.ge
+            elif isinstance(item, annotated_types.Le):
+                high = item.le
+    return low, high
+
+
+_RANGES = {
+    "max_idle_time": _bounds(api.MaxIdleTime),
+    "width": _bounds(api.Dimension),
+    "height": _bounds(api.Dimension),
+    "interval": _bounds(api.Interval),
+    "region": _bounds(api.Region),
+    "index": _bounds(api.StreamIndex),
+}
+
+
+def manifest_json_schema() -> dict:
+    """The JSON Schema (2020-12) of a manifest document, for ``snapctl schema`` and editors."""
+    schema = ManifestDocument.model_json_schema()
+    _drop_null_defaults(schema)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def _drop_null_defaults(node: Any) -> None:
+    # "absent means inherit" fields default to None, which is not a value a user may write.
+    if isinstance(node, dict):
+        if "default" in node and node["default"] is None:
+            del node["default"]
+        for value in node.values():
+            _drop_null_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_null_defaults(value)
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def discover(paths: Sequence[str | Path]) -> list[Path]:
+    """The manifest files under ``paths``: ``*.yaml``/``*.yml`` under directories
+    (recursive, sorted, hidden directories skipped) and files given directly.
+
+    Raises ManifestError naming every path that does not exist.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    missing: list[Diagnostic] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                files.extend(Path(root, n) for n in names if n.endswith((".yaml", ".yml")) and not n.startswith("."))
+            files.sort()
+        elif path.exists():
+            files = [path]
+        else:
+            missing.append(Diagnostic(None, f"{path}: no such file or directory"))
+            continue
+        for file in files:
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(file)
+    if missing:
+        raise ManifestError(missing)
+    return found
+
+
+def load_manifests(paths: Sequence[str | Path] = ("manifests",), environ: Mapping[str, str] | None = None) -> ManifestSet:
+    """Load, validate and resolve the manifests under ``paths``.
+
+    ``environ`` (default ``os.environ``) feeds ``${env:NAME}``. Raises
+    ManifestError with every error (and warning) of every file, sorted by
+    file and position, if there is any error.
+    """
+    files = discover(paths)
+    collector = _Collector(os.environ if environ is None else environ)
+    if not files:
+        shown = ", ".join(str(p) for p in paths)
+        # An error, not a warning: an empty set of manifests would plan the
+        # destruction of every task (a typo in a path must not do that; use destroy).
+        collector.diagnostics.append(Diagnostic(None, f"no manifest files (*.yaml, *.yml) under {shown}", "error"))
+    with _gc_paused():
+        for file in files:
+            collector.load_file(file)
+    errors = [d for d in collector.diagnostics if d.severity == "error"]
+    if errors:
+        raise ManifestError(collector.diagnostics)
+    tasks = dict(sorted(collector.tasks.items()))
+    warnings = sorted(dict.fromkeys(collector.diagnostics), key=Diagnostic.sort_key)
+    return ManifestSet(tasks=tasks, warnings=warnings, files=[str(f) for f in files])
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Loading allocates millions of long-lived objects without cycles; the
+    # cyclic collector would rescan them over and over (it more than doubles
+    # the time of large loads) and could free nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _Collector:
+    """Loads files one by one, gathering tasks and diagnostics across all of them."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+        self.diagnostics: list[Diagnostic] = []
+        self.tasks: dict[str, DesiredTask] = {}
+        # Locations where YAML itself already reported an error: validation
+        # errors at the same place would only repeat it.
+        self.reported: set[Location] = set()
+
+    def load_file(self, path: Path) -> None:
+        documents, diagnostics = read_documents(path, self.environ)
+        self.diagnostics.extend(diagnostics)
+        self.reported.update(d.location for d in diagnostics if d.severity == "error" and d.location)
+        for document in documents:
+            _DocumentLoader(self, document).load()
+
+    def error(self, location: Location, message: str) -> None:
+        if location not in self.reported:
+            self.diagnostics.append(Diagnostic(location, message))
+
+    def warn(self, location: Location, message: str) -> None:
+        self.diagnostics.append(Diagnostic(location, message, "warning"))
+
+
+class _DocumentLoader:
+    def __init__(self, collector: _Collector, document: Document):
+        self.collector = collector
+        self.doc = document
+        self.profiles: dict[str, StorageSpec | None] = {}
+        # id(object) -> (object, result): the object is kept so the id stays its own.
+        self.storage_cache: dict[int, tuple[Any, api.StorageConfig]] = {}
+        self.streams_cache: dict[int, tuple[Any, api.TargetStreams]] = {}
+        self.image_cache: dict[tuple, api.ImageConfig] = {}
+
+    # Validation, with pydantic's errors turned into located diagnostics.
+
+    def validate(self, validator, root: Any, raw: Any, path: tuple) -> Any:
+        try:
+            return validator(raw)
+        except ValidationError as exc:
+            self.report(exc.errors(include_url=False), root, path)
+            return None
+
+    def report(self, errors: list[dict], root: Any, base: tuple) -> None:
+        suggested: set[tuple] = set()
+        problems = []
+        for err in errors:
+            path, on_key = list(base), False
+            raw_loc = err["loc"]
+            for step in raw_loc:
+                if step == "[key]":
+                    on_key = True
+                elif not (isinstance(step, str) and step in _TAG_TYPES):
+                    path.append(step)
+            problems.append((err, tuple(path), on_key, raw_loc))
+            if err["type"] == "extra_forbidden":
+                for match in difflib.get_close_matches(str(path[-1]), _fields_at(root, raw_loc[:-1]), n=1, cutoff=0.6):
+                    suggested.add((*path[:-1], match))
+        for err, path, on_key, raw_loc in problems:
+            kind = err["type"]
+            if kind == "missing":
+                if path in suggested:
+                    continue  # the misspelt key beside it is the real problem
+                where = self.doc.location(path[:-1], key=True)
+                self.collector.error(where, _join(path[:-1], f"missing required key {path[-1]!r}"))
+            elif kind == "extra_forbidden":
+                self.collector.error(self.doc.location(path, key=True), _join(path[:-1], _unknown_key(path[-1], root, raw_loc)))
+            elif on_key or kind == "invalid_key":
+                key = path[-1]
+                if isinstance(key, str):
+                    text = f"{_short(key)!r} {_message(err, secret=False)}"
+                else:
+                    # pydantic reports such keys as ints (even true), so the key is not shown.
+                    text = "names must be strings; quote this one (YAML reads unquoted numbers, dates, yes/no, on/off and null as other types)"
+                self.collector.error(self.doc.location(path, key=True), _join(path[:-1], text))
+            else:
+                secret = bool(path) and path[-1] in _SECRET_KEYS
+                self.collector.error(self.doc.location(path), _join(path, _message(err, secret, path)))
+
+    # The document, piece by piece.
+
+    def load(self) -> None:
+        data = self.doc.data
+        self.validate(_DocumentShape.model_validate, _DocumentShape, data, ())
+        app_id = data.get("app_id")
+        app_ok = _is_id(app_id)
+
+        defaults: Settings | None = _EMPTY
+        if "defaults" in data:
+            defaults = self.validate(Settings.model_validate, Settings, data["defaults"], ("defaults",))
+            if defaults is not None:
+                self.check_settings(defaults, ("defaults",))
+
+        profiles = data.get("storage")
+        if isinstance(profiles, dict):
+            for name, block in profiles.items():
+                spec = self.validate(_BLOCK_ADAPTER.validate_python, StorageBlock, block, ("storage", name))
+                if isinstance(name, str):
+                    self.profiles[name] = spec
+                if spec is not None:
+                    self.check_secrets(spec, ("storage", name))
+        defaults_ok = defaults is not None and self.check_storage_ref(defaults, ("defaults",))
+
+        rooms = data.get("rooms")
+        if not isinstance(rooms, dict):
+            return
+        for room_name, room_raw in rooms.items():
+            path = ("rooms", room_name)
+            room = self.validate(_RoomShape.model_validate, _RoomShape, room_raw, path)
+            room_ok = False
+            if room is not None:
+                self.check_settings(room, path)
+                room_ok = self.check_storage_ref(room, path)
+            tasks = room_raw.get("tasks") if isinstance(room_raw, dict) else None
+            if not isinstance(tasks, dict):
+                continue
+            for task_name, task_raw in tasks.items():
+                task_path = (*path, "tasks", task_name)
+                task = _EMPTY if task_raw is None else self.validate(Settings.model_validate, Settings, task_raw, task_path)
+                if task is None:
+                    continue
+                self.check_settings(task, task_path)
+                task_ok = self.check_storage_ref(task, task_path)
+                if app_ok and defaults_ok and room_ok and task_ok and _is_id(room_name) and _is_id(task_name):
+                    self.add_task(app_id, room_name, task_name, defaults, room, task)
+
+    def check_settings(self, settings: Settings, path: tuple) -> None:
+        """Rules that span several values of one level: unique stream index, plain secrets."""
+        if settings.streams:
+            first: dict[int, int] = {}
+            for i, stream in enumerate(settings.streams):
+                if stream.index is None:
+                    continue
+                if stream.index in first:
+                    line = self.doc.location((*path, "streams", first[stream.index], "index")).line
+                    index_path = (*path, "streams", i, "index")
+                    self.collector.error(
+                        self.doc.location(index_path),
+                        _join(index_path, f"index {stream.index} is repeated (first at line {line}); each index must be unique within streams"),
+                    )
+                else:
+                    first[stream.index] = i
+        if settings.storage is not None and not isinstance(settings.storage, str):
+            self.check_secrets(settings.storage, (*path, "storage"))
+
+    def check_secrets(self, spec: StorageSpec, path: tuple) -> None:
+        if not isinstance(spec, CustomStorage):
+            return
+        for key in ("access_key", "secret_key"):
+            if not self.doc.interpolated((*path, key)):
+                self.collector.warn(
+                    self.doc.location((*path, key)),
+                    _join((*path, key), "secret written in plain text; use ${env:NAME} to keep it out of the repository"),
+                )
+
+    def check_storage_ref(self, settings: Settings, path: tuple) -> bool:
+        """Whether the storage named at this level (if any) is usable; reports unknown profiles."""
+        ref = settings.storage
+        if not isinstance(ref, str):
+            return True
+        if ref in self.profiles:
+            return self.profiles[ref] is not None  # an invalid profile was reported where it is defined
+        if self.profiles:
+            hint = _did_you_mean(ref, self.profiles) or f"; profiles defined in this document: {', '.join(map(str, self.profiles))}"
+        else:
+            hint = "; this document defines no storage profiles (top-level `storage`)"
+        ref_path = (*path, "storage")
+        self.collector.error(self.doc.location(ref_path), _join(ref_path, f"unknown storage profile {ref!r}{hint}"))
+        return False
+
+    # Resolution: defaults -> room -> task.
+
+    def add_task(self, app_id: str, room_id: str, task_id: str, defaults: Settings, room: Settings, task: Settings) -> None:
+        path = ("rooms", room_id, "tasks", task_id)
+        location = self.doc.location(path, key=True)
+        address = f"{app_id}/{room_id}/{task_id}"
+        previous = self.collector.tasks.get(address)
+        if previous is not None:
+            self.collector.error(location, f"task {address} is declared twice; first at {previous.location}")
+            return
+        levels = (task, room, defaults)
+        storage = _inherit("storage", levels)
+        if storage is None:
+            self.collector.error(
+                location, _join(path, f"no storage for this task; set storage on the task, on room {room_id}, or in defaults")
+            )
+            return
+        max_idle_time = _inherit("max_idle_time", levels)
+        request = api.StartSnapshotRequest.model_construct(
+            app_id=app_id,
+            business_id=_inherit("business_id", levels),
+            room_id=room_id,
+            task_id=task_id,
+            target_streams=self.target_streams(_inherit("streams", levels)),
+            max_idle_time=api.DEFAULT_MAX_IDLE_TIME if max_idle_time is None else max_idle_time,
+            image_config=self.image_config(levels),
+            storage_config=self.storage_config(self.profiles[storage] if isinstance(storage, str) else storage),
+        )
+        self.collector.tasks[address] = DesiredTask(address, request, location)
+
+    def image_config(self, levels: tuple[Settings, ...]) -> api.ImageConfig:
+        images = [s.image for s in levels if s.image is not None]
+        values = []
+        for name in _IMAGE_FIELDS:
+            value = next((v for v in (getattr(i, name) for i in images) if v is not None), None)
+            values.append(getattr(_DEFAULT_IMAGE, name) if value is None else value)
+        key = tuple(values)
+        config = self.image_cache.get(key)
+        if config is None:
+            config = self.image_cache[key] = api.ImageConfig.model_construct(**dict(zip(_IMAGE_FIELDS, values)))
+        return config
+
+    def target_streams(self, streams: list[Stream] | None) -> api.TargetStreams | None:
+        if not streams:
+            return None
+        cached = self.streams_cache.get(id(streams))
+        if cached is not None and cached[0] is streams:
+            return cached[1]
+        result = api.TargetStreams.model_construct(
+            stream_list=[api.Stream.model_construct(index=s.index, user_id=s.user_id, stream_type=s.stream_type) for s in streams]
+        )
+        self.streams_cache[id(streams)] = (streams, result)
+        return result
+
+    def storage_config(self, spec: StorageSpec) -> api.StorageConfig:
+        cached = self.storage_cache.get(id(spec))
+        if cached is not None and cached[0] is spec:
+            return cached[1]
+        if isinstance(spec, TosStorage):
+            block = api.TosConfig.model_construct(account_id=spec.account_id, region=spec.region, bucket=spec.bucket)
+            config = api.StorageConfig.model_construct(type=api.StorageType.tos.value, tos_config=block)
+        elif isinstance(spec, CustomStorage):
+            block = api.CustomConfig.model_construct(
+                vendor=spec.vendor, region=spec.region, bucket=spec.bucket, access_key=spec.access_key, secret_key=spec.secret_key
+            )
+            config = api.StorageConfig.model_construct(type=api.StorageType.custom.value, custom_config=block)
+        else:
+            block = api.VeImageXConfig.model_construct(account_id=spec.account_id, region=spec.region, service_id=spec.service_id)
+            config = api.StorageConfig.model_construct(type=api.StorageType.veimagex.value, ve_image_x_config=block)
+        self.storage_cache[id(spec)] = (spec, config)
+        return config
+
+
+def _inherit(name: str, levels: tuple[Settings, ...]) -> Any:
+    """The value of the nearest level that sets ``name`` (an explicit null counts as set)."""
+    for settings in levels:
+        if name in settings.model_fields_set:
+            return getattr(settings, name)
+    return None
+
+
+_ID_ADAPTER = TypeAdapter(api.Identifier)
+
+
+def _is_id(value: Any) -> bool:
+    try:
+        _ID_ADAPTER.validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+# --- messages ----------------------------------------------------------------
+
+
+def _join(path: Sequence, text: str) -> str:
+    dotted = ""
+    for step in path:
+        dotted += f"[{step}]" if type(step) is int and dotted else (f".{step}" if dotted else str(step))
+    return f"{dotted}: {text}" if dotted else text
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin is Union and type(None) in get_args(tp):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _fields_at(root: Any, loc: Sequence) -> list[str]:
+    """The keys a mapping at pydantic location ``loc`` (relative to ``root``) may hold."""
+    tp = root
+    for step in loc:
+        tp = _unwrap(tp)
+        if isinstance(step, str) and step in _TAG_TYPES:
+            tp = _TAG_TYPES[step]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            info = tp.model_fields.get(step)
+            if info is None:
+                return []
+            tp = info.annotation
+        elif get_origin(tp) in (dict, list):
+            tp = get_args(tp)[-1]
+        else:
+            return []
+    tp = _unwrap(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _unknown_key(key: Any, root: Any, loc: Sequence) -> str:
+    allowed = _fields_at(root, loc[:-1])
+    text = f"unknown key {key!r}"
+    hint = _did_you_mean(key, allowed)
+    if hint:
+        return text + hint
+    owners = [n for n, m in _STORAGE_MODELS.items() if key in m.model_fields]
+    if owners and any(isinstance(s, str) and s in _TAG_TYPES for s in loc):
+        return f"{text}: it belongs to storage type {' or '.join(owners)}; allowed here: {', '.join(allowed)}"
+    return f"{text}; allowed: {', '.join(allowed)}" if allowed else text
+
+
+def _id_message(value: Any) -> str:
+    if not isinstance(value, str):
+        return f"must be a string, got {_describe(value)}"
+    if len(value) > 128:
+        return f"is {len(value)} characters long; {_ID_RULE}"
+    bad = dict.fromkeys(c for c in value if not (c.isascii() and (c.isalnum() or c in "_@-.")))
+    shown = ", ".join(repr(c) for c in bad)
+    return f"contains {shown}, not allowed; {_ID_RULE}"
+
+
+def _message(err: dict, secret: bool, path: Sequence = ()) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    got = _describe(value, secret)
+    if kind == "string_type":
+        if secret or not isinstance(value, (int, float, datetime.date)):
+            return f"must be a string, got {got}"
+        quoted = f': "{value}"' if type(value) is int else ""
+        return f"must be a string, got {got}; quote it{quoted}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer, got {got}"
+    if kind == "string_pattern_mismatch":
+        return _id_message(value)
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        name = next((p for p in reversed(path) if isinstance(p, str)), "")
+        low, high = _RANGES.get(name, (ctx.get("ge"), ctx.get("le")))
+        if low is not None and high is not None:
+            return f"must be between {low} and {high}, got {got}"
+        return f"must be at least {low}, got {got}" if low is not None else f"must be at most {high}, got {got}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping, got {got}"
+    if kind == "list_type":
+        return f"must be a list, got {got}"
+    if kind == "too_long":
+        noun = "streams" if path and path[-1] == "streams" else "items"
+        return f"at most {ctx.get('max_length')} {noun} are allowed, got {ctx.get('actual_length')}"
+    if kind == "invalid_key":
+        return f"keys must be strings, got {got}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind == "storage":
+        return f"{err['msg']}, got {got}"
+    return err["msg"]
