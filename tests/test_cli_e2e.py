@@ -267,3 +267,23 @@ def test_help_and_version(workdir, env):
         assert result.code == 0 and "Usage:" in result.stdout, command
     version = snap(workdir, env, "--version")
     assert version.code == 0 and version.stdout.startswith("snapctl ")
+
+
+def test_the_contract_example_plans_and_applies(tmp_path, server):
+    httpx.post(f"{server.url}/_emulator/reset")
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "state").mkdir()
+    shutil.copy(REPO / "tests" / "manifest_cases" / "contract_example.yaml", tmp_path / "manifests" / "contract.yaml")
+    env = snapctl_env(server.url, tmp_path, OFFSITE_ACCESS_KEY="AK-contract", OFFSITE_SECRET_KEY="SK-contract")
+    plan = run_snapctl(["plan"], cwd=tmp_path, env=env)
+    assert plan.code == 0, plan.output
+    assert "Plan: 2 to add, 0 to change, 0 to replace, 0 to destroy." in plan.stdout
+    applied = run_snapctl(["apply", "--auto-approve"], cwd=tmp_path, env=env)
+    assert applied.code == 0, applied.output
+    running = tasks(server.url)
+    assert set(running) == {"661e1234543cf/Room1/Task1", "661e1234543cf/Room1/Task2"}
+    task2 = running["661e1234543cf/Room1/Task2"]["Request"]
+    assert task2["MaxIdleTime"] == 600 and task2["StorageConfig"]["Type"] == 2
+    assert task2["StorageConfig"]["CustomConfig"]["Bucket"] == "snapshots-offsite"
+    assert running["661e1234543cf/Room1/Task1"]["Request"]["ImageConfig"] == {"Format": 0, "Width": 800, "Height": 800, "Interval": 5}
+    assert run_snapctl(["plan", "--detailed-exitcode"], cwd=tmp_path, env=env).code == 0

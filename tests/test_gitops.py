@@ -313,3 +313,26 @@ def test_interactive_confirmation(work, env, server):
     code, output = _run_on_terminal(["apply"], work, env | {"TERM": "xterm"}, answer="yes")
     assert code == 0, output
     assert set(tasks(server.url)) == ADDRESSES
+
+
+def test_progress_bar_on_a_terminal_and_lines_otherwise(tmp_path):
+    many = "".join(f"      T{i:02d}: {{}}\n" for i in range(40))
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "manifests" / "m.yaml").write_text(
+        "app_id: app9\nstorage:\n  s: {type: tos, account_id: '1', bucket: b}\n"
+        f"defaults: {{storage: s}}\nrooms:\n  R:\n    tasks:\n{many}"
+    )
+    with EmulatorServer(EmulatorConfig(latency_ms=150)) as slow:
+        env = snapctl_env(slow.url, tmp_path)
+        code, output = _run_on_terminal(["apply", "--auto-approve", "--parallelism", "4"], tmp_path, env | {"TERM": "xterm", "COLUMNS": "120"})
+        assert code == 0, output
+        assert re.search(r"\d+/40", output) and "tasks/s" in output  # done/total and rate, redrawn live
+        assert "app9/R/T00: created" not in output  # no per-task lines on a terminal
+        httpx.post(f"{slow.url}/_emulator/reset")
+        for f in (tmp_path / "state").iterdir():
+            f.unlink()
+        plain = run_snapctl(["apply", "--auto-approve"], cwd=tmp_path, env=env)
+        assert plain.code == 0
+        assert sum(line.startswith("app9/R/T") for line in plain.stdout.splitlines()) == 40
+        assert not ANSI.search(plain.output)
