@@ -42,7 +42,19 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="snapctl", message="%(prog)s %(version)s")
 def cli() -> None:
-    """Keep Volcengine RTC snapshot tasks exactly as your YAML manifests say."""
+    """Keep Volcengine RTC snapshot tasks exactly as your YAML manifests say.
+
+    \b
+    Typical use:
+      snapctl validate manifests/        check offline
+      snapctl plan manifests/            see what would change
+      snapctl apply manifests/           make it so, recorded in state/
+
+    \b
+    Exit status: 0 success, 1 error, 2 changes (plan --detailed-exitcode), 130 interrupted.
+    Environment: VOLC_ACCESSKEY, VOLC_SECRETKEY, VOLC_SESSION_TOKEN (or ~/.volc/credentials),
+    VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, NO_COLOR.
+    """
 
 
 def main(argv: list[str] | None = None) -> int:
