@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Awaitable, Callable, Mapping, Optional, Sequence
 
 from . import api
 from .client import CallResult, Outcome, SnapshotClient
@@ -125,24 +125,45 @@ class Applier:
         results.sort(key=lambda r: r.address)
         return ApplyReport(results=results, elapsed_s=time.monotonic() - began, interrupted=skipped)
 
+    async def _call(self, address: str, action: str, running_if_done: dict, call: Awaitable[CallResult]) -> CallResult:
+        """Send one call with its intent journaled first: if the process dies before the
+        outcome is recorded, the state still knows the task may run ``running_if_done``
+        (or, for a Stop, may have stopped)."""
+        previous = self.store.record_intent(address, action, running_if_done)
+        try:
+            return await call
+        except ApiError as exc:
+            if not exc.retryable and getattr(exc, "attempts", 1) == 1:
+                self.store.record_not_done(address, previous)  # refused: the API did nothing
+            raise
+
     async def _perform(self, result: ActionResult, action) -> None:
         address, kind = result.address, result.kind
         if kind == ActionKind.delete.value:
-            result.calls.append(await self.client.stop(stop_request(action.current)))
+            result.calls.append(
+                await self._call(address, "StopSnapshot", action.current, self.client.stop(stop_request(action.current)))
+            )
             self.store.record_delete(address)
             return
         request = self.requests[address]
         if kind == ActionKind.replace.value:
-            result.calls.append(await self.client.stop(stop_request(action.current)))
+            result.calls.append(
+                await self._call(address, "StopSnapshot", action.current, self.client.stop(stop_request(action.current)))
+            )
             self.store.record_delete(address)
         elif kind == ActionKind.update.value:
-            call = await self.client.update(update_request(request))
+            call = await self._call(address, "UpdateSnapshot", request.wire(), self.client.update(update_request(request)))
             result.calls.append(call)
             if call.outcome is not Outcome.not_running:
                 self.store.record_put(address, request.wire(), call.request_id)
                 return
             # The task idled out: bring it back with the whole desired request.
-        call = await self.client.start(request)
+        if kind == "reassert":
+            # The state already says the task runs this request: whatever becomes of this
+            # call, that stays the best knowledge there is, so no intent is needed.
+            call = await self.client.start(request)
+        else:
+            call = await self._call(address, "StartSnapshot", request.wire(), self.client.start(request))
         result.calls.append(call)
         if kind == "reassert":
             if call.outcome is Outcome.already_started:

@@ -542,6 +542,7 @@ def state_rm(addresses, state_path, lock_timeout_s):
             raise UsageError(f"not in the state: {', '.join(missing)}")
         updated = copy.copy(store.state)
         updated.tasks = {a: e for a, e in store.state.tasks.items() if a not in addresses}
+        updated.pending = {a: i for a, i in store.state.pending.items() if a not in addresses}
         store.replace_state(updated)
     out(f"Removed {len(addresses)} task(s) from the state; they were not stopped.\n")
 

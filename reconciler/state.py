@@ -8,6 +8,12 @@ journal back into the document (atomic write: temporary file, fsync, rename;
 the previous document kept as ``….backup``). Readers replay the journal too,
 so what they see is always every completed call.
 
+Before each mutating call the journal also gets an *intent* (the action and the
+request it may leave running). A call in flight when the process dies may or
+may not have been done by the API, and there is no read action to ask: its
+intent stays in the state (``pending``) until a later call settles the task,
+and the plan treats such a task as possibly running (see ``engine.plan``).
+
 Secrets never reach the disk: the fields of :data:`SECRET_FIELDS` are replaced
 by a keyed fingerprint (HMAC-SHA256 under a random per-lineage key), enough to
 notice a change and useless for recovering the value.
@@ -44,6 +50,9 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("StorageConfig", "CustomConfig", "AccessKey"),
 )
 FINGERPRINT_PREFIX = "hmac-sha256:"
+#: A new holder writes its record just after taking the lock: how long a refused
+#: process waits for that record, to name the holder rather than "another process".
+HOLDER_RECORD_WAIT_S = 2.0
 
 
 def is_fingerprint(value: Any) -> bool:
@@ -60,6 +69,9 @@ class State:
     fingerprint_key: str = ""
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     exists: bool = False
+    #: Calls sent but never settled, by address: ``{"action": <API action>, "request": <StartSnapshot
+    #: wire body, secrets fingerprinted, that the task runs if the call was done>}``.
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def new(cls) -> "State":
@@ -87,7 +99,7 @@ class State:
         return out
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        document = {
             "format_version": FORMAT_VERSION,
             "snapctl_version": __version__,
             "lineage": self.lineage,
@@ -95,12 +107,23 @@ class State:
             "fingerprint_key": self.fingerprint_key,
             "tasks": dict(sorted(self.tasks.items())),
         }
+        if self.pending:
+            document["pending"] = dict(sorted(self.pending.items()))
+        return document
 
     def apply_entry(self, entry: dict[str, Any]) -> None:
-        if entry["op"] == "put":
-            self.tasks[entry["address"]] = entry["entry"]
+        op, address = entry["op"], entry["address"]
+        if op == "intent":
+            if entry.get("intent") is None:
+                self.pending.pop(address, None)
+            else:
+                self.pending[address] = entry["intent"]
+        elif op == "put":
+            self.tasks[address] = entry["entry"]
+            self.pending.pop(address, None)
         else:
-            self.tasks.pop(entry["address"], None)
+            self.tasks.pop(address, None)
+            self.pending.pop(address, None)
         self.serial = entry["serial"]
 
 
@@ -145,7 +168,13 @@ def _parse_document(path: Path, raw: bytes) -> State:
     for address, entry in tasks.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
             raise StateError(f"{path}: task {address!r} has no request")
-    return State(lineage=lineage, serial=serial, fingerprint_key=key, tasks=tasks, exists=True)
+    pending = doc.get("pending", {})
+    if not isinstance(pending, dict) or not all(
+        isinstance(i, dict) and isinstance(i.get("action"), str) and isinstance(i.get("request"), dict)
+        for i in pending.values()
+    ):
+        raise StateError(f"{path}: pending has the wrong type")
+    return State(lineage=lineage, serial=serial, fingerprint_key=key, tasks=tasks, exists=True, pending=pending)
 
 
 def _replay_journal(path: Path, state: State) -> bool:
@@ -222,6 +251,18 @@ class LockHolder:
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host} ({self.command}), since {self.started_at}"
+
+    def may_be_alive(self) -> bool:
+        """False only for a holder on this host whose process is gone (a record left by a killed run)."""
+        if self.host != socket.gethostname():
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
 
 
 def read_lock_holder(path: Path) -> LockHolder | None:
@@ -303,6 +344,18 @@ class StateStore:
     def record_delete(self, address: str) -> None:
         self._append({"op": "delete", "address": address})
 
+    def record_intent(self, address: str, action: str, request_wire: dict[str, Any]) -> dict[str, Any] | None:
+        """Before sending ``action``: remember that ``address`` may run ``request_wire`` (or, for a
+        Stop, may have stopped) until the outcome is recorded. Returns the intent it replaced."""
+        previous = self.state.pending.get(address)
+        intent = {"action": action, "request": self.state.fingerprint(request_wire)}
+        self._append({"op": "intent", "address": address, "intent": intent})
+        return previous
+
+    def record_not_done(self, address: str, previous: dict[str, Any] | None) -> None:
+        """The call of the last intent was certainly not done (refused on its only attempt)."""
+        self._append({"op": "intent", "address": address, "intent": previous})
+
     def _append(self, entry: dict[str, Any]) -> None:
         if self._lock_fd is None:
             raise RuntimeError("state store is not open")
@@ -357,9 +410,13 @@ class StateStore:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     os.close(fd)
                     raise StateError(f"cannot lock {lpath}: {exc.strerror}") from None
-                if time.monotonic() >= deadline:
-                    os.close(fd)
+                now = time.monotonic()
+                if now >= deadline:
                     holder = read_lock_holder(self.path)
+                    if (holder is None or not holder.may_be_alive()) and now < deadline + HOLDER_RECORD_WAIT_S:
+                        time.sleep(0.01)  # the holder took the lock and has not written its record yet
+                        continue
+                    os.close(fd)
                     who = holder.describe() if holder else "another process"
                     waited = f" after waiting {self._lock_timeout_s:g}s" if self._lock_timeout_s else ""
                     raise LockError(

@@ -305,7 +305,8 @@ class EmulatorApp:
             x_date=x_date,
             region=config.region,
         )
-        if not hmac.compare_digest(expected, parsed.signature):
+        # As bytes: compare_digest refuses str with non-ASCII characters, and header values are latin-1.
+        if not hmac.compare_digest(expected.encode("ascii"), parsed.signature.encode("latin-1")):
             raise Refusal("SignatureDoesNotMatch", SIGNATURE_MISMATCH)
 
     def _throttle(self, action: str) -> None:
