@@ -118,7 +118,7 @@ def _load(paths) -> Any:
 # validate --------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Check manifests offline.")
 @paths_argument
 @output_options
 @handle_errors
@@ -257,7 +257,7 @@ def _looks_like_plan_file(paths) -> bool:
     return len(paths) == 1 and paths[0].is_file() and paths[0].suffix not in (".yaml", ".yml")
 
 
-@click.command()
+@click.command(short_help="Make the API match the manifests; record it in the state.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @state_option
 @scope_options
@@ -351,7 +351,7 @@ def schema():
 # reconcile -------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Start every declared task again and apply changes (--watch: keep doing it).")
 @paths_argument
 @state_option
 @api_options
@@ -495,10 +495,14 @@ def state_list(state_path, as_json, no_color):
     current = read_state(state_path)
     if as_json:
         print_json({"format_version": 1, "type": "state", "lineage": current.lineage, "serial": current.serial,
-                    "tasks": sorted(current.tasks)})
+                    "tasks": sorted(current.tasks),
+                    "pending": {a: i["action"] for a, i in sorted(current.pending.items())}})
         return
     for address in sorted(current.tasks):
         out(address + "\n")
+    for address, intent in sorted(current.pending.items()):
+        if address not in current.tasks:
+            out(f"{address} (pending: {intent['action']} sent by an interrupted run, outcome unknown)\n")
 
 
 @state.command(name="show")
@@ -537,7 +541,7 @@ def state_rm(addresses, state_path, lock_timeout_s):
     from .state import StateStore
 
     with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl state rm") as store:
-        missing = [a for a in addresses if a not in store.state.tasks]
+        missing = [a for a in addresses if a not in store.state.tasks and a not in store.state.pending]
         if missing:
             raise UsageError(f"not in the state: {', '.join(missing)}")
         updated = copy.copy(store.state)

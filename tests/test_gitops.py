@@ -336,3 +336,16 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise(tmp_path):
         assert plain.code == 0
         assert sum(line.startswith("app9/R/T") for line in plain.stdout.splitlines()) == 40
         assert not ANSI.search(plain.output)
+
+
+def test_state_list_shows_calls_left_pending(work, env):
+    from reconciler.state import StateStore
+
+    with StateStore(work / "state" / "snapctl.state.json") as store:
+        store.record_intent("app1/RoomA/T1", "StartSnapshot", {"AppId": "app1", "RoomId": "RoomA", "TaskId": "T1"})
+    listed = snap(work, env, "state", "list")
+    assert listed.stdout == "app1/RoomA/T1 (pending: StartSnapshot sent by an interrupted run, outcome unknown)\n"
+    doc = json.loads(snap(work, env, "state", "list", "--json").stdout)
+    assert doc["tasks"] == [] and doc["pending"] == {"app1/RoomA/T1": "StartSnapshot"}
+    assert snap(work, env, "state", "rm", "app1/RoomA/T1").code == 0
+    assert snap(work, env, "state", "list").stdout == ""
