@@ -10,6 +10,7 @@ the others.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Optional, Sequence
@@ -19,6 +20,8 @@ from .client import CallResult, Outcome, SnapshotClient
 from .errors import ApiError
 from .plan import ActionKind, Plan
 from .state import StateStore
+
+log = logging.getLogger("snapctl.apply")
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Applier:
                 except ApiError as exc:
                     result.error = exc
                 results.append(result)
+                _log_result(result)
                 if self.on_result is not None:
                     self.on_result(result)
 
@@ -170,3 +174,13 @@ class Applier:
                 return  # running as recorded: nothing new to remember
             result.healed = True
         self.store.record_put(address, request.wire(), call.request_id)
+
+
+def _log_result(result: ActionResult) -> None:
+    calls = " ".join(f"{c.action}={c.outcome.value}(attempts={c.attempts},request_id={c.request_id})" for c in result.calls)
+    if result.ok:
+        log.info("%s %s ok %s", result.address, result.kind, calls)
+    else:
+        err = result.error
+        log.warning("%s %s failed code=%s code_n=%s request_id=%s message=%s %s", result.address, result.kind,
+                    err.code or type(err).__name__, err.code_n, err.request_id, err.message, calls)

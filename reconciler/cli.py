@@ -53,13 +53,17 @@ def cli() -> None:
     \b
     Exit status: 0 success, 1 error, 2 changes (plan --detailed-exitcode), 130 interrupted.
     Environment: VOLC_ACCESSKEY, VOLC_SECRETKEY, VOLC_SESSION_TOKEN (or ~/.volc/credentials),
-    VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, NO_COLOR.
+    VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, NO_COLOR,
+    SNAPCTL_LOG=debug|info|warning (diagnostic log; SNAPCTL_LOG_PATH=FILE to append to a file).
     """
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. Exit 0 success, 1 any error (bad flags included), 2 only for
     ``plan --detailed-exitcode`` with changes, 130 on Ctrl-C."""
+    from .logs import configure
+
+    configure()
     try:
         cli.main(args=argv, prog_name="snapctl", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -36,6 +36,9 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
     def client(self, key: SigningKey | None = None, **kwargs) -> SnapshotClient:
+        from .logs import client_event
+
+        kwargs.setdefault("on_event", client_event)
         return SnapshotClient(
             resolve_endpoint(self.endpoint, self.environ),
             key or load_credentials(self.environ),

@@ -4,8 +4,8 @@ Every command runs with distinctive secret values: the API secret key and an STS
 session token from the environment, a storage access/secret key pair through
 ``${env:...}`` and another written in plain text in a manifest, a secret key in
 ``~/.volc/credentials``, and wrong ones. Then stdout and stderr of every command,
-the emulator's own log and data file (snapctl has no log of its own: no
-``SNAPCTL_LOG``), saved plans, the state, its backup, the journal a killed apply
+snapctl's diagnostic log (``SNAPCTL_LOG=debug``), the emulator's own log and
+data file, saved plans, the state, its backup, the journal a killed apply
 leaves, and every other file snapctl wrote are searched for each value.
 """
 
@@ -118,7 +118,9 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     (work / "state").mkdir()
     manifest = work / "manifests" / "app.yaml"
     manifest.write_text(MANIFEST.replace("INTERVAL", "2"))
-    env = snapctl_env(url, work, VOLC_SECRETKEY=VOLC_SECRET, VOLC_SESSION_TOKEN=SESSION_TOKEN, OFF_AK=ENV_AK, OFF_SK=ENV_SK)
+    log = work / "snapctl.log"
+    env = snapctl_env(url, work, VOLC_SECRETKEY=VOLC_SECRET, VOLC_SESSION_TOKEN=SESSION_TOKEN, OFF_AK=ENV_AK, OFF_SK=ENV_SK,
+                      SNAPCTL_LOG="debug", SNAPCTL_LOG_PATH=str(log))
     scan = Scanner(work)
     admin = lambda path, payload: httpx.post(f"{url}/_emulator/{path}", json=payload).raise_for_status()  # noqa: E731
 
@@ -226,6 +228,9 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     # Everything snapctl wrote, then the emulator's log and data file after a clean stop.
     written = scan.files(manifest, home_file, *broken.iterdir())
     assert work / "first.plan" in written and work / "state" / "snapctl.state.json.backup" in written
+    # The log was written (it is scanned with the rest): results, failures and retries.
+    log_text = log.read_text()
+    assert "StartSnapshot=started" in log_text and "code=SignatureDoesNotMatch" in log_text and "retry" in log_text
     for path, content in {**left_behind, **written}.items():
         assert not leaks(content.decode(errors="replace")), path
     commands = {" ".join(args[:2]) if args[0] == "state" else args[0] for args, _ in scan.runs}

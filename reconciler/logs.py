@@ -1,0 +1,34 @@
+"""Diagnostic logging, off unless ``SNAPCTL_LOG`` names a level.
+
+``SNAPCTL_LOG=debug|info|warning|error`` turns it on; records go to stderr, or
+are appended to ``SNAPCTL_LOG_PATH``. Records name tasks, actions, outcomes,
+API error codes and request ids: never request bodies, so never secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Mapping
+
+LOGGER = logging.getLogger("snapctl")
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure(environ: Mapping[str, str] | None = None) -> None:
+    env = os.environ if environ is None else environ
+    name = env.get("SNAPCTL_LOG", "").strip().lower()
+    if not name or name in ("0", "off", "false"):
+        return
+    path = env.get("SNAPCTL_LOG_PATH", "")
+    handler: logging.Handler = logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(LEVELS.get(name, logging.DEBUG))
+    LOGGER.propagate = False
+
+
+def client_event(event: str, fields: dict[str, Any]) -> None:
+    """The client's events (retries) as log records."""
+    LOGGER.getChild("client").info("%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
