@@ -13,9 +13,8 @@ import enum
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import httpx
 import orjson
 
 from . import api
@@ -31,6 +30,12 @@ from .errors import (
 )
 from .ratelimit import RateLimiter
 from .signing import SigningKey, sign_request
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx (and what it imports) is loaded when a client is made, not when this
+# module is: `snapctl plan` and `validate` import the engine but never send.
 
 AUTH_CODES = frozenset(
     {
@@ -105,6 +110,8 @@ class SnapshotClient:
         rng: random.Random | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ):
+        import httpx
+
         self.endpoint = endpoint.rstrip("/")
         self.region = region
         self.retry = retry
@@ -199,6 +206,8 @@ class SnapshotClient:
             region=self.region,
         )
         headers["Content-Type"] = "application/json"
+        import httpx
+
         try:
             response = await self._http.post(self._path, params=query, content=payload, headers=headers)
         except httpx.TimeoutException as exc:

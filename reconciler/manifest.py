@@ -17,8 +17,8 @@ import datetime
 import difflib
 import gc
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -40,7 +40,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from . import api
 from .errors import UsageError
-from .yamlsource import Diagnostic, Document, Location, read_documents
+from .yamlsource import Diagnostic, Document, Location, read_documents, read_documents_fast
 
 __all__ = [
     "SECRET_FIELDS",
@@ -76,7 +76,7 @@ class ManifestError(UsageError):
         return "\n".join(map(str, self.diagnostics))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredTask:
     """One declared task: its address ``APP/ROOM/TASK`` and the request that starts it."""
 
@@ -398,15 +398,32 @@ def load_manifests(paths: Sequence[str | Path] = ("manifests",), environ: Mappin
     file and position, if there is any error.
     """
     files = discover(paths)
-    collector = _Collector(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    if files and FAST_PATH:
+        # Well-formed manifests take the fast path; the first problem (or doubt)
+        # anywhere starts over on the PyYAML path, which reports every problem
+        # of every file with its position.
+        collector = _Collector(environ, fast=True)
+        try:
+            with _GcPause() as pause:
+                for file in files:
+                    collector.load_file(file)
+                pause.settled = len(collector.tasks)
+        except _Fallback:
+            pass
+        else:
+            tasks = dict(sorted(collector.tasks.items()))
+            return ManifestSet(tasks=tasks, warnings=[], files=[str(f) for f in files])
+    collector = _Collector(environ)
     if not files:
         shown = ", ".join(str(p) for p in paths)
         # An error, not a warning: an empty set of manifests would plan the
         # destruction of every task (a typo in a path must not do that; use destroy).
         collector.diagnostics.append(Diagnostic(None, f"no manifest files (*.yaml, *.yml) under {shown}", "error"))
-    with _gc_paused():
+    with _GcPause() as pause:
         for file in files:
             collector.load_file(file)
+        pause.settled = len(collector.tasks)
     errors = [d for d in collector.diagnostics if d.severity == "error"]
     if errors:
         raise ManifestError(collector.diagnostics)
@@ -415,25 +432,69 @@ def load_manifests(paths: Sequence[str | Path] = ("manifests",), environ: Mappin
     return ManifestSet(tasks=tasks, warnings=warnings, files=[str(f) for f in files])
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Loading allocates millions of long-lived objects without cycles; the
-    # cyclic collector would rescan them over and over (it more than doubles
-    # the time of large loads) and could free nothing.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+class _GcPause:
+    """The cyclic garbage collector paused while loading, and kept off what was loaded.
+
+    Loading allocates millions of long-lived objects without cycles; the
+    cyclic collector would rescan them over and over (it more than doubles
+    the time of large loads) and could free nothing. Merely switching it back
+    on afterwards costs as much again: its next collections walk every object
+    allocated meanwhile, three times (once per generation), about a second
+    for 100,000 tasks. So a large load (``settled`` tasks, at least
+    :attr:`FREEZE_FROM`) ends with ``gc.freeze()``, which moves everything
+    alive into the permanent generation that collections skip.
+
+    Frozen objects are still freed when no longer referenced, but a frozen
+    cycle is only collected once unfrozen, so the next load unfreezes what
+    the last one froze and collects first. Processes that freeze objects
+    themselves are left alone: this freezes only when nothing else is frozen.
+    """
+
+    #: Loads of fewer tasks end as before (collector switched back on).
+    FREEZE_FROM = 1000
+    #: ``gc.get_freeze_count()`` right after this class last froze (0: it has not).
+    _frozen = 0
+
+    def __init__(self) -> None:
+        self.settled = 0
+        self._enabled = False
+
+    def __enter__(self) -> "_GcPause":
+        self._enabled = gc.isenabled()
+        if self._enabled and _GcPause._frozen and gc.get_freeze_count() == _GcPause._frozen:
+            gc.unfreeze()
+            _GcPause._frozen = 0
+            gc.collect()
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._enabled:
+            return
+        if exc[0] is None and self.settled >= self.FREEZE_FROM and gc.get_freeze_count() == 0:
+            gc.freeze()
+            _GcPause._frozen = gc.get_freeze_count()
+        gc.enable()
+
+
+#: Read well-formed files with the fast YAML path (tests turn it off to compare).
+FAST_PATH = True
+
+
+class _Fallback(Exception):
+    """A fast load met a problem: load again on the PyYAML path, which reports it."""
 
 
 class _Collector:
-    """Loads files one by one, gathering tasks and diagnostics across all of them."""
+    """Loads files one by one, gathering tasks and diagnostics across all of them.
 
-    def __init__(self, environ: Mapping[str, str]):
+    With ``fast``, files are read by the fast YAML path where it accepts them,
+    and the first diagnostic of any kind raises :class:`_Fallback` instead.
+    """
+
+    def __init__(self, environ: Mapping[str, str], *, fast: bool = False):
         self.environ = environ
+        self.fast = fast
         self.diagnostics: list[Diagnostic] = []
         self.tasks: dict[str, DesiredTask] = {}
         # Locations where YAML itself already reported an error: validation
@@ -441,17 +502,25 @@ class _Collector:
         self.reported: set[Location] = set()
 
     def load_file(self, path: Path) -> None:
-        documents, diagnostics = read_documents(path, self.environ)
-        self.diagnostics.extend(diagnostics)
-        self.reported.update(d.location for d in diagnostics if d.severity == "error" and d.location)
+        documents = read_documents_fast(path, self.environ) if self.fast else None
+        if documents is None:
+            documents, diagnostics = read_documents(path, self.environ)
+            if diagnostics and self.fast:
+                raise _Fallback
+            self.diagnostics.extend(diagnostics)
+            self.reported.update(d.location for d in diagnostics if d.severity == "error" and d.location)
         for document in documents:
             _DocumentLoader(self, document).load()
 
     def error(self, location: Location, message: str) -> None:
+        if self.fast:
+            raise _Fallback
         if location not in self.reported:
             self.diagnostics.append(Diagnostic(location, message))
 
     def warn(self, location: Location, message: str) -> None:
+        if self.fast:
+            raise _Fallback
         self.diagnostics.append(Diagnostic(location, message, "warning"))
 
 
@@ -547,15 +616,24 @@ class _DocumentLoader:
             tasks = room_raw.get("tasks") if isinstance(room_raw, dict) else None
             if not isinstance(tasks, dict):
                 continue
+            usable = app_ok and defaults_ok and room_ok and _is_id(room_name)
+            inherited = _Inherited(defaults, room) if usable else None
+            validate = Settings.model_validate
             for task_name, task_raw in tasks.items():
-                task_path = (*path, "tasks", task_name)
-                task = _EMPTY if task_raw is None else self.validate(Settings.model_validate, Settings, task_raw, task_path)
-                if task is None:
-                    continue
-                self.check_settings(task, task_path)
-                task_ok = self.check_storage_ref(task, task_path)
-                if app_ok and defaults_ok and room_ok and task_ok and _is_id(room_name) and _is_id(task_name):
-                    self.add_task(app_id, room_name, task_name, defaults, room, task)
+                if task_raw is None:
+                    task = _EMPTY
+                else:
+                    try:
+                        task = validate(task_raw)
+                    except ValidationError as exc:
+                        self.report(exc.errors(include_url=False), Settings, (*path, "tasks", task_name))
+                        continue
+                # The rules check_settings and check_storage_ref apply, when they can apply.
+                if task.streams or (task.storage is not None and not isinstance(task.storage, str)):
+                    self.check_settings(task, (*path, "tasks", task_name))
+                task_ok = type(task.storage) is not str or self.check_storage_ref(task, (*path, "tasks", task_name))
+                if usable and task_ok and _is_id(task_name):
+                    self.add_task(app_id, room_name, task_name, inherited, task)
 
     def check_settings(self, settings: Settings, path: tuple) -> None:
         """Rules that span several values of one level: unique stream index, plain secrets."""
@@ -603,7 +681,7 @@ class _DocumentLoader:
 
     # Resolution: defaults -> room -> task.
 
-    def add_task(self, app_id: str, room_id: str, task_id: str, defaults: Settings, room: Settings, task: Settings) -> None:
+    def add_task(self, app_id: str, room_id: str, task_id: str, inherited: "_Inherited", task: Settings) -> None:
         path = ("rooms", room_id, "tasks", task_id)
         location = self.doc.location(path, key=True)
         address = f"{app_id}/{room_id}/{task_id}"
@@ -611,36 +689,41 @@ class _DocumentLoader:
         if previous is not None:
             self.collector.error(location, f"task {address} is declared twice; first at {previous.location}")
             return
-        levels = (task, room, defaults)
-        storage = _inherit("storage", levels)
+        # The nearest level that sets a field wins (an explicit null counts as set).
+        given = task.__pydantic_fields_set__
+        storage = task.storage if "storage" in given else inherited.storage
         if storage is None:
             self.collector.error(
                 location, _join(path, f"no storage for this task; set storage on the task, on room {room_id}, or in defaults")
             )
             return
-        max_idle_time = _inherit("max_idle_time", levels)
-        request = api.StartSnapshotRequest.model_construct(
-            app_id=app_id,
-            business_id=_inherit("business_id", levels),
-            room_id=room_id,
-            task_id=task_id,
-            target_streams=self.target_streams(_inherit("streams", levels)),
-            max_idle_time=api.DEFAULT_MAX_IDLE_TIME if max_idle_time is None else max_idle_time,
-            image_config=self.image_config(levels),
-            storage_config=self.storage_config(self.profiles[storage] if isinstance(storage, str) else storage),
+        max_idle_time = task.max_idle_time if "max_idle_time" in given else inherited.max_idle_time
+        request = _make_start_request(
+            app_id,
+            task.business_id if "business_id" in given else inherited.business_id,
+            room_id,
+            task_id,
+            self.target_streams(task.streams if "streams" in given else inherited.streams),
+            api.DEFAULT_MAX_IDLE_TIME if max_idle_time is None else max_idle_time,
+            self.image_config(inherited.image, task.image),
+            self.storage_config(self.profiles[storage] if isinstance(storage, str) else storage),
         )
         self.collector.tasks[address] = DesiredTask(address, request, location)
 
-    def image_config(self, levels: tuple[Settings, ...]) -> api.ImageConfig:
-        images = [s.image for s in levels if s.image is not None]
-        values = []
-        for name in _IMAGE_FIELDS:
-            value = next((v for v in (getattr(i, name) for i in images) if v is not None), None)
-            values.append(getattr(_DEFAULT_IMAGE, name) if value is None else value)
-        key = tuple(values)
-        config = self.image_cache.get(key)
+    def image_config(self, inherited: tuple, image: Image | None) -> api.ImageConfig:
+        """Each image field from the nearest level that sets it, else the API's default."""
+        if image is None:
+            values = inherited
+        else:
+            values = tuple(
+                own if own is not None else base
+                for own, base in zip((image.format, image.width, image.height, image.interval), inherited)
+            )
+        config = self.image_cache.get(values)
         if config is None:
-            config = self.image_cache[key] = api.ImageConfig.model_construct(**dict(zip(_IMAGE_FIELDS, values)))
+            config = self.image_cache[values] = _make_image_config(
+                *(getattr(_DEFAULT_IMAGE, name) if value is None else value for name, value in zip(_IMAGE_FIELDS, values))
+            )
         return config
 
     def target_streams(self, streams: list[Stream] | None) -> api.TargetStreams | None:
@@ -649,9 +732,7 @@ class _DocumentLoader:
         cached = self.streams_cache.get(id(streams))
         if cached is not None and cached[0] is streams:
             return cached[1]
-        result = api.TargetStreams.model_construct(
-            stream_list=[api.Stream.model_construct(index=s.index, user_id=s.user_id, stream_type=s.stream_type) for s in streams]
-        )
+        result = _make_target_streams([_make_stream(s.index, s.user_id, s.stream_type) for s in streams])
         self.streams_cache[id(streams)] = (streams, result)
         return result
 
@@ -682,15 +763,60 @@ def _inherit(name: str, levels: tuple[Settings, ...]) -> Any:
     return None
 
 
-_ID_ADAPTER = TypeAdapter(api.Identifier)
+class _Inherited:
+    """What a room's tasks inherit from the room and the document defaults, worked out once per room."""
+
+    __slots__ = ("storage", "max_idle_time", "business_id", "streams", "image")
+
+    def __init__(self, defaults: Settings, room: Settings):
+        levels = (room, defaults)
+        self.storage = _inherit("storage", levels)
+        self.max_idle_time = _inherit("max_idle_time", levels)
+        self.business_id = _inherit("business_id", levels)
+        self.streams = _inherit("streams", levels)
+        images = [s.image for s in levels if s.image is not None]
+        #: Per image field, the nearest level's value (None: not set above the task).
+        self.image = tuple(next((v for v in (getattr(i, name) for i in images) if v is not None), None) for name in _IMAGE_FIELDS)
+
+
+def _builder(cls: type[BaseModel]):
+    """A faster ``cls.model_construct`` for values of every field, given in field order.
+
+    The result is what ``model_construct(**values)`` builds (same ``__dict__``,
+    every field in ``model_fields_set``), except that all the instances of a
+    class share one fields-set object: they are frozen, and pydantic copies
+    that set before changing it (``model_copy``), so nothing mutates it. It
+    saves a set per instance, a good part of the memory of a large load.
+    """
+    names = tuple(cls.model_fields)
+    assert cls.model_config.get("frozen") and cls.model_config.get("extra") != "allow"
+    assert not cls.__pydantic_post_init__ and not cls.__pydantic_root_model__
+    fields_set = set(names)
+    new = cls.__new__
+    set_attribute = object.__setattr__
+
+    def build(*values: Any) -> Any:
+        model = new(cls)
+        set_attribute(model, "__dict__", dict(zip(names, values)))
+        set_attribute(model, "__pydantic_fields_set__", fields_set)
+        set_attribute(model, "__pydantic_extra__", None)
+        set_attribute(model, "__pydantic_private__", None)
+        return model
+
+    return build
+
+
+_make_start_request = _builder(api.StartSnapshotRequest)
+_make_image_config = _builder(api.ImageConfig)
+_make_target_streams = _builder(api.TargetStreams)
+_make_stream = _builder(api.Stream)
+
+_ID = re.compile(api.ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def _is_id(value: Any) -> bool:
-    try:
-        _ID_ADAPTER.validate_python(value, strict=True)
-    except ValidationError:
-        return False
-    return True
+    """Whether ``value`` is an :data:`api.Identifier` (the pattern's ``$`` ends the text, as in pydantic)."""
+    return type(value) is str and _ID.fullmatch(value) is not None
 
 
 # --- messages ----------------------------------------------------------------

@@ -10,11 +10,12 @@ import datetime as _dt
 import enum
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from deepdiff import DeepDiff
+import orjson
+
 from pydantic import BaseModel, Field
 
 from .errors import UsageError
-from .state import State, is_fingerprint
+from .state import SECRET_FIELDS, State, is_fingerprint
 
 PLAN_FORMAT_VERSION = 1
 #: The only field UpdateSnapshot can change in place.
@@ -123,26 +124,78 @@ def _has_secret(value: Any) -> bool:
 
 def diff_requests(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[FieldChange]:
     """Field-by-field changes from ``current`` to ``desired`` (both wire bodies), in a stable order."""
-    diff = DeepDiff(dict(current), dict(desired), view="tree", verbose_level=2)
+    differences: list[tuple[list, Any, Any]] = []
+    if not _leaf_changes(dict(current), dict(desired), [], differences):
+        differences = _deepdiff_changes(current, desired)
     changes: list[FieldChange] = []
-    for report in diff.values():
-        for level in report:
-            parts = level.path(output_format="list")
-            path = _path_text(parts)
-            old = None if _missing(level.t1) else level.t1
-            new = None if _missing(level.t2) else level.t2
-            sensitive = _has_secret(old) or _has_secret(new)
-            changes.append(
-                FieldChange(
-                    path=path,
-                    old=mask_secrets(old),
-                    new=mask_secrets(new),
-                    forces_replacement=path not in IN_PLACE_FIELDS,
-                    sensitive=sensitive,
-                )
+    for parts, old, new in differences:
+        path = _path_text(parts)
+        sensitive = _has_secret(old) or _has_secret(new)
+        changes.append(
+            FieldChange(
+                path=path,
+                old=mask_secrets(old),
+                new=mask_secrets(new),
+                forces_replacement=path not in IN_PLACE_FIELDS,
+                sensitive=sensitive,
             )
+        )
     changes.sort(key=lambda c: c.path)
     return changes
+
+
+def _deepdiff_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[tuple[list, Any, Any]]:
+    from deepdiff import DeepDiff  # imported only when needed (about 20 ms)
+
+    diff = DeepDiff(dict(current), dict(desired), view="tree", verbose_level=2)
+    return [
+        (level.path(output_format="list"), None if _missing(level.t1) else level.t1, None if _missing(level.t2) else level.t2)
+        for report in diff.values()
+        for level in report
+    ]
+
+
+_PLAIN = (str, int, bool, type(None))
+
+
+def _leaf_changes(old: Any, new: Any, parts: list, out: list) -> bool:
+    """The changes DeepDiff reports between two wire bodies, in the common cases,
+    appended to ``out`` as ``(path parts, old, new)``; False when a case is left
+    to DeepDiff (lists of different lengths, values of other types).
+
+    DeepDiff (tree view) reports a value of another type as one change at its
+    path (``type_changes``), a differing value of the same type likewise
+    (``values_changed``), a key on one side only as a change from or to
+    nothing (``dictionary_item_added``/``removed``), and descends into
+    mappings and lists of equal length item by item.
+    """
+    kind = type(old)
+    if kind is not type(new):
+        out.append((parts, old, new))
+        return True
+    if kind is dict:
+        for key, value in old.items():
+            if key in new:
+                if value is not new[key] and not _leaf_changes(value, new[key], [*parts, key], out):
+                    return False
+            else:
+                out.append(([*parts, key], value, None))
+        for key, value in new.items():
+            if key not in old:
+                out.append(([*parts, key], None, value))
+        return True
+    if kind is list:
+        if len(old) != len(new):
+            return False
+        for index, (a, b) in enumerate(zip(old, new)):
+            if a is not b and not _leaf_changes(a, b, [*parts, index], out):
+                return False
+        return True
+    if kind in _PLAIN:
+        if old != new:
+            out.append((parts, old, new))
+        return True
+    return False
 
 
 def _missing(value: Any) -> bool:
@@ -179,13 +232,21 @@ def make_plan(
         desired = {}
     actions: list[PlannedAction] = []
     unchanged = 0
-    for address in sorted(set(desired) | set(state.tasks)):
+    tasks = state.tasks
+    # Every address once, sorted. Both sides usually come sorted already,
+    # and sorting two sorted runs is a merge.
+    addresses = list(desired)
+    addresses.extend(address for address in tasks if address not in desired)
+    addresses.sort()
+    fingerprint = _Fingerprints(state)
+    for address in addresses:
         if targets and not _matches(address, targets):
             continue
         want = desired.get(address)
-        have = state.tasks.get(address, {}).get("request") if address in state.tasks else None
+        entry = tasks.get(address)
+        have = entry.get("request") if entry is not None else None
         if want is not None:
-            want = state.fingerprint(dict(want))
+            want = fingerprint(want)
         if have is None:
             actions.append(PlannedAction(address=address, kind=ActionKind.create, desired=want, reason="not in the state"))
         elif want is None:
@@ -225,6 +286,50 @@ def make_plan(
         summary=summary,
         unchanged=unchanged,
     )
+
+
+class _Fingerprints:
+    """``state.fingerprint(dict(request))`` for many requests, each secret-holding
+    part fingerprinted once per distinct value (requests mostly share their
+    storage block, and a fingerprint costs a deep copy and an HMAC)."""
+
+    def __init__(self, state: State):
+        self.state = state
+        self.tops = tuple(dict.fromkeys(path[0] for path in SECRET_FIELDS))
+        self.memo: dict[tuple, Any] = {}
+
+    def __call__(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        request = request if type(request) is dict else dict(request)
+        if not _holds_secret(request):
+            return request
+        out = dict(request)
+        for top in self.tops:
+            if top not in request:
+                continue
+            value = request[top]
+            try:
+                key = (top, orjson.dumps(value) if isinstance(value, (dict, list)) else value)
+                hash(key)
+            except (TypeError, orjson.JSONEncodeError):
+                return self.state.fingerprint(dict(request))
+            done = self.memo.get(key)
+            if done is None:
+                done = self.memo[key] = self.state.fingerprint({top: value})[top]
+            out[top] = done
+        return out
+
+
+def _holds_secret(request: dict[str, Any]) -> bool:
+    """Whether ``state.fingerprint`` has something to fingerprint in ``request``."""
+    for path in SECRET_FIELDS:
+        parent: Any = request
+        for part in path[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+            if parent is None:
+                break
+        if isinstance(parent, dict) and path[-1] in parent and not is_fingerprint(parent[path[-1]]):
+            return True
+    return False
 
 
 def check_plan_current(plan: Plan, state: State, state_path: str) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from .apply import ActionResult, ApplyReport
 from .plan import ActionKind, FieldChange, Plan, PlannedAction, mask_secrets
+
+if TYPE_CHECKING:  # only annotations: rendering a plan does not load the apply machinery
+    from .apply import ActionResult, ApplyReport
 
 OUTPUT_FORMAT_VERSION = 1
 

@@ -10,6 +10,19 @@ expansion, bounded nesting and file size, clean UTF-8 text, and
 
 Problems are collected as :class:`Diagnostic` values rather than raised, so a
 caller can report every problem of a run together.
+
+Reading through PyYAML's node graph costs more than everything else a plan
+does, so :func:`read_documents_fast` first tries ``ryaml`` (serde_yaml, whose
+parser is libyaml's, translated to Rust), which returns plain values ten times
+faster and without positions. It declines, and the caller falls back to
+:func:`read_documents`, whenever its values could differ from PyYAML's: tags,
+anchors, aliases, merge keys, ``0o`` octals, any scalar PyYAML would resolve
+to another type than ``ryaml`` (``yes``, ``1_000``, dates...), duplicate keys
+(``ryaml`` refuses them), keys that are not strings, values that are neither
+strings, integers, nulls, mappings nor lists, deep nesting, empty documents, and
+any problem at all. Positions are only needed for messages, which the PyYAML
+path produces: the documents it returns compute a location on demand by
+reading the same text again through PyYAML (:class:`FastDocument`).
 """
 
 from __future__ import annotations
@@ -24,6 +37,12 @@ from typing import Any, Literal
 import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
+
+try:  # the fast path; without it every file takes the PyYAML path
+    import ryaml as _fast
+except ImportError:  # pragma: no cover - a declared dependency
+    _fast = None
 
 #: Files larger than this are refused before they are read.
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -61,7 +80,7 @@ _ENV_NAME = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 _ALIAS = re.compile(r"\*([^\s,\[\]{}]+)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     """A place in a file; line and column are 1-based."""
 
@@ -151,6 +170,10 @@ def read_documents(path: str | Path, environ: Mapping[str, str] | None = None) -
     text = _read_text(Path(path), name, diagnostics)
     if text is None:
         return [], diagnostics
+    return _parse_text(name, text, environ, diagnostics), diagnostics
+
+
+def _parse_text(name: str, text: str, environ: Mapping[str, str], diagnostics: list[Diagnostic]) -> list[Document]:
     documents: list[Document] = []
     loader = _Loader(text)
     try:
@@ -180,7 +203,7 @@ def read_documents(path: str | Path, environ: Mapping[str, str] | None = None) -
         loader.dispose()
     if not documents and not diagnostics:
         diagnostics.append(Diagnostic(Location(name, 1, 1), "the file holds no YAML document; skipped", "warning"))
-    return documents, diagnostics
+    return documents
 
 
 class _Refused(Exception):
@@ -462,3 +485,264 @@ def _syntax_error(exc: yaml.MarkedYAMLError, file: str, text: str) -> Diagnostic
             message += f" started at line {exc.context_mark.line + 1}"
         message += ")"
     return Diagnostic(Location(file, line, column), message)
+
+
+# --- the fast path -------------------------------------------------------------
+
+#: Where a tag, anchor or alias may start, and ``0o`` octals (an integer for
+#: ryaml, a string for PyYAML): the fast path declines a file that has one at
+#: the start of a token (see :func:`_doubtful_text`).
+_FAST_MARKS = re.compile(r"[!&*]|0[oO]")
+_TOKEN_START = frozenset(" \t\r\n[]{},:")
+
+# PyYAML's implicit resolvers by first character, as its Resolver uses them:
+# a plain scalar matching one of these is not a string for PyYAML.
+_RESOLVERS: dict[str, list[re.Pattern]] = {}
+for _first, _entries in Resolver.yaml_implicit_resolvers.items():
+    _patterns = [regexp for tag, regexp in _entries if tag != _STR]
+    if _patterns:
+        _RESOLVERS[_first] = _patterns
+# Whether a string that PyYAML would resolve when written plain could have been
+# written plain for ryaml too (then the two parsers may disagree on it).
+_PLAIN_DOUBT: dict[str, bool] = {}
+
+
+class _Declined(Exception):
+    """The fast path cannot vouch for this file: read it through PyYAML."""
+
+
+def read_documents_fast(path: str | Path, environ: Mapping[str, str] | None = None) -> list[Document] | None:
+    """The documents of a well-formed file, as :func:`read_documents` would return
+    them, or None when the fast path declines (any doubt, any problem): then the
+    caller must use :func:`read_documents`, which also reports the problems.
+
+    The documents' values are equal to the PyYAML path's; their locations are
+    computed on first use, by reading the same text through PyYAML.
+    """
+    if _fast is None:
+        return None
+    name = str(path)
+    environ = os.environ if environ is None else environ
+    diagnostics: list[Diagnostic] = []
+    text = _read_text(Path(path), name, diagnostics)
+    if text is None or diagnostics or _doubtful_text(text):
+        return None
+    try:
+        values = _fast.loads_all(text)
+    except BaseException as exc:  # any refusal (pyo3 panics derive from BaseException)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return None
+    if not values:
+        return None
+    source = _PositionSource(name, text, environ)
+    documents: list[Document] = []
+    for index, data in enumerate(values):
+        # An empty document, or one that is not a mapping: PyYAML skips or reports it.
+        if type(data) is not dict:
+            return None
+        checker = _FastChecker(environ)
+        try:
+            checker.mapping(data, 0)
+        except (_Declined, RecursionError):
+            return None
+        documents.append(FastDocument(name, data, 0, 0, {}, set(), source, index, checker.interpolated))
+    return documents
+
+
+def _doubtful_text(text: str) -> bool:
+    """Whether a token of ``text`` starts with a tag, an anchor, an alias or a ``0o`` octal
+    (in a comment or a quoted string too: declining costs only time)."""
+    for match in _FAST_MARKS.finditer(text):
+        start = match.start()
+        if text[start] == "0" and start and text[start - 1] in "+-":
+            start -= 1  # a signed octal
+        if start == 0 or text[start - 1] in _TOKEN_START:
+            return True
+    return False
+
+
+def _plain_doubt(value: str) -> bool:
+    """Whether PyYAML may have read ``value`` as another type than ryaml did."""
+    if "\n" in value:  # a plain scalar never holds a line break
+        return False
+    doubt = _PLAIN_DOUBT.get(value)
+    if doubt is None:
+        # PyYAML resolves it when plain. ryaml returned a string: if ryaml would
+        # resolve the same text when plain, it was quoted, and is a string for both.
+        try:
+            probe = _fast.loads("a: " + value)
+            doubt = not (type(probe) is dict and type(probe.get("a")) is not str)
+        except Exception:
+            doubt = True
+        if len(_PLAIN_DOUBT) < 4096:
+            _PLAIN_DOUBT[value] = doubt
+    return doubt
+
+
+def _resolves(value: str) -> bool:
+    """Whether PyYAML would read ``value``, written plain, as anything but a string."""
+    patterns = _RESOLVERS.get(value[:1])
+    if patterns is None:
+        return False
+    for regexp in patterns:
+        if regexp.match(value):
+            return True
+    return False
+
+
+class _FastChecker:
+    """Walks ryaml's values: interpolates ``${env:...}`` as the PyYAML path does,
+    records where, and declines at any doubt."""
+
+    __slots__ = ("environ", "interpolated", "path")
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+        self.interpolated: set[tuple] = set()
+        self.path: list = []
+
+    def string(self, value: str, step: Any) -> str:
+        if "${" in value:
+            return self.interpolate(value, step)
+        if _resolves(value) and _plain_doubt(value):
+            raise _Declined
+        return value
+
+    def mapping(self, data: dict, depth: int) -> None:
+        if depth >= MAX_DEPTH - 1:
+            raise _Declined
+        path = self.path
+        for key, value in data.items():
+            if type(key) is not str or (_resolves(key) and _plain_doubt(key)):
+                raise _Declined
+            kind = type(value)
+            if kind is str:
+                if "${" in value or _resolves(value):
+                    data[key] = self.string(value, key)
+            elif kind is dict:
+                path.append(key)
+                self.mapping(value, depth + 1)
+                path.pop()
+            elif kind is list:
+                path.append(key)
+                self.sequence(value, depth + 1)
+                path.pop()
+            elif kind is not int and value is not None:
+                raise _Declined
+
+    def sequence(self, items: list, depth: int) -> None:
+        if depth >= MAX_DEPTH - 1:
+            raise _Declined
+        path = self.path
+        for index, value in enumerate(items):
+            kind = type(value)
+            if kind is str:
+                if "${" in value or _resolves(value):
+                    items[index] = self.string(value, index)
+            elif kind is dict:
+                path.append(index)
+                self.mapping(value, depth + 1)
+                path.pop()
+            elif kind is list:
+                path.append(index)
+                self.sequence(value, depth + 1)
+                path.pop()
+            elif kind is not int and value is not None:
+                raise _Declined
+
+    def interpolate(self, text: str, step: Any) -> str:
+        referenced = False
+
+        def replace(match: re.Match) -> str:
+            escaped, body = match.groups()
+            if escaped:
+                return "${" + body + "}"
+            ref = _ENV_NAME.fullmatch(body)
+            if ref is None:
+                raise _Declined  # reported by the PyYAML path
+            nonlocal referenced
+            referenced = True
+            try:
+                return self.environ[ref.group(1)]
+            except KeyError:
+                raise _Declined from None
+
+        result = _REFERENCE.sub(replace, text)
+        if referenced:
+            self.interpolated.add((*self.path, step))
+        return result
+
+
+class _PositionSource:
+    """One file's text, read through PyYAML (positions and all) on first need."""
+
+    __slots__ = ("name", "text", "environ", "_documents")
+
+    def __init__(self, name: str, text: str, environ: Mapping[str, str]):
+        self.name = name
+        self.text = text
+        self.environ = environ
+        self._documents: list[Document] | None = None
+
+    def document(self, index: int) -> Document:
+        if self._documents is None:
+            self._documents = _parse_text(self.name, self.text, self.environ, [])
+        return self._documents[index]
+
+
+class FastDocument(Document):
+    """A document read by the fast path; its locations are found when first used."""
+
+    def __init__(self, file, data, line, column, marks, interpolated, source: _PositionSource, index: int, paths: set[tuple]):
+        super().__init__(file, data, line, column, marks, interpolated)
+        self._source = source
+        self._index = index
+        self._paths = paths
+
+    def location(self, path: tuple | list, *, key: bool = False) -> Location:
+        return _DeferredLocation(self._source, self._index, tuple(path), key)
+
+    def interpolated(self, path: tuple | list) -> bool:
+        return tuple(path) in self._paths
+
+
+class _DeferredLocation(Location):
+    """A :class:`Location` found on first use; equal to (and hashed like) the Location it stands for."""
+
+    __slots__ = ("_where", "_found")
+
+    def __init__(self, source: _PositionSource, index: int, path: tuple, key: bool):
+        object.__setattr__(self, "_where", (source, index, path, key))
+        object.__setattr__(self, "_found", None)
+
+    def _resolve(self) -> Location:
+        found = self._found
+        if found is None:
+            source, index, path, key = self._where
+            found = source.document(index).location(path, key=key)
+            object.__setattr__(self, "_found", found)
+        return found
+
+    @property  # type: ignore[override]
+    def file(self) -> str:
+        return self._where[0].name
+
+    @property  # type: ignore[override]
+    def line(self) -> int:
+        return self._resolve().line
+
+    @property  # type: ignore[override]
+    def column(self) -> int:
+        return self._resolve().column
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Location):
+            return (self.file, self.line, self.column) == (other.file, other.line, other.column)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.line, self.column))
+
+    def __repr__(self) -> str:
+        return repr(self._resolve())
