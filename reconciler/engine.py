@@ -21,7 +21,7 @@ from .errors import UsageError
 from .manifest import ManifestSet, load_manifests
 from .plan import ActionKind, Plan, PlannedAction, PlanSummary, _matches, check_plan_current, make_plan
 from .signing import SigningKey
-from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, read_state
+from .state import DEFAULT_STATE_PATH, State, StateStore, TaskTable, atomic_write, read_state
 
 
 @dataclass
@@ -51,8 +51,28 @@ class Settings:
         )
 
 
-def desired_bodies(manifests: ManifestSet) -> dict[str, dict]:
-    return {address: task.request.wire() for address, task in manifests.tasks.items()}
+class DesiredBodies(Mapping[str, dict]):
+    """The wire body of each declared task, made when asked for: a plan looks at
+    each once, so a large plan never holds them all at the same time."""
+
+    def __init__(self, manifests: ManifestSet):
+        self._tasks = manifests.tasks
+
+    def __getitem__(self, address: str) -> dict:
+        return self._tasks[address].request.wire()
+
+    def __iter__(self):
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._tasks
+
+
+def desired_bodies(manifests: ManifestSet) -> Mapping[str, dict]:
+    return DesiredBodies(manifests)
 
 
 def requests_of(manifests: ManifestSet) -> dict[str, api.StartSnapshotRequest]:
@@ -80,7 +100,7 @@ def plan(
     if not state.pending:
         return make_plan(desired, state, targets=targets, replace=replace, destroy=destroy, manifest_paths=manifest_paths)
     view = copy.copy(state)
-    view.tasks = dict(state.tasks)
+    view.tasks = state.tasks.copy() if isinstance(state.tasks, TaskTable) else dict(state.tasks)
     for address, intent in state.pending.items():
         view.tasks[address] = {"request": intent["request"]}
     made = make_plan(desired, view, targets=targets, replace=replace, destroy=destroy, manifest_paths=manifest_paths)

@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, MutableMapping
 
 import orjson
 
@@ -59,6 +59,58 @@ def is_fingerprint(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(FINGERPRINT_PREFIX)
 
 
+class TaskTable(MutableMapping[str, dict]):
+    """The state's tasks by address. Entries read from disk stay as their JSON
+    bytes until asked for, so a large state costs its size on disk in memory,
+    not several times that in dicts; each read decodes a fresh copy."""
+
+    __slots__ = ("_entries", "_source")
+
+    def __init__(self, entries: dict[str, Any] | None = None, source: str = "state"):
+        self._entries: dict[str, Any] = dict(entries or {})
+        self._source = source
+
+    def __getitem__(self, address: str) -> dict[str, Any]:
+        entry = self._entries[address]
+        if isinstance(entry, bytes):
+            entry = _decode_entry(address, entry, self._source)
+        return entry
+
+    def __setitem__(self, address: str, entry: dict[str, Any]) -> None:
+        self._entries[address] = entry
+
+    def __delitem__(self, address: str) -> None:
+        del self._entries[address]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._entries
+
+    def copy(self) -> "TaskTable":
+        return TaskTable(self._entries, self._source)
+
+    def encoded(self) -> Iterator[tuple[str, bytes]]:
+        """(address, compact JSON of the entry) in address order, without decoding stored entries."""
+        for address in sorted(self._entries):
+            entry = self._entries[address]
+            yield address, entry if isinstance(entry, bytes) else orjson.dumps(entry)
+
+
+def _decode_entry(address: str, raw: bytes, source: str) -> dict[str, Any]:
+    try:
+        entry = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise StateError(f"{source}: the entry of task {address!r} is not valid JSON") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+        raise StateError(f"{source}: task {address!r} has no request")
+    return entry
+
+
 @dataclass
 class State:
     """A state in memory. ``tasks`` maps an address to its entry:
@@ -67,7 +119,7 @@ class State:
     lineage: str
     serial: int = 0
     fingerprint_key: str = ""
-    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: MutableMapping[str, dict[str, Any]] = field(default_factory=TaskTable)
     exists: bool = False
     #: Calls sent but never settled, by address: ``{"action": <API action>, "request": <StartSnapshot
     #: wire body, secrets fingerprinted, that the task runs if the call was done>}``.
@@ -111,6 +163,21 @@ class State:
             document["pending"] = dict(sorted(self.pending.items()))
         return document
 
+    def encode(self) -> bytes:
+        """The document as written to disk: JSON with the header on the first
+        lines and one task per line (readable, diffable, and read back lazily)."""
+        header = self.to_document() | {"tasks": {}}
+        del header["tasks"]
+        head = orjson.dumps(header)[:-1]
+        tasks = self.tasks.encoded() if isinstance(self.tasks, TaskTable) else (
+            (a, orjson.dumps(e)) for a, e in sorted(self.tasks.items()))
+        lines = [b'%s,\n"tasks":{' % head]
+        lines.extend(b"\n" + orjson.dumps(address) + b":" + raw + b"," for address, raw in tasks)
+        if len(lines) > 1:
+            lines[-1] = lines[-1][:-1]
+        lines.append(b"\n}}\n")
+        return b"".join(lines)
+
     def apply_entry(self, entry: dict[str, Any]) -> None:
         op, address = entry["op"], entry["address"]
         if op == "intent":
@@ -139,7 +206,48 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+_TASKS_MARK = b',\n"tasks":{'
+_END_MARK = b"\n}}\n"
+
+
+def _split_document(raw: bytes) -> tuple[bytes, dict[str, bytes]] | None:
+    """The header and each task's raw entry of a document in the layout
+    :meth:`State.encode` writes; None for any other layout (then it is parsed whole)."""
+    if not raw.startswith(b'{"format_version":') or not raw.endswith(_END_MARK):
+        return None
+    mark = raw.find(_TASKS_MARK)
+    if mark < 0:
+        return None
+    body = raw[mark + len(_TASKS_MARK) : -len(_END_MARK)]
+    entries: dict[str, bytes] = {}
+    if body:
+        if not body.startswith(b"\n"):
+            return None
+        lines = body[1:].split(b"\n")
+        last = len(lines) - 1
+        for number, line in enumerate(lines):
+            if number < last:
+                if not line.endswith(b","):
+                    return None
+                line = line[:-1]
+            end = line.find(b'":', 1)
+            if not line.startswith(b'"') or end < 0 or b"\\" in line[:end]:
+                return None
+            value = line[end + 2 :]
+            if not (value.startswith(b"{") and value.endswith(b"}")):
+                return None
+            try:
+                entries[line[1:end].decode("ascii")] = value
+            except UnicodeDecodeError:
+                return None
+    return raw[:mark] + b"}", entries
+
+
 def _parse_document(path: Path, raw: bytes) -> State:
+    split = _split_document(raw)
+    lazy_tasks = None
+    if split is not None:
+        raw, lazy_tasks = split
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -159,6 +267,8 @@ def _parse_document(path: Path, raw: bytes) -> State:
         )
     if version < 1:
         raise StateError(f"{path}: unknown state format version {version}")
+    if lazy_tasks is not None:
+        doc["tasks"] = {}
     try:
         lineage, serial, key, tasks = doc["lineage"], doc["serial"], doc["fingerprint_key"], doc["tasks"]
     except KeyError as exc:
@@ -168,6 +278,9 @@ def _parse_document(path: Path, raw: bytes) -> State:
     for address, entry in tasks.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
             raise StateError(f"{path}: task {address!r} has no request")
+    # Entries kept as bytes are checked when first read (every plan reads them all
+    # before any call is sent).
+    tasks = TaskTable(lazy_tasks if lazy_tasks is not None else tasks, source=str(path))
     pending = doc.get("pending", {})
     if not isinstance(pending, dict) or not all(
         isinstance(i, dict) and isinstance(i.get("action"), str) and isinstance(i.get("request"), dict)
@@ -381,7 +494,7 @@ class StateStore:
             previous = None
         if previous is not None:
             atomic_write(backup_path(self.path), previous)
-        atomic_write(self.path, orjson.dumps(self.state.to_document(), option=orjson.OPT_INDENT_2) + b"\n")
+        atomic_write(self.path, self.state.encode())
         self.state.exists = True
         if self._journal_fd is not None:
             os.close(self._journal_fd)

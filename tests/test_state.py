@@ -165,3 +165,34 @@ def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
     holder.wait(10)
     with StateStore(path) as store:  # no wait, no force-unlock
         assert set(store.state.tasks) == {"a/r/t"}
+
+
+def test_document_layout_one_task_per_line_and_any_json_layout_reads(tmp_path):
+    path = tmp_path / "s.json"
+    with StateStore(path) as store:
+        for task in ("t1", "t2", "t3"):
+            store.record_put(f"a/r/{task}", BODY | {"TaskId": task})
+    lines = path.read_bytes().split(b"\n")
+    assert lines[0].startswith(b'{"format_version":1,') and lines[1] == b'"tasks":{'
+    assert [line[:9] for line in lines[2:5]] == [b'"a/r/t1":', b'"a/r/t2":', b'"a/r/t3":']
+    lazy = read_state(path)
+    # Re-indented by hand (or by another tool): still the same state.
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=4))
+    indented = read_state(path)
+    assert dict(lazy.tasks) == dict(indented.tasks) and lazy.serial == indented.serial == 3
+    assert lazy.tasks["a/r/t2"]["request"]["TaskId"] == "t2"
+
+
+def test_a_broken_entry_is_a_state_error_when_read(tmp_path):
+    path = tmp_path / "s.json"
+    with StateStore(path) as store:
+        store.record_put("a/r/t1", BODY)
+        store.record_put("a/r/t2", BODY)
+    raw = path.read_bytes()
+    broken = raw.replace(b'"a/r/t2":{"request":{', b'"a/r/t2":{"request":[{', 1)
+    path.write_bytes(broken)
+    state = read_state(path)
+    assert state.tasks["a/r/t1"]["request"]["AppId"] == "a"
+    with pytest.raises(StateError, match="a/r/t2"):
+        state.tasks["a/r/t2"]
+    assert path.read_bytes() == broken
