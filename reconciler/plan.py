@@ -18,6 +18,8 @@ from .errors import UsageError
 from .state import SECRET_FIELDS, State, is_fingerprint
 
 PLAN_FORMAT_VERSION = 1
+#: The reasons of plain creates and deletes (renderers leave these unsaid).
+CREATE_REASON, DELETE_REASON = "not in the state", "not in the manifests"
 #: The only field UpdateSnapshot can change in place.
 IN_PLACE_FIELDS = frozenset({"ImageConfig.Interval"})
 
@@ -248,9 +250,9 @@ def make_plan(
         if want is not None:
             want = fingerprint(want)
         if have is None:
-            actions.append(PlannedAction(address=address, kind=ActionKind.create, desired=want, reason="not in the state"))
+            actions.append(PlannedAction(address=address, kind=ActionKind.create, desired=want, reason=CREATE_REASON))
         elif want is None:
-            actions.append(PlannedAction(address=address, kind=ActionKind.delete, current=have, reason="not in the manifests"))
+            actions.append(PlannedAction(address=address, kind=ActionKind.delete, current=have, reason=DELETE_REASON))
         elif address in replace:
             actions.append(
                 PlannedAction(

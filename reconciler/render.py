@@ -11,7 +11,7 @@ import itertools
 import json
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .plan import ActionKind, FieldChange, Plan, PlannedAction, mask_secrets
+from .plan import CREATE_REASON, DELETE_REASON, ActionKind, FieldChange, Plan, PlannedAction, mask_secrets
 
 if TYPE_CHECKING:  # only annotations: rendering a plan does not load the apply machinery
     from .apply import ActionResult, ApplyReport
@@ -86,7 +86,7 @@ def plan_text(plan: Plan, style: Style) -> str:
     for action in plan.actions:
         colour = _COLOURS[action.kind]
         lines.append(style(f"  # {action.address} {_HEADLINES[action.kind]}", "bold"))
-        if action.reason and action.kind in (ActionKind.update, ActionKind.replace):
+        if action.reason not in ("", CREATE_REASON, DELETE_REASON):
             lines.append(style(f"  # ({action.reason})", "dim"))
         lines.append(style(f"{action.symbol:>4} {action.address}", colour))
         changes = action_changes(action)

@@ -349,3 +349,15 @@ def test_state_list_shows_calls_left_pending(work, env):
     assert doc["tasks"] == [] and doc["pending"] == {"app1/RoomA/T1": "StartSnapshot"}
     assert snap(work, env, "state", "rm", "app1/RoomA/T1").code == 0
     assert snap(work, env, "state", "list").stdout == ""
+
+
+def test_plan_says_why_it_starts_a_task_left_pending(work, env):
+    from reconciler.manifest import load_manifests
+    from reconciler.state import StateStore
+
+    declared = load_manifests([work / "manifests"], environ=env).tasks["app1/RoomA/T1"].request.wire()
+    with StateStore(work / "state" / "snapctl.state.json") as store:
+        store.record_intent("app1/RoomA/T1", "StartSnapshot", declared)
+    plan = snap(work, env, "plan")
+    assert "# (an interrupted apply sent StartSnapshot and never learned its outcome: started again)" in plan.stdout
+    assert "# (not in the state)" not in plan.stdout
