@@ -7,7 +7,6 @@ directly with their own client and paths.
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,9 @@ from .client import RetryPolicy, SnapshotClient
 from .credentials import load_credentials, resolve_endpoint, resolve_region
 from .errors import UsageError
 from .manifest import ManifestSet, load_manifests
-from .plan import ActionKind, Plan, PlannedAction, PlanSummary, _matches, check_plan_current, make_plan
+from .plan import ActionKind, Plan, check_plan_current, make_plan
 from .signing import SigningKey
-from .state import DEFAULT_STATE_PATH, State, StateStore, TaskTable, atomic_write, read_state
+from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, read_state
 
 
 @dataclass
@@ -88,47 +87,10 @@ def plan(
     destroy: bool = False,
     manifest_paths: Sequence[str] = (),
 ) -> Plan:
-    """The plan that would make ``state`` match ``manifests``.
-
-    A task with a pending intent (a call an interrupted run sent and never saw
-    answered) is planned as if it ran the intent's request: a change then stops
-    it or updates it, both of which accept "not running". Where the manifests ask
-    for exactly that request, the call is made again (StartSnapshot, or
-    UpdateSnapshot for an update), since the task may not run it.
-    """
-    desired = desired_bodies(manifests)
-    if not state.pending:
-        return make_plan(desired, state, targets=targets, replace=replace, destroy=destroy, manifest_paths=manifest_paths)
-    view = copy.copy(state)
-    view.tasks = state.tasks.copy() if isinstance(state.tasks, TaskTable) else dict(state.tasks)
-    for address, intent in state.pending.items():
-        view.tasks[address] = {"request": intent["request"]}
-    made = make_plan(desired, view, targets=targets, replace=replace, destroy=destroy, manifest_paths=manifest_paths)
-    planned = {a.address for a in made.actions}
-    redo: list[PlannedAction] = []
-    for address, intent in sorted(state.pending.items()):
-        if address in planned or address not in desired or destroy or (targets and not _matches(address, targets)):
-            continue
-        if intent["action"] == "UpdateSnapshot":
-            redo.append(PlannedAction(
-                address=address, kind=ActionKind.update, desired=intent["request"], current=intent["request"],
-                reason="an interrupted apply sent UpdateSnapshot and never learned its outcome: sent again",
-            ))
-        else:
-            redo.append(PlannedAction(
-                address=address, kind=ActionKind.create, desired=intent["request"],
-                reason=f"an interrupted apply sent {intent['action']} and never learned its outcome: started again",
-            ))
-    if not redo:
-        return made
-    actions = sorted(made.actions + redo, key=lambda a: a.address)
-    summary = PlanSummary(
-        add=sum(a.kind is ActionKind.create for a in actions),
-        change=sum(a.kind is ActionKind.update for a in actions),
-        replace=sum(a.kind is ActionKind.replace for a in actions),
-        destroy=sum(a.kind is ActionKind.delete for a in actions),
+    """The plan that would make ``state`` match ``manifests`` (see :func:`plan.make_plan`)."""
+    return make_plan(
+        desired_bodies(manifests), state, targets=targets, replace=replace, destroy=destroy, manifest_paths=manifest_paths
     )
-    return made.model_copy(update={"actions": actions, "summary": summary, "unchanged": made.unchanged - len(redo)})
 
 
 def save_plan(plan_: Plan, path: Path) -> None:

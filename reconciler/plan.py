@@ -65,6 +65,15 @@ class PlanSummary(BaseModel):
     replace: int = 0
     destroy: int = 0
 
+    @classmethod
+    def of(cls, actions: Sequence["PlannedAction"]) -> "PlanSummary":
+        return cls(
+            add=sum(a.kind is ActionKind.create for a in actions),
+            change=sum(a.kind is ActionKind.update for a in actions),
+            replace=sum(a.kind is ActionKind.replace for a in actions),
+            destroy=sum(a.kind is ActionKind.delete for a in actions),
+        )
+
     @property
     def total(self) -> int:
         return self.add + self.change + self.replace + self.destroy
@@ -226,6 +235,12 @@ def make_plan(
 
     ``targets`` limits the plan to those addresses (or their rooms/apps);
     ``replace`` forces a replacement; ``destroy`` plans the deletion of everything in scope.
+
+    A task with a pending intent (a call an interrupted run sent and never saw
+    answered) is planned as if it ran the intent's request: a change then stops
+    it or updates it, both of which accept "not running". Where the manifests ask
+    for exactly that request, the call is made again (StartSnapshot, or
+    UpdateSnapshot for an update), since the task may not run it.
     """
     for address in replace:
         if address not in desired or address not in state.tasks:
@@ -235,6 +250,10 @@ def make_plan(
     actions: list[PlannedAction] = []
     unchanged = 0
     tasks = state.tasks
+    if state.pending:
+        tasks = tasks.copy()
+        for address, intent in state.pending.items():
+            tasks[address] = {"request": intent["request"]}
     # Every address once, sorted. Both sides usually come sorted already,
     # and sorting two sorted runs is a merge.
     addresses = list(desired)
@@ -271,12 +290,23 @@ def make_plan(
                 else "fields the API cannot update in place differ"
             )
             actions.append(PlannedAction(address=address, kind=kind, desired=want, current=have, changes=changes, reason=reason))
-    summary = PlanSummary(
-        add=sum(a.kind is ActionKind.create for a in actions),
-        change=sum(a.kind is ActionKind.update for a in actions),
-        replace=sum(a.kind is ActionKind.replace for a in actions),
-        destroy=sum(a.kind is ActionKind.delete for a in actions),
-    )
+    if state.pending and not destroy:
+        planned = {a.address for a in actions}
+        for address, intent in sorted(state.pending.items()):
+            if address in planned or address not in desired or (targets and not _matches(address, targets)):
+                continue
+            unchanged -= 1
+            if intent["action"] == "UpdateSnapshot":
+                actions.append(PlannedAction(
+                    address=address, kind=ActionKind.update, desired=intent["request"], current=intent["request"],
+                    reason="an interrupted apply sent UpdateSnapshot and never learned its outcome: sent again",
+                ))
+            else:
+                actions.append(PlannedAction(
+                    address=address, kind=ActionKind.create, desired=intent["request"],
+                    reason=f"an interrupted apply sent {intent['action']} and never learned its outcome: started again",
+                ))
+        actions.sort(key=lambda a: a.address)
     return Plan(
         state_lineage=state.lineage,
         state_serial=state.serial,
@@ -285,7 +315,7 @@ def make_plan(
         manifest_paths=list(manifest_paths),
         destroy=destroy,
         actions=actions,
-        summary=summary,
+        summary=PlanSummary.of(actions),
         unchanged=unchanged,
     )
 
