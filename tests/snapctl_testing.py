@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +55,24 @@ def tasks(url: str) -> dict[str, dict]:
 
 def calls(url: str, action: str) -> int:
     return stats(url)["by_action"].get(action, {}).get("total", 0)
+
+
+def new_project(root: Path, url: str, manifests: dict[str, str]) -> Path:
+    """A working directory with these files in manifests/ and an empty state/, against a reset emulator."""
+    httpx.post(f"{url}/_emulator/reset")
+    (root / "manifests").mkdir()
+    (root / "state").mkdir()
+    for name, text in manifests.items():
+        (root / "manifests" / name).write_text(text)
+    return root
+
+
+def wait_for(predicate, *, timeout: float = 30.0, what: str = "condition", interval: float = 0.005):
+    """Poll ``predicate`` until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

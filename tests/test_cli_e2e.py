@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from reconciler.emulator.config import EmulatorConfig
 from reconciler.emulator.server import EmulatorServer
 
-from snapctl_testing import calls, run_snapctl, snapctl_env, stats, tasks
+from snapctl_testing import calls, new_project, run_snapctl, snapctl_env, stats, tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,11 +55,7 @@ def server():
 
 @pytest.fixture
 def workdir(tmp_path, server):
-    httpx.post(f"{server.url}/_emulator/reset")
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "state").mkdir()
-    (tmp_path / "manifests" / "rooms.yaml").write_text(MANIFEST)
-    return tmp_path
+    return new_project(tmp_path, server.url, {"rooms.yaml": MANIFEST})
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from reconciler.emulator import EmulatorConfig, EmulatorServer
 from reconciler.state import lock_path, read_lock_holder
 
-from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env, stats, tasks
+from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 APP = "lockapp"
 N_TASKS = 60
@@ -42,11 +41,7 @@ def server():
 
 @pytest.fixture
 def work(tmp_path, server):
-    httpx.post(f"{server.url}/_emulator/reset")
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "state").mkdir()
-    (tmp_path / "manifests" / "app.yaml").write_text(manifest())
-    return tmp_path
+    return new_project(tmp_path, server.url, {"app.yaml": manifest()})
 
 
 @pytest.fixture
@@ -62,16 +57,6 @@ def start_apply(work: Path, env: dict, *extra: str) -> subprocess.Popen:
         [SNAPCTL, "apply", "--auto-approve", "--no-color", *extra], cwd=work, env=env,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-
-
-def wait_for(predicate, *, timeout: float = 30.0, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:

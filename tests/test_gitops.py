@@ -11,7 +11,6 @@ import select
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ import pytest
 from reconciler.emulator.config import EmulatorConfig
 from reconciler.emulator.server import EmulatorServer
 
-from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env, stats, tasks
+from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 MANIFEST = """\
 app_id: app1
@@ -50,12 +49,8 @@ def server():
 
 @pytest.fixture
 def work(tmp_path, server):
-    httpx.post(f"{server.url}/_emulator/reset")
     httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0, "drop_rate": 0.0, "slow_rate": 0.0})
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "state").mkdir()
-    (tmp_path / "manifests" / "app.yaml").write_text(MANIFEST)
-    return tmp_path
+    return new_project(tmp_path, server.url, {"app.yaml": MANIFEST})
 
 
 @pytest.fixture
@@ -177,31 +172,21 @@ def test_reconcile_heals_an_idled_out_task(work, env, server):
     assert {r["outcome"] for r in doc["result"]["results"]} == {"already_started"}
 
 
-def _wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, server):
     proc = subprocess.Popen(
         [SNAPCTL, "reconcile", "--watch", "--interval", "0.3", "--metrics-port", "0", "--json", "--timeout", "1"],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        port_line = _wait_for(lambda: proc.stderr.readline(), what="metrics line")
+        port_line = wait_for(lambda: proc.stderr.readline(), what="metrics line")
         port = int(re.search(r":(\d+)/metrics", port_line).group(1))
         first = json.loads(proc.stdout.readline())
         assert first["ok"] and first["result"]["summary"]["add"] == 3
         httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 1.0})
-        failed = _wait_for(lambda: (lambda d: d if not d["ok"] else None)(json.loads(proc.stdout.readline())), what="a failed round")
+        failed = wait_for(lambda: (lambda d: d if not d["ok"] else None)(json.loads(proc.stdout.readline())), what="a failed round")
         assert failed["result"]["summary"]["failed"] == 3
         httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0})
-        _wait_for(lambda: json.loads(proc.stdout.readline())["ok"], what="a good round after faults")
+        wait_for(lambda: json.loads(proc.stdout.readline())["ok"], what="a good round after faults")
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert "snapctl_tasks_declared 3.0" in metrics
         assert re.search(r'snapctl_api_requests_total\{action="StartSnapshot",outcome="ok"\} [1-9]', metrics)
