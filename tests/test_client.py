@@ -202,3 +202,17 @@ def test_endpoint_and_region_resolution():
 
 def test_throttled_error_is_retryable_class():
     assert ThrottledError("x").retryable and not AuthError("x").retryable
+
+
+def test_connections_are_reused(server):
+    async def scenario():
+        async with SnapshotClient(server.url, KEY, qps=0, max_connections=8, retry=FAST_RETRY) as client:
+            for i in range(20):
+                await client.start(request(f"S{i}"))
+            await asyncio.gather(*(client.start(request(f"P{i}")) for i in range(40)))
+
+    run(scenario())
+    counters = stats(server.url)
+    assert counters["total"] == 60
+    # One connection for the sequential calls, then at most the pool's size: keep-alive, not one per call.
+    assert counters["connections"] <= 8

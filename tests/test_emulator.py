@@ -500,6 +500,7 @@ def test_stats_format_and_reset(emulator):
         },
         "throttled": 0,
         "faults": {"error": 0, "drop": 0, "slow": 0},
+        "connections": 1,
         "tasks_running": 1,
     }
     assert emulator.admin("reset").status_code == 200

@@ -102,10 +102,12 @@ class StreamsStopped(BaseModel):
 
 
 class Stats:
-    __slots__ = ("total", "by_action", "throttled", "faults")
+    __slots__ = ("total", "by_action", "throttled", "faults", "peers")
 
     def __init__(self) -> None:
         self.total = 0
+        #: Client (address, port) pairs seen: one per TCP connection, to show keep-alive reuse.
+        self.peers: set = set()
         self.by_action: dict[str, dict[str, Any]] = {}
         self.throttled = 0
         self.faults = {"error": 0, "drop": 0, "slow": 0}
@@ -214,6 +216,7 @@ class EmulatorApp:
         config = self.config
         stats = self.stats
         stats.total += 1
+        stats.peers.add(scope.get("client"))
         body, body_hash, oversized = await self._read_body(receive)
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
         action = query.get("Action", "")
@@ -408,6 +411,7 @@ class EmulatorApp:
             "by_action": stats.by_action,
             "throttled": stats.throttled,
             "faults": stats.faults,
+            "connections": len(stats.peers),
             "tasks_running": len(self.table.running(now)),
         }
 
