@@ -259,6 +259,9 @@ def make_plan(
     addresses = list(desired)
     addresses.extend(address for address in tasks if address not in desired)
     addresses.sort()
+    for target in targets:
+        if not any(_matches(address, (target,)) for address in addresses):
+            raise UsageError(f"--target {target} matches no task in the manifests or the state (see snapctl state list)")
     fingerprint = _Fingerprints(state)
     for address in addresses:
         if targets and not _matches(address, targets):

@@ -99,6 +99,10 @@ def test_targets_and_forced_replacement():
     assert [(a.address, a.kind) for a in forced.actions] == [("a/r/t", ActionKind.replace)]
     with pytest.raises(UsageError, match="--replace"):
         make_plan({"a/r/t": BASE}, state, replace=["a/r/zzz"])
+    with pytest.raises(UsageError, match="--target a/nope matches no task"):
+        make_plan(desired, state, targets=["a/nope"])
+    with pytest.raises(UsageError, match="--target a/r/t1 matches no task"):
+        make_plan(desired, state, targets=["a/r/t1"])  # a prefix of a name is not a match
 
 
 def test_destroy_plans_deletes_of_everything_in_scope():
