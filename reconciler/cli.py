@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "import": "reconciler.commands:import_",
     "state": "reconciler.commands:state",
     "force-unlock": "reconciler.commands:force_unlock",
+    "show": "reconciler.commands:show",
     "schema": "reconciler.commands:schema",
     "emulator": "reconciler.emulator.command:emulator",
 }

@@ -337,6 +337,29 @@ def destroy(state_path, targets, endpoint, qps, parallelism, timeout_s, lock_tim
         _run_planned(the_plan, _empty(), store, settings, as_json=as_json, no_color=no_color, auto_approve=auto_approve, verb="Destroy")
 
 
+# show --------------------------------------------------------------------------
+
+
+@click.command(short_help="Print a saved plan as text, Markdown or JSON.")
+@click.argument("plan_file", type=click.Path(path_type=Path))
+@output_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True, help="Output format (--json is --format json).")
+@handle_errors
+def show(plan_file, as_json, no_color, fmt):
+    """Print a plan saved by `snapctl plan --out FILE`, without reading the
+    manifests or the state: what `snapctl apply FILE` would do."""
+    from . import engine, render
+
+    saved = engine.load_plan(plan_file)
+    fmt = "json" if as_json else fmt
+    if fmt == "json":
+        print_json(render.plan_document(saved))
+    elif fmt == "markdown":
+        out(render.plan_markdown(saved))
+    else:
+        out(render.plan_text(saved, Style(colour_enabled(sys.stdout, no_color))))
+
+
 # schema ------------------------------------------------------------------------
 
 

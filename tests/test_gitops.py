@@ -346,3 +346,21 @@ def test_plan_says_why_it_starts_a_task_left_pending(work, env):
     plan = snap(work, env, "plan")
     assert "# (an interrupted apply sent StartSnapshot and never learned its outcome: started again)" in plan.stdout
     assert "# (not in the state)" not in plan.stdout
+
+
+def test_show_renders_a_saved_plan_as_plan_does(work, env):
+    assert snap(work, env, "apply", "--auto-approve").code == 0
+    (work / "manifests" / "app.yaml").write_text(MANIFEST.replace("interval: 3", "interval: 4").replace("width: 320", "width: 640"))
+    assert snap(work, env, "plan", "--out", "p.plan").code == 0
+    for args in ([], ["--json"], ["--format", "markdown"]):
+        shown = snap(work, env, "show", "p.plan", *args)
+        planned = snap(work, env, "plan", *args)
+        assert shown.code == 0 and planned.code == 0
+        if args == ["--json"]:
+            drop = lambda d: {k: v for k, v in json.loads(d).items() if k != "created_at"}  # noqa: E731
+            assert drop(shown.stdout) == drop(planned.stdout)
+        else:
+            assert shown.stdout == planned.stdout
+    assert "gitops-secret" not in snap(work, env, "show", "p.plan", "--json").stdout
+    missing = snap(work, env, "show", "nope.plan")
+    assert missing.code == 1 and "cannot read the plan file" in missing.stderr
