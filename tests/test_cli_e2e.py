@@ -257,7 +257,7 @@ def test_bad_flag_is_exit_1(workdir, env):
 
 
 def test_help_and_version(workdir, env):
-    for command in ([], ["validate"], ["plan"], ["apply"], ["destroy"], ["reconcile"], ["import"], ["state"], ["force-unlock"], ["schema"], ["emulator"]):
+    for command in ([], ["validate"], ["plan"], ["apply"], ["destroy"], ["reconcile"], ["import"], ["state"], ["force-unlock"], ["schema"], ["show"], ["emulator"]):
         result = snap(workdir, env, *command, "--help")
         assert result.code == 0 and "Usage:" in result.stdout, command
     version = snap(workdir, env, "--version")
