@@ -80,6 +80,23 @@ def scope_options(f):
     return f
 
 
+def format_option(f):
+    return click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
+                        show_default=True, help="Output format (--json is --format json).")(f)
+
+
+def print_plan(the_plan, fmt: str, no_color: bool) -> None:
+    """A plan on stdout as text, Markdown or JSON."""
+    from . import render
+
+    if fmt == "json":
+        print_json(render.plan_document(the_plan))
+    elif fmt == "markdown":
+        out(render.plan_markdown(the_plan))
+    else:
+        out(render.plan_text(the_plan, Style(colour_enabled(sys.stdout, no_color))))
+
+
 def handle_errors(f: Callable) -> Callable:
     """Every failure is one clear message on stderr and exit status 1, never a traceback."""
 
@@ -145,34 +162,27 @@ def validate(paths, as_json, no_color):
 @state_option
 @scope_options
 @output_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True, help="Output format (--json is --format json).")
+@format_option
 @click.option("--out", "out_file", type=click.Path(path_type=Path), help="Save the plan for a later `snapctl apply FILE`.")
 @click.option("--destroy", is_flag=True, help="Plan the destruction of every task in the state.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 1 on error, 2 with changes.")
 @handle_errors
 def plan(paths, state_path, targets, replace, as_json, no_color, fmt, out_file, destroy, detailed_exitcode):
     """Show what apply would change. Reads manifests and the state; sends nothing."""
-    from . import engine, render
+    from . import engine
 
-    manifests = _load(paths) if not destroy or paths else None
+    manifests = _load(paths) if not destroy or paths else _empty()
     state = engine.read_state(state_path)
-    from .manifest import ManifestSet
-
-    manifests = manifests or ManifestSet(tasks={}, warnings=[], files=[])
     the_plan = engine.plan(manifests, state, targets=targets, replace=replace, destroy=destroy,
                            manifest_paths=[str(p) for p in (paths or [Path("manifests")])])
     if out_file:
         engine.save_plan(the_plan, out_file)
     fmt = "json" if as_json else fmt
-    if fmt == "json":
-        print_json(render.plan_document(the_plan))
-    elif fmt == "markdown":
-        out(render.plan_markdown(the_plan))
-    else:
+    if fmt == "text":
         print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
-        out(render.plan_text(the_plan, Style(colour_enabled(sys.stdout, no_color))))
-        if out_file:
-            out(f"\nSaved the plan to {out_file}. Apply exactly this plan with: snapctl apply {out_file}\n")
+    print_plan(the_plan, fmt, no_color)
+    if fmt == "text" and out_file:
+        out(f"\nSaved the plan to {out_file}. Apply exactly this plan with: snapctl apply {out_file}\n")
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(EXIT_CHANGES)
 
@@ -343,21 +353,14 @@ def destroy(state_path, targets, endpoint, qps, parallelism, timeout_s, lock_tim
 @click.command(short_help="Print a saved plan as text, Markdown or JSON.")
 @click.argument("plan_file", type=click.Path(path_type=Path))
 @output_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True, help="Output format (--json is --format json).")
+@format_option
 @handle_errors
 def show(plan_file, as_json, no_color, fmt):
     """Print a plan saved by `snapctl plan --out FILE`, without reading the
     manifests or the state: what `snapctl apply FILE` would do."""
-    from . import engine, render
+    from . import engine
 
-    saved = engine.load_plan(plan_file)
-    fmt = "json" if as_json else fmt
-    if fmt == "json":
-        print_json(render.plan_document(saved))
-    elif fmt == "markdown":
-        out(render.plan_markdown(saved))
-    else:
-        out(render.plan_text(saved, Style(colour_enabled(sys.stdout, no_color))))
+    print_plan(engine.load_plan(plan_file), "json" if as_json else fmt, no_color)
 
 
 # schema ------------------------------------------------------------------------
