@@ -16,7 +16,6 @@ another F, so a plan has F*2 updates and replacements spread over the files.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 TASKS_PER_FILE = 1000
@@ -59,7 +58,7 @@ def write_manifests(directory: Path, tasks: int, *, width: int = 640, changed: f
     for old in directory.glob("*.yaml"):
         old.unlink()
     files = []
-    every = int(round(1 / changed)) if changed else 0
+    every = round(1 / changed) if changed else 0
     done = 0
     app = 0
     while done < tasks:

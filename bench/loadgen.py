@@ -25,9 +25,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler.api import API_VERSION  # noqa: E402
-from reconciler.emulator.config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY  # noqa: E402
-from reconciler.signing import SigningKey, sign_request  # noqa: E402
+from reconciler.api import API_VERSION
+from reconciler.emulator.config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY
+from reconciler.signing import SigningKey, sign_request
 
 KEY = SigningKey(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY)
 ACTIONS = ("StartSnapshot", "UpdateSnapshot", "StopSnapshot")
@@ -53,8 +53,14 @@ async def connection(host: str, port: int, number: int, deadline: float, statuse
             payload = body(action, number, sent // 3)
             query = {"Action": action, "Version": API_VERSION}
             signed = sign_request(
-                key=KEY, method="POST", host=host_header, path="/", query=query,
-                content_type="application/json", body=payload, region=DEFAULT_REGION,
+                key=KEY,
+                method="POST",
+                host=host_header,
+                path="/",
+                query=query,
+                content_type="application/json",
+                body=payload,
+                region=DEFAULT_REGION,
             )
             head = (
                 f"POST /?Action={action}&Version={API_VERSION} HTTP/1.1\r\n"
@@ -81,11 +87,17 @@ async def run(url: str, connections: int, seconds: float) -> dict:
     parsed = urlparse(url)
     statuses: collections.Counter = collections.Counter()
     began = time.monotonic()
-    await asyncio.gather(*(connection(parsed.hostname, parsed.port, n, began + seconds, statuses) for n in range(connections)))
+    await asyncio.gather(
+        *(connection(parsed.hostname, parsed.port, n, began + seconds, statuses) for n in range(connections))
+    )
     elapsed = time.monotonic() - began
     total = sum(statuses.values())
-    return {"requests": total, "seconds": round(elapsed, 3), "rps": round(total / elapsed, 1),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+    return {
+        "requests": total,
+        "seconds": round(elapsed, 3),
+        "rps": round(total / elapsed, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }
 
 
 def main() -> None:

@@ -67,8 +67,12 @@ ENV = bench_env()
 def compile_bytecode() -> None:
     """A pip install compiles snapctl's modules; an editable one compiles them on first
     import unless PYTHONDONTWRITEBYTECODE is set. Either way, measure with bytecode."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "reconciler")], check=True, env=ENV,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "reconciler")],
+        check=True,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 @dataclass
@@ -83,7 +87,9 @@ def run(args: list[str], *, cwd: Path | None = None, check: bool = True) -> Run:
     """Run a command; its wall time and peak RSS (of it and what it waited for)."""
     with tempfile.TemporaryFile() as out:
         began = time.perf_counter()
-        process = subprocess.Popen(args, cwd=cwd or ROOT, env=ENV, stdout=out, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            args, cwd=cwd or ROOT, env=ENV, stdout=out, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - began
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -98,11 +104,25 @@ class Emulator:
     """``snapctl emulator`` in its own process, on a free port."""
 
     def __init__(self, *, latency_ms: int = 0, jitter_ms: int = 0, qps: int = QPS):
-        self.args = [*SNAPCTL, "emulator", "--port", "0", "--latency-ms", str(latency_ms),
-                     "--jitter-ms", str(jitter_ms), "--qps", str(qps), "--seed", "1"]
+        self.args = [
+            *SNAPCTL,
+            "emulator",
+            "--port",
+            "0",
+            "--latency-ms",
+            str(latency_ms),
+            "--jitter-ms",
+            str(jitter_ms),
+            "--qps",
+            str(qps),
+            "--seed",
+            "1",
+        ]
 
-    def __enter__(self) -> "Emulator":
-        self.process = subprocess.Popen(self.args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    def __enter__(self) -> Emulator:
+        self.process = subprocess.Popen(
+            self.args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         line = self.process.stdout.readline()
         match = re.search(r"listening on (http://\S+)", line)
         if match is None:
@@ -172,16 +192,24 @@ def bench_startup(results: Results, work: Path, repeats: int) -> None:
     shutil.copy(ROOT / "manifests" / "tos-archive.yaml", tiny / "tos-archive.yaml")
     validate = [run([*SNAPCTL, "validate", str(tiny)]) for _ in range(repeats)]
     plan = [run([*SNAPCTL, "plan", str(tiny), "--state", str(work / "none.json")]) for _ in range(repeats)]
-    v, va, p = median([r.wall_s for r in version]), median([r.wall_s for r in validate]), median([r.wall_s for r in plan])
+    v, va, p = (
+        median([r.wall_s for r in version]),
+        median([r.wall_s for r in validate]),
+        median([r.wall_s for r in plan]),
+    )
     results.add("Start-up", "`snapctl --version`", f"{v:.3f} s", "≤ 0.2 s", v <= 0.2, f"median of {repeats}")
     results.add("Start-up", "`snapctl validate` (one 4-task manifest)", f"{va:.3f} s", "", None, f"median of {repeats}")
-    results.add("Start-up", "`snapctl plan` (one 4-task manifest, no state)", f"{p:.3f} s", "", None, f"median of {repeats}")
+    results.add(
+        "Start-up", "`snapctl plan` (one 4-task manifest, no state)", f"{p:.3f} s", "", None, f"median of {repeats}"
+    )
 
 
 # -- 3. plan at scale ---------------------------------------------------------------
 
 
-def bench_plan(results: Results, work: Path, sizes: list[int], repeats: dict[int, int], changed_sizes: list[int]) -> None:
+def bench_plan(
+    results: Results, work: Path, sizes: list[int], repeats: dict[int, int], changed_sizes: list[int]
+) -> None:
     walls: dict[int, float] = {}
     for size in sizes:
         status(f"plan: {size:,} tasks (manifests and a matching state)")
@@ -200,24 +228,47 @@ def bench_plan(results: Results, work: Path, sizes: list[int], repeats: dict[int
             target, met = "≤ 0.5 s", wall <= 0.5
         if size == 100_000:
             target, met = "≤ 5 s", wall <= 5
-        results.add("Plan", f"no-op `snapctl plan`, {size:,} tasks: wall time", f"{wall:.2f} s", target, met,
-                    f"median of {repeats[size]}")
-        results.add("Plan", f"no-op `snapctl plan`, {size:,} tasks: peak RSS", f"{rss:.0f} MB",
-                    "≤ 500 MB" if size == 100_000 else "", rss <= 500 if size == 100_000 else None, f"largest of {repeats[size]}")
+        results.add(
+            "Plan",
+            f"no-op `snapctl plan`, {size:,} tasks: wall time",
+            f"{wall:.2f} s",
+            target,
+            met,
+            f"median of {repeats[size]}",
+        )
+        results.add(
+            "Plan",
+            f"no-op `snapctl plan`, {size:,} tasks: peak RSS",
+            f"{rss:.0f} MB",
+            "≤ 500 MB" if size == 100_000 else "",
+            rss <= 500 if size == 100_000 else None,
+            f"largest of {repeats[size]}",
+        )
         if size in changed_sizes:
             changed = work / f"plan-{size}-changed"
             gen.write_manifests(changed, size, changed=0.05)
             runs = [run([*SNAPCTL, "plan", str(changed), "--state", str(state)]) for _ in range(repeats[size])]
             summary = runs[0].stdout.strip().splitlines()[-1]
             wall, rss = median([r.wall_s for r in runs]), max(r.rss_mb for r in runs)
-            results.add("Plan", f"`snapctl plan`, {size:,} tasks, 10% changed", f"{wall:.2f} s, {rss:.0f} MB", "", None,
-                        f"median of {repeats[size]}; {summary}")
+            results.add(
+                "Plan",
+                f"`snapctl plan`, {size:,} tasks, 10% changed",
+                f"{wall:.2f} s, {rss:.0f} MB",
+                "",
+                None,
+                f"median of {repeats[size]}; {summary}",
+            )
         if size >= 10_000:
             for gc_mode in ("on", "off"):
                 phases = run([sys.executable, str(BENCH / "phases.py"), str(manifests), str(state), "--gc", gc_mode])
                 data = json.loads(phases.stdout)
-                shown = ", ".join(f"{name} {p['s']:.2f} s (peak {p['peak_mib'] * 1.048576:.0f} MB)" for name, p in data["phases"].items())
-                results.details.append(f"Phases of a no-op plan of {size:,} tasks in one process, garbage collector {gc_mode}: {shown}.")
+                shown = ", ".join(
+                    f"{name} {p['s']:.2f} s (peak {p['peak_mib'] * 1.048576:.0f} MB)"
+                    for name, p in data["phases"].items()
+                )
+                results.details.append(
+                    f"Phases of a no-op plan of {size:,} tasks in one process, garbage collector {gc_mode}: {shown}."
+                )
         shutil.rmtree(manifests)
     if len(walls) >= 3:
         # The cost of one more task, between the sizes: equal when time is linear in tasks
@@ -225,8 +276,14 @@ def bench_plan(results: Results, work: Path, sizes: list[int], repeats: dict[int
         a, b, c = sorted(walls)
         low = (walls[b] - walls[a]) / (b - a) * 1e6
         high = (walls[c] - walls[b]) / (c - b) * 1e6
-        results.add("Plan", f"linearity: time per added task, {b:,}→{c:,} vs {a:,}→{b:,} tasks",
-                    f"{high:.1f} vs {low:.1f} µs/task ({high / low:.2f}×)", "≈ 1× (linear)", 0.67 <= high / low <= 1.5, "")
+        results.add(
+            "Plan",
+            f"linearity: time per added task, {b:,}→{c:,} vs {a:,}→{b:,} tasks",
+            f"{high:.1f} vs {low:.1f} µs/task ({high / low:.2f}×)",
+            "≈ 1× (linear)",
+            0.67 <= high / low <= 1.5,
+            "",
+        )
 
 
 # -- 1. apply throughput ----------------------------------------------------------------
@@ -239,16 +296,31 @@ def apply_once(emulator: Emulator, work: Path, tasks: int, parallelism: int | No
     state.mkdir(parents=True)
     gen.write_manifests(manifests, tasks)
     emulator.reset()
-    args = [*SNAPCTL, "apply", str(manifests), "--state", str(state / "snapctl.state.json"), "--endpoint", emulator.url,
-            "--auto-approve", "--json"]
+    args = [
+        *SNAPCTL,
+        "apply",
+        str(manifests),
+        "--state",
+        str(state / "snapctl.state.json"),
+        "--endpoint",
+        emulator.url,
+        "--auto-approve",
+        "--json",
+    ]
     if parallelism is not None:
         args += ["--parallelism", str(parallelism)]
     result = run(args)
     document = json.loads(result.stdout)
     assert document["ok"] and document["summary"]["succeeded"] == tasks, document["summary"]
     stats = emulator.stats()
-    return {"tasks": tasks, "elapsed_s": document["elapsed_s"], "wall_s": result.wall_s, "rss_mb": result.rss_mb,
-            "requests": stats["total"], "throttled": stats["throttled"]}
+    return {
+        "tasks": tasks,
+        "elapsed_s": document["elapsed_s"],
+        "wall_s": result.wall_s,
+        "rss_mb": result.rss_mb,
+        "requests": stats["total"],
+        "throttled": stats["throttled"],
+    }
 
 
 def bench_apply(results: Results, work: Path, counts: dict[str, int], repeats: int) -> None:
@@ -264,20 +336,55 @@ def bench_apply(results: Results, work: Path, counts: dict[str, int], repeats: i
                 end_to_end = median([r["tasks"] / r["wall_s"] for r in runs])
                 throttled = sum(r["throttled"] for r in runs) / sum(r["requests"] for r in runs)
                 rss = max(r["rss_mb"] for r in runs)
-                results.add("Apply", f"{tasks:,} creates, default `--parallelism 64`: tasks/s",
-                            f"{rate:.1f} tasks/s ({rate / QPS:.1%} of {QPS}/s)", "≥ 142 tasks/s (95%)", rate >= 142,
-                            f"median of {repeats}; apply phase as reported by `--json` elapsed_s")
-                results.add("Apply", f"{tasks:,} creates: whole command, start to exit", f"{end_to_end:.1f} tasks/s", "", None,
-                            "includes start-up, planning and the last answer")
-                results.add("Apply", f"{tasks:,} creates: throttled answers (emulator stats)",
-                            f"{throttled:.2%} ({sum(r['throttled'] for r in runs)} of {sum(r['requests'] for r in runs)} requests)",
-                            "< 0.5%", throttled < 0.005, f"all {repeats} runs")
-                results.add("Apply", f"{tasks:,} creates: peak RSS of `snapctl apply`", f"{rss:.0f} MB", "", None, "largest of the runs")
+                results.add(
+                    "Apply",
+                    f"{tasks:,} creates, default `--parallelism 64`: tasks/s",
+                    f"{rate:.1f} tasks/s ({rate / QPS:.1%} of {QPS}/s)",
+                    "≥ 142 tasks/s (95%)",
+                    rate >= 142,
+                    f"median of {repeats}; apply phase as reported by `--json` elapsed_s",
+                )
+                results.add(
+                    "Apply",
+                    f"{tasks:,} creates: whole command, start to exit",
+                    f"{end_to_end:.1f} tasks/s",
+                    "",
+                    None,
+                    "includes start-up, planning and the last answer",
+                )
+                results.add(
+                    "Apply",
+                    f"{tasks:,} creates: throttled answers (emulator stats)",
+                    f"{throttled:.2%} ({sum(r['throttled'] for r in runs)} of {sum(r['requests'] for r in runs)} requests)",
+                    "< 0.5%",
+                    throttled < 0.005,
+                    f"all {repeats} runs",
+                )
+                results.add(
+                    "Apply",
+                    f"{tasks:,} creates: peak RSS of `snapctl apply`",
+                    f"{rss:.0f} MB",
+                    "",
+                    None,
+                    "largest of the runs",
+                )
             else:
-                results.add("Apply", f"{tasks:,} creates, `--parallelism {parallelism}`: tasks/s", f"{rate:.1f} tasks/s", "", None,
-                            f"median of {repeats}")
-        results.add("Apply", "ratio of tasks/s, parallelism 1 : 10 : 64",
-                    f"1 : {rates['p10'] / rates['p1']:.1f} : {rates['default'] / rates['p1']:.1f}", "", None, "")
+                results.add(
+                    "Apply",
+                    f"{tasks:,} creates, `--parallelism {parallelism}`: tasks/s",
+                    f"{rate:.1f} tasks/s",
+                    "",
+                    None,
+                    f"median of {repeats}",
+                )
+        results.add(
+            "Apply",
+            "ratio of tasks/s, parallelism 1 : 10 : 64",
+            f"1 : {rates['p10'] / rates['p1']:.1f} : {rates['default'] / rates['p1']:.1f}",
+            "",
+            None,
+            "",
+        )
 
 
 # -- 2. replace throughput ------------------------------------------------------------------
@@ -290,8 +397,17 @@ def bench_replace(results: Results, work: Path, tasks: int, repeats: int) -> Non
         state.mkdir()
         status(f"replace: creating {tasks:,} tasks")
         gen.write_manifests(manifests, tasks)
-        base = [*SNAPCTL, "apply", str(manifests), "--state", str(state / "snapctl.state.json"), "--endpoint", emulator.url,
-                "--auto-approve", "--json"]
+        base = [
+            *SNAPCTL,
+            "apply",
+            str(manifests),
+            "--state",
+            str(state / "snapctl.state.json"),
+            "--endpoint",
+            emulator.url,
+            "--auto-approve",
+            "--json",
+        ]
         run(base)
         elapsed, throttled, requests = [], 0, 0
         for number in range(repeats):
@@ -308,9 +424,14 @@ def bench_replace(results: Results, work: Path, tasks: int, repeats: int) -> Non
         took = median(elapsed)
         ideal = tasks / QPS
         limit = 1.2 * ideal + ROUND_TRIP_S
-        results.add("Replace", f"{tasks:,} replaces (StopSnapshot + StartSnapshot each)",
-                    f"{took:.2f} s ({took / ideal:.2f}× {tasks:,}/{QPS} s)", f"≤ {limit:.2f} s (1.2 × {ideal:.2f} s + one round trip)",
-                    took <= limit, f"median of {repeats}; throttled {throttled} of {requests} requests")
+        results.add(
+            "Replace",
+            f"{tasks:,} replaces (StopSnapshot + StartSnapshot each)",
+            f"{took:.2f} s ({took / ideal:.2f}× {tasks:,}/{QPS} s)",
+            f"≤ {limit:.2f} s (1.2 × {ideal:.2f} s + one round trip)",
+            took <= limit,
+            f"median of {repeats}; throttled {throttled} of {requests} requests",
+        )
 
 
 # -- 5. the emulator -------------------------------------------------------------------------------
@@ -322,15 +443,31 @@ def bench_emulator(results: Results, seconds: float, repeats: int) -> None:
     with Emulator(qps=0) as emulator:
         for _ in range(repeats):
             emulator.reset()
-            answer = run([sys.executable, str(BENCH / "loadgen.py"), emulator.url, "--connections", "64", "--seconds", str(seconds)])
+            answer = run(
+                [
+                    sys.executable,
+                    str(BENCH / "loadgen.py"),
+                    emulator.url,
+                    "--connections",
+                    "64",
+                    "--seconds",
+                    str(seconds),
+                ]
+            )
             data = json.loads(answer.stdout)
             assert set(data["statuses"]) == {"200"}, data
             served = emulator.stats()["total"]
             assert served == data["requests"], (served, data)
             rates.append(data["rps"])
     rate = median(rates)
-    results.add("Emulator", "requests/s served (`--qps 0`, zero latency; Start/Update/Stop mix, each freshly signed)",
-                f"{rate:,.0f} req/s", "≥ 1,500 req/s", rate >= 1500, f"median of {repeats} runs of {seconds:g} s")
+    results.add(
+        "Emulator",
+        "requests/s served (`--qps 0`, zero latency; Start/Update/Stop mix, each freshly signed)",
+        f"{rate:,.0f} req/s",
+        "≥ 1,500 req/s",
+        rate >= 1500,
+        f"median of {repeats} runs of {seconds:g} s",
+    )
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -360,9 +497,14 @@ def machine() -> list[str]:
 
 
 def report(results: Results, command: str, began: float, quick: bool) -> str:
-    lines = [BEGIN, "", f"Measured {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} with `{command}`"
-             f"{' (a --quick smoke run: smaller counts, fewer repeats)' if quick else ''}, "
-             f"in {time.monotonic() - began:.0f} s.", ""]
+    lines = [
+        BEGIN,
+        "",
+        f"Measured {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} with `{command}`"
+        f"{' (a --quick smoke run: smaller counts, fewer repeats)' if quick else ''}, "
+        f"in {time.monotonic() - began:.0f} s.",
+        "",
+    ]
     lines += machine()
     lines += ["", "| area | figure | measured | target | | runs |", "|---|---|---|---|---|---|"]
     for f in results.figures:
@@ -387,14 +529,19 @@ def write_report(block: str, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="A smoke run: small counts, one repeat.")
-    parser.add_argument("--only", default="startup,plan,apply,replace,emulator",
-                        help="Comma-separated subset of: startup, plan, apply, replace, emulator.")
+    parser.add_argument(
+        "--only",
+        default="startup,plan,apply,replace,emulator",
+        help="Comma-separated subset of: startup, plan, apply, replace, emulator.",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="Print the results; leave BENCHMARKS.md alone.")
     args = parser.parse_args()
     only = set(args.only.split(","))
     began = time.monotonic()
-    command = "bench/run.py" + (" --quick" if args.quick else "") + (f" --only {args.only}" if "--only" in sys.argv else "")
+    command = (
+        "bench/run.py" + (" --quick" if args.quick else "") + (f" --only {args.only}" if "--only" in sys.argv else "")
+    )
     command = f"{Path(sys.executable).relative_to(ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable} {command}"
     compile_bytecode()
     results = Results()
@@ -406,7 +553,9 @@ def main() -> None:
             if args.quick:
                 bench_plan(results, work, [1_000, 5_000, 10_000], {1_000: 3, 5_000: 3, 10_000: 3}, [10_000])
             else:
-                bench_plan(results, work, [1_000, 10_000, 100_000], {1_000: 7, 10_000: 7, 100_000: 3}, [10_000, 100_000])
+                bench_plan(
+                    results, work, [1_000, 10_000, 100_000], {1_000: 7, 10_000: 7, 100_000: 3}, [10_000, 100_000]
+                )
         if "apply" in only:
             counts = {"p1": 20, "p10": 60, "default": 600} if args.quick else {"p1": 100, "p10": 300, "default": 3_000}
             bench_apply(results, work, counts, 1 if args.quick else 3)

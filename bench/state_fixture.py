@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler.manifest import load_manifests  # noqa: E402
-from reconciler.state import StateStore  # noqa: E402
+from reconciler.manifest import load_manifests
+from reconciler.state import StateStore
 
 
 def write_state(manifest_dir: Path, state_path: Path, environ: dict[str, str]) -> int:

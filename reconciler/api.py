@@ -8,7 +8,7 @@ emulator validates incoming bodies with them.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -97,16 +97,16 @@ class WireModel(BaseModel):
 
 
 class Stream(WireModel):
-    index: Optional[StreamIndex] = None
+    index: StreamIndex | None = None
     user_id: NonEmpty
     stream_type: StreamTypeCode = 0
 
 
 class TargetStreams(WireModel):
-    stream_list: Optional[list[Stream]] = None
+    stream_list: list[Stream] | None = None
 
     @model_validator(mode="after")
-    def _limits(self) -> "TargetStreams":
+    def _limits(self) -> TargetStreams:
         streams = self.stream_list or []
         if len(streams) > MAX_STREAMS:
             raise ValueError(f"at most {MAX_STREAMS} streams are allowed, got {len(streams)}")
@@ -159,21 +159,23 @@ _STORAGE_BLOCK = {0: "tos_config", 2: "custom_config", 3: "ve_image_x_config"}
 
 class StorageConfig(WireModel):
     type: StorageTypeCode = 0
-    tos_config: Optional[TosConfig] = None
-    vod_config: Optional[VodConfig] = None
-    custom_config: Optional[CustomConfig] = None
-    ve_image_x_config: Optional[VeImageXConfig] = None
+    tos_config: TosConfig | None = None
+    vod_config: VodConfig | None = None
+    custom_config: CustomConfig | None = None
+    ve_image_x_config: VeImageXConfig | None = None
 
     @model_validator(mode="after")
-    def _block_for_type(self) -> "StorageConfig":
+    def _block_for_type(self) -> StorageConfig:
         if self.type == StorageType.vod:
-            raise ValueError("Type 1 (VOD) is not supported for snapshots; use 0 (TOS), 2 (S3-compatible) or 3 (veImageX)")
+            raise ValueError(
+                "Type 1 (VOD) is not supported for snapshots; use 0 (TOS), 2 (S3-compatible) or 3 (veImageX)"
+            )
         block = _STORAGE_BLOCK[self.type]
         if getattr(self, block) is None:
             raise ValueError(f"Type {self.type} requires {to_pascal(block)}")
         return self
 
-    def for_type(self) -> "StorageConfig":
+    def for_type(self) -> StorageConfig:
         """Only the block the type uses: the API ignores the others."""
         block = _STORAGE_BLOCK[self.type]
         return StorageConfig(type=self.type, **{block: getattr(self, block)})
@@ -189,10 +191,10 @@ class TaskKey(WireModel):
 
 class StartSnapshotRequest(WireModel):
     app_id: Identifier
-    business_id: Optional[Identifier] = None
+    business_id: Identifier | None = None
     room_id: Identifier
     task_id: Identifier
-    target_streams: Optional[TargetStreams] = None
+    target_streams: TargetStreams | None = None
     max_idle_time: MaxIdleTime = DEFAULT_MAX_IDLE_TIME
     image_config: ImageConfig = ImageConfig()
     storage_config: StorageConfig
@@ -200,15 +202,15 @@ class StartSnapshotRequest(WireModel):
 
 class UpdateSnapshotRequest(WireModel):
     app_id: Identifier
-    business_id: Optional[Identifier] = None
+    business_id: Identifier | None = None
     room_id: Identifier
     task_id: Identifier
-    image_config: Optional[ImageConfig] = None
+    image_config: ImageConfig | None = None
 
 
 class StopSnapshotRequest(WireModel):
     app_id: Identifier
-    business_id: Optional[Identifier] = None
+    business_id: Identifier | None = None
     room_id: Identifier
     task_id: Identifier
 
@@ -232,7 +234,7 @@ class ResponseMetadata(BaseModel):
     Version: str = ""
     Service: str = ""
     Region: str = ""
-    Error: Optional[ErrorInfo] = None
+    Error: ErrorInfo | None = None
 
 
 class Envelope(BaseModel):

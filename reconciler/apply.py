@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping, Optional, Sequence
 
 from . import api
 from .client import CallResult, Outcome, SnapshotClient
@@ -32,7 +32,7 @@ class ActionResult:
     kind: str  # an ActionKind value, or "reassert" for reconcile's re-start of an unchanged task
     ok: bool = False
     calls: list[CallResult] = field(default_factory=list)
-    error: Optional[ApiError] = None
+    error: ApiError | None = None
     #: reconcile: the task was not running and StartSnapshot brought it back.
     healed: bool = False
 
@@ -145,18 +145,24 @@ class Applier:
         address, kind = result.address, result.kind
         if kind == ActionKind.delete.value:
             result.calls.append(
-                await self._call(address, "StopSnapshot", action.current, self.client.stop(stop_request(action.current)))
+                await self._call(
+                    address, "StopSnapshot", action.current, self.client.stop(stop_request(action.current))
+                )
             )
             self.store.record_delete(address)
             return
         request = self.requests[address]
         if kind == ActionKind.replace.value:
             result.calls.append(
-                await self._call(address, "StopSnapshot", action.current, self.client.stop(stop_request(action.current)))
+                await self._call(
+                    address, "StopSnapshot", action.current, self.client.stop(stop_request(action.current))
+                )
             )
             self.store.record_delete(address)
         elif kind == ActionKind.update.value:
-            call = await self._call(address, "UpdateSnapshot", request.wire(), self.client.update(update_request(request)))
+            call = await self._call(
+                address, "UpdateSnapshot", request.wire(), self.client.update(update_request(request))
+            )
             result.calls.append(call)
             if call.outcome is not Outcome.not_running:
                 self.store.record_put(address, request.wire(), call.request_id)
@@ -177,10 +183,20 @@ class Applier:
 
 
 def _log_result(result: ActionResult) -> None:
-    calls = " ".join(f"{c.action}={c.outcome.value}(attempts={c.attempts},request_id={c.request_id})" for c in result.calls)
+    calls = " ".join(
+        f"{c.action}={c.outcome.value}(attempts={c.attempts},request_id={c.request_id})" for c in result.calls
+    )
     if result.ok:
         log.info("%s %s ok %s", result.address, result.kind, calls)
     else:
         err = result.error
-        log.warning("%s %s failed code=%s code_n=%s request_id=%s message=%s %s", result.address, result.kind,
-                    err.code or type(err).__name__, err.code_n, err.request_id, err.message, calls)
+        log.warning(
+            "%s %s failed code=%s code_n=%s request_id=%s message=%s %s",
+            result.address,
+            result.kind,
+            err.code or type(err).__name__,
+            err.code_n,
+            err.request_id,
+            err.message,
+            calls,
+        )

@@ -12,8 +12,9 @@ import collections
 import enum
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -22,7 +23,6 @@ from .errors import (
     ApiError,
     AuthError,
     InvalidParameterError,
-    RetryableError,
     ServerError,
     TaskNotRunningError,
     ThrottledError,
@@ -133,7 +133,7 @@ class SnapshotClient:
         self._host = url.netloc.decode("ascii")
         self._path = url.path or "/"
 
-    async def __aenter__(self) -> "SnapshotClient":
+    async def __aenter__(self) -> SnapshotClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import orjson
@@ -54,35 +55,86 @@ def paths_argument(f):
 
 def state_option(f):
     return click.option(
-        "--state", "state_path", type=click.Path(path_type=Path), default=Path("state/snapctl.state.json"),
-        show_default=True, envvar="SNAPCTL_STATE", help="State file (env SNAPCTL_STATE).",
+        "--state",
+        "state_path",
+        type=click.Path(path_type=Path),
+        default=Path("state/snapctl.state.json"),
+        show_default=True,
+        envvar="SNAPCTL_STATE",
+        help="State file (env SNAPCTL_STATE).",
     )(f)
 
 
 def output_options(f):
     f = click.option("--no-color", is_flag=True, help="No ANSI colour (also NO_COLOR=1).")(f)
-    f = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout (see docs/json-output.md).")(f)
+    f = click.option(
+        "--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout (see docs/json-output.md)."
+    )(f)
     return f
 
 
 def api_options(f):
-    f = click.option("--endpoint", envvar="SNAPCTL_ENDPOINT", help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).")(f)
-    f = click.option("--qps", type=click.FloatRange(min=0), default=float(api.DOCUMENTED_QPS), show_default=True, help="Requests per second per action (0: no limit).")(f)
-    f = click.option("--parallelism", type=click.IntRange(min=1), default=64, show_default=True, help="Tasks in flight at once.")(f)
-    f = click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds to wait for one answer.")(f)
-    f = click.option("--lock-timeout", "lock_timeout_s", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Seconds to wait for the state lock.")(f)
+    f = click.option(
+        "--endpoint",
+        envvar="SNAPCTL_ENDPOINT",
+        help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).",
+    )(f)
+    f = click.option(
+        "--qps",
+        type=click.FloatRange(min=0),
+        default=float(api.DOCUMENTED_QPS),
+        show_default=True,
+        help="Requests per second per action (0: no limit).",
+    )(f)
+    f = click.option(
+        "--parallelism", type=click.IntRange(min=1), default=64, show_default=True, help="Tasks in flight at once."
+    )(f)
+    f = click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        help="Seconds to wait for one answer.",
+    )(f)
+    f = click.option(
+        "--lock-timeout",
+        "lock_timeout_s",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Seconds to wait for the state lock.",
+    )(f)
     return f
 
 
 def scope_options(f):
-    f = click.option("--target", "targets", multiple=True, metavar="ADDR", help="Limit to APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.")(f)
-    f = click.option("--replace", "replace", multiple=True, metavar="ADDR", help="Force the replacement of APP/ROOM/TASK. Repeatable.")(f)
+    f = click.option(
+        "--target",
+        "targets",
+        multiple=True,
+        metavar="ADDR",
+        help="Limit to APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.",
+    )(f)
+    f = click.option(
+        "--replace",
+        "replace",
+        multiple=True,
+        metavar="ADDR",
+        help="Force the replacement of APP/ROOM/TASK. Repeatable.",
+    )(f)
     return f
 
 
 def format_option(f):
-    return click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
-                        show_default=True, help="Output format (--json is --format json).")(f)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json", "markdown"]),
+        default="text",
+        show_default=True,
+        help="Output format (--json is --format json).",
+    )(f)
 
 
 def print_plan(the_plan, fmt: str, no_color: bool) -> None:
@@ -112,7 +164,13 @@ def handle_errors(f: Callable) -> Callable:
                 for diagnostic in exc.diagnostics:
                     err(style(f"{diagnostic}\n", "red" if diagnostic.severity == "error" else "yellow"))
                 errors = sum(d.severity == "error" for d in exc.diagnostics)
-                err(style(f"Error: {errors} problem(s) in the manifests; nothing was sent and nothing written.\n", "red", "bold"))
+                err(
+                    style(
+                        f"Error: {errors} problem(s) in the manifests; nothing was sent and nothing written.\n",
+                        "red",
+                        "bold",
+                    )
+                )
             else:
                 err(style(f"Error: {exc}\n", "red", "bold"))
             sys.exit(EXIT_ERROR)
@@ -147,8 +205,16 @@ def validate(paths, as_json, no_color):
     style = Style(colour_enabled(sys.stdout, no_color))
     manifests = _load(paths)
     if as_json:
-        print_json({"format_version": 1, "type": "validate", "valid": True, "tasks": len(manifests.tasks),
-                    "files": manifests.files, "warnings": [str(w) for w in manifests.warnings]})
+        print_json(
+            {
+                "format_version": 1,
+                "type": "validate",
+                "valid": True,
+                "tasks": len(manifests.tasks),
+                "files": manifests.files,
+                "warnings": [str(w) for w in manifests.warnings],
+            }
+        )
         return
     print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
     out(style(f"Success! {len(manifests.tasks)} task(s) in {len(manifests.files)} file(s) are valid.\n", "green"))
@@ -163,7 +229,9 @@ def validate(paths, as_json, no_color):
 @scope_options
 @output_options
 @format_option
-@click.option("--out", "out_file", type=click.Path(path_type=Path), help="Save the plan for a later `snapctl apply FILE`.")
+@click.option(
+    "--out", "out_file", type=click.Path(path_type=Path), help="Save the plan for a later `snapctl apply FILE`."
+)
 @click.option("--destroy", is_flag=True, help="Plan the destruction of every task in the state.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 1 on error, 2 with changes.")
 @handle_errors
@@ -173,8 +241,14 @@ def plan(paths, state_path, targets, replace, as_json, no_color, fmt, out_file, 
 
     manifests = _load(paths) if not destroy or paths else _empty()
     state = engine.read_state(state_path)
-    the_plan = engine.plan(manifests, state, targets=targets, replace=replace, destroy=destroy,
-                           manifest_paths=[str(p) for p in (paths or [Path("manifests")])])
+    the_plan = engine.plan(
+        manifests,
+        state,
+        targets=targets,
+        replace=replace,
+        destroy=destroy,
+        manifest_paths=[str(p) for p in (paths or [Path("manifests")])],
+    )
     if out_file:
         engine.save_plan(the_plan, out_file)
     fmt = "json" if as_json else fmt
@@ -194,8 +268,10 @@ def _confirm(the_plan, auto_approve: bool, verb: str) -> None:
     if auto_approve or not the_plan.has_changes:
         return
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise UsageError(f"{verb} needs confirmation but there is no terminal to ask on; pass --auto-approve, or apply a saved plan file")
-    out(f"\nDo you want to perform these actions? Only 'yes' will be accepted.\n")
+        raise UsageError(
+            f"{verb} needs confirmation but there is no terminal to ask on; pass --auto-approve, or apply a saved plan file"
+        )
+    out("\nDo you want to perform these actions? Only 'yes' will be accepted.\n")
     answer = click.prompt("  Enter a value", default="", show_default=False)
     if answer.strip() != "yes":
         raise UsageError(f"{verb} cancelled")
@@ -212,14 +288,32 @@ class Progress:
         self._quiet = quiet
         if not quiet and total and self.stream.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TaskProgressColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as Bar,
+            )
 
             console = Console(file=self.stream, no_color=not style.colour)
-            self._bar = Bar(TextColumn("applying"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True)
+            self._bar = Bar(
+                TextColumn("applying"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
             self._task = self._bar.add_task("apply", total=total, rate="")
             self._bar.start()
             import time
+
             self._t0 = time.monotonic()
 
     def __call__(self, result) -> None:
@@ -227,6 +321,7 @@ class Progress:
 
         if self._bar is not None:
             import time
+
             done = self._bar.tasks[0].completed + 1
             rate = done / max(time.monotonic() - self._t0, 1e-6)
             self._bar.update(self._task, advance=1, rate=f"{rate:.0f} tasks/s")
@@ -244,14 +339,26 @@ def _execute(the_plan, manifests, store, settings, *, as_json: bool, no_color: b
     from . import engine, render
 
     style = Style(colour_enabled(sys.stdout, no_color))
-    progress = Progress(len(the_plan.actions) + len(reassert), Style(colour_enabled(sys.stderr, no_color)),
-                        quiet=False, stream=sys.stderr if as_json else sys.stdout)
+    progress = Progress(
+        len(the_plan.actions) + len(reassert),
+        Style(colour_enabled(sys.stderr, no_color)),
+        quiet=False,
+        stream=sys.stderr if as_json else sys.stdout,
+    )
     from .controller import graceful_stop
 
     try:
         with graceful_stop() as stop:
-            report = engine.run_apply(the_plan, manifests, store, settings.client(), parallelism=settings.parallelism,
-                                      reassert=reassert, on_result=progress, stop_event=stop)
+            report = engine.run_apply(
+                the_plan,
+                manifests,
+                store,
+                settings.client(),
+                parallelism=settings.parallelism,
+                reassert=reassert,
+                on_result=progress,
+                stop_event=stop,
+            )
     finally:
         progress.close()
     if as_json:
@@ -275,7 +382,20 @@ def _looks_like_plan_file(paths) -> bool:
 @output_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
-def apply(paths, state_path, targets, replace, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color, auto_approve):
+def apply(
+    paths,
+    state_path,
+    targets,
+    replace,
+    endpoint,
+    qps,
+    parallelism,
+    timeout_s,
+    lock_timeout_s,
+    as_json,
+    no_color,
+    auto_approve,
+):
     """Make the API match the manifests, then record it in the state.
 
     PATHS are manifest files or directories (default: manifests/), or one plan
@@ -294,14 +414,27 @@ def apply(paths, state_path, targets, replace, endpoint, qps, parallelism, timeo
         with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
             engine.verify_saved_plan(saved, store, manifests)
             if not saved.has_changes:
-                return out("No changes. Nothing to apply.\n") if not as_json else print_json(render.apply_document(_no_report(), saved))
+                return (
+                    out("No changes. Nothing to apply.\n")
+                    if not as_json
+                    else print_json(render.apply_document(_no_report(), saved))
+                )
             _execute(saved, manifests, store, settings, as_json=as_json, no_color=no_color, command="Apply")
         return
     manifests = _load(paths)
     print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
     with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
         the_plan = engine.plan(manifests, store.state, targets=targets, replace=replace)
-        _run_planned(the_plan, manifests, store, settings, as_json=as_json, no_color=no_color, auto_approve=auto_approve, verb="Apply")
+        _run_planned(
+            the_plan,
+            manifests,
+            store,
+            settings,
+            as_json=as_json,
+            no_color=no_color,
+            auto_approve=auto_approve,
+            verb="Apply",
+        )
 
 
 def _empty():
@@ -331,12 +464,20 @@ def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, aut
 
 @click.command()
 @state_option
-@click.option("--target", "targets", multiple=True, metavar="ADDR", help="Destroy only APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="ADDR",
+    help="Destroy only APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.",
+)
 @api_options
 @output_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
-def destroy(state_path, targets, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color, auto_approve):
+def destroy(
+    state_path, targets, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color, auto_approve
+):
     """Stop every task in the state (StopSnapshot) and forget it."""
     from . import engine
     from .state import StateStore
@@ -344,7 +485,16 @@ def destroy(state_path, targets, endpoint, qps, parallelism, timeout_s, lock_tim
     settings = _settings(endpoint, qps, parallelism, timeout_s)
     with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl destroy") as store:
         the_plan = engine.plan(_empty(), store.state, targets=targets, destroy=True)
-        _run_planned(the_plan, _empty(), store, settings, as_json=as_json, no_color=no_color, auto_approve=auto_approve, verb="Destroy")
+        _run_planned(
+            the_plan,
+            _empty(),
+            store,
+            settings,
+            as_json=as_json,
+            no_color=no_color,
+            auto_approve=auto_approve,
+            verb="Destroy",
+        )
 
 
 # show --------------------------------------------------------------------------
@@ -383,12 +533,36 @@ def schema():
 @api_options
 @output_options
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until SIGTERM/SIGINT.")
-@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Seconds between rounds with --watch.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), help="With --watch: serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between rounds with --watch.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="With --watch: serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
+)
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @handle_errors
-def reconcile(paths, state_path, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color,
-              watch, interval_s, metrics_port, metrics_host):
+def reconcile(
+    paths,
+    state_path,
+    endpoint,
+    qps,
+    parallelism,
+    timeout_s,
+    lock_timeout_s,
+    as_json,
+    no_color,
+    watch,
+    interval_s,
+    metrics_port,
+    metrics_host,
+):
     """Re-assert every declared task and apply pending changes, without asking.
 
     Each declared task is started again (StartSnapshot): a task that idled out
@@ -409,9 +583,14 @@ def reconcile(paths, state_path, endpoint, qps, parallelism, timeout_s, lock_tim
 
     def report_round(round_):
         if as_json:
-            document = {"format_version": 1, "type": "reconcile", "ok": round_.ok,
-                        "error": str(round_.error) if round_.error else None,
-                        "declared": round_.declared, "duration_s": round(round_.duration_s, 3)}
+            document = {
+                "format_version": 1,
+                "type": "reconcile",
+                "ok": round_.ok,
+                "error": str(round_.error) if round_.error else None,
+                "declared": round_.declared,
+                "duration_s": round(round_.duration_s, 3),
+            }
             if round_.report is not None:
                 document |= {"result": render.apply_document(round_.report, round_.plan, command="reconcile")}
             click.echo(orjson.dumps(document).decode())
@@ -426,14 +605,18 @@ def reconcile(paths, state_path, endpoint, qps, parallelism, timeout_s, lock_tim
         healed = len(report.healed)
         changed = round_.plan.summary.total
         failed = len(report.failures)
-        line = (f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {changed} change(s) applied, "
-                f"{healed} healed, {failed} failed.")
+        line = (
+            f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {changed} change(s) applied, "
+            f"{healed} healed, {failed} failed."
+        )
         out(style(line + "\n", "red" if failed else "green"))
         if healed:
             out("Healed: " + ", ".join(r.address for r in report.healed) + "\n")
 
     if not watch:
-        round_ = controller.reconcile_once(paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result)
+        round_ = controller.reconcile_once(
+            paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result
+        )
         if round_.error is not None and not as_json:
             raise round_.error
         report_round(round_)
@@ -445,9 +628,17 @@ def reconcile(paths, state_path, endpoint, qps, parallelism, timeout_s, lock_tim
         err(f"Serving metrics on http://{metrics_host}:{metrics.server.server_port}/metrics\n")
     with controller.graceful_stop() as stop:
         try:
-            rounds = controller.watch(paths, state_path, settings, interval_s=interval_s, stop=stop,
-                                      lock_timeout_s=lock_timeout_s, metrics=metrics, on_round=report_round,
-                                      on_result=on_result)
+            rounds = controller.watch(
+                paths,
+                state_path,
+                settings,
+                interval_s=interval_s,
+                stop=stop,
+                lock_timeout_s=lock_timeout_s,
+                metrics=metrics,
+                on_round=report_round,
+                on_result=on_result,
+            )
         finally:
             if metrics is not None:
                 metrics.close()
@@ -493,13 +684,25 @@ def import_(address, paths, state_path, endpoint, qps, parallelism, timeout_s, l
         store.record_put(address, task.request.wire(), call.request_id)
     adopted = call.outcome is Outcome.already_started
     if as_json:
-        print_json({"format_version": 1, "type": "import", "address": address, "outcome": call.outcome.value,
-                    "adopted": adopted, "request_id": call.request_id})
+        print_json(
+            {
+                "format_version": 1,
+                "type": "import",
+                "address": address,
+                "outcome": call.outcome.value,
+                "adopted": adopted,
+                "request_id": call.request_id,
+            }
+        )
         return
     if adopted:
-        out(f"Imported {address}: it was running (StartSnapshot: already started). Recorded with its declared configuration.\n")
+        out(
+            f"Imported {address}: it was running (StartSnapshot: already started). Recorded with its declared configuration.\n"
+        )
     else:
-        out(f"{address} was not running: StartSnapshot started it with its declared configuration, and it is now in the state.\n")
+        out(
+            f"{address} was not running: StartSnapshot started it with its declared configuration, and it is now in the state.\n"
+        )
 
 
 # state ---------------------------------------------------------------------------------
@@ -520,9 +723,16 @@ def state_list(state_path, as_json, no_color):
 
     current = read_state(state_path)
     if as_json:
-        print_json({"format_version": 1, "type": "state", "lineage": current.lineage, "serial": current.serial,
-                    "tasks": sorted(current.tasks),
-                    "pending": {a: i["action"] for a, i in sorted(current.pending.items())}})
+        print_json(
+            {
+                "format_version": 1,
+                "type": "state",
+                "lineage": current.lineage,
+                "serial": current.serial,
+                "tasks": sorted(current.tasks),
+                "pending": {a: i["action"] for a, i in sorted(current.pending.items())},
+            }
+        )
         return
     for address in sorted(current.tasks):
         out(address + "\n")
@@ -546,8 +756,15 @@ def state_show(address, state_path, as_json, no_color):
     if entry is None:
         raise UsageError(f"{address} is not in the state (see snapctl state list)")
     if as_json:
-        print_json({"format_version": 1, "address": address, "request": mask_secrets(entry["request"]),
-                    "request_id": entry.get("request_id"), "applied_at": entry.get("applied_at")})
+        print_json(
+            {
+                "format_version": 1,
+                "address": address,
+                "request": mask_secrets(entry["request"]),
+                "request_id": entry.get("request_id"),
+                "applied_at": entry.get("applied_at"),
+            }
+        )
         return
     out(f"# {address}\n")
     for path, value in flatten(entry["request"]):
@@ -558,7 +775,14 @@ def state_show(address, state_path, as_json, no_color):
 @state.command(name="rm")
 @click.argument("addresses", nargs=-1, required=True)
 @state_option
-@click.option("--lock-timeout", "lock_timeout_s", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Seconds to wait for the state lock.")
+@click.option(
+    "--lock-timeout",
+    "lock_timeout_s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for the state lock.",
+)
 @handle_errors
 def state_rm(addresses, state_path, lock_timeout_s):
     """Forget tasks without stopping them (they keep running, unmanaged)."""
@@ -603,6 +827,10 @@ def force_unlock(state_path):
     path = lock_path(state_path)
     if path.exists():
         path.unlink()
-        out(f"The state is not locked; removed the stale lock record {path}" + (f" of {holder.describe()}" if holder else "") + ".\n")
+        out(
+            f"The state is not locked; removed the stale lock record {path}"
+            + (f" of {holder.describe()}" if holder else "")
+            + ".\n"
+        )
     else:
         out("The state is not locked.\n")

@@ -7,9 +7,9 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from . import engine
 from .apply import ActionResult, ApplyReport
@@ -44,14 +44,24 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         self.declared = Gauge("snapctl_tasks_declared", "Tasks declared in the manifests", registry=self.registry)
-        self.converged = Gauge("snapctl_tasks_converged", "Declared tasks running as declared after the last round", registry=self.registry)
+        self.converged = Gauge(
+            "snapctl_tasks_converged", "Declared tasks running as declared after the last round", registry=self.registry
+        )
         self.failed = Gauge("snapctl_tasks_failed", "Tasks whose last action failed", registry=self.registry)
-        self.healed = Counter("snapctl_tasks_healed", "Tasks found not running and started again", registry=self.registry)
-        self.requests = Counter("snapctl_api_requests", "API requests by action and outcome", ["action", "outcome"], registry=self.registry)
+        self.healed = Counter(
+            "snapctl_tasks_healed", "Tasks found not running and started again", registry=self.registry
+        )
+        self.requests = Counter(
+            "snapctl_api_requests", "API requests by action and outcome", ["action", "outcome"], registry=self.registry
+        )
         self.throttled = Counter("snapctl_api_throttled", "API answers FlowLimitExceeded", registry=self.registry)
         self.rounds = Counter("snapctl_rounds", "Reconcile rounds by result", ["result"], registry=self.registry)
-        self.last_round = Gauge("snapctl_last_round_timestamp_seconds", "When the last round started", registry=self.registry)
-        self.last_duration = Gauge("snapctl_last_round_duration_seconds", "How long the last round took", registry=self.registry)
+        self.last_round = Gauge(
+            "snapctl_last_round_timestamp_seconds", "When the last round started", registry=self.registry
+        )
+        self.last_duration = Gauge(
+            "snapctl_last_round_duration_seconds", "How long the last round took", registry=self.registry
+        )
         self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
 
     def observe(self, round_: Round) -> None:
@@ -91,8 +101,14 @@ def reconcile_once(
             plan = engine.plan(manifests, store.state)
             reassert = engine.unchanged_addresses(plan, manifests, store.state)
             report = engine.run_apply(
-                plan, manifests, store, client, parallelism=settings.parallelism, reassert=reassert,
-                on_result=on_result, stop_event=stop_event,
+                plan,
+                manifests,
+                store,
+                client,
+                parallelism=settings.parallelism,
+                reassert=reassert,
+                on_result=on_result,
+                stop_event=stop_event,
             )
         error, declared = None, len(manifests.tasks)
     except SnapctlError as exc:
@@ -140,7 +156,9 @@ def watch(
     Returns the number of rounds run."""
     rounds = 0
     while not stop.is_set():
-        round_ = reconcile_once(paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result, stop_event=stop)
+        round_ = reconcile_once(
+            paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result, stop_event=stop
+        )
         rounds += 1
         if metrics is not None:
             metrics.observe(round_)

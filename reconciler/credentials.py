@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .errors import UsageError
 from .signing import SigningKey

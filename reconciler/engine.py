@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from . import api
 from .apply import ActionResult, Applier, ApplyReport
@@ -89,7 +89,12 @@ def plan(
 ) -> Plan:
     """The plan that would make ``state`` match ``manifests`` (see :func:`plan.make_plan`)."""
     return make_plan(
-        desired_bodies(manifests), state, targets=targets, replace=replace, destroy=destroy, manifest_paths=manifest_paths
+        desired_bodies(manifests),
+        state,
+        targets=targets,
+        replace=replace,
+        destroy=destroy,
+        manifest_paths=manifest_paths,
     )
 
 
@@ -158,13 +163,13 @@ def unchanged_addresses(plan_: Plan, manifests: ManifestSet, state: State) -> li
 __all__ = [
     "DEFAULT_STATE_PATH",
     "Settings",
-    "load_manifests",
-    "read_state",
     "StateStore",
-    "plan",
-    "save_plan",
+    "load_manifests",
     "load_plan",
-    "verify_saved_plan",
+    "plan",
+    "read_state",
     "run_apply",
+    "save_plan",
     "unchanged_addresses",
+    "verify_saved_plan",
 ]

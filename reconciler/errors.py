@@ -1,18 +1,18 @@
 """Exceptions by meaning, so callers catch what they can act on.
 
-    SnapctlError
-    ├── UsageError            bad input: manifests, state, flags (exit 1, nothing sent)
-    │   ├── ManifestError     with file:line:column locations
-    │   └── StateError
-    ├── LockError             another process holds the state lock
-    └── ApiError              the API answered an error, or could not be reached
-        ├── AuthError         signature, access key, timestamp, permission
-        ├── InvalidParameterError
-        ├── TaskNotRunningError
-        └── RetryableError    worth retrying with backoff
-            ├── ThrottledError    429 FlowLimitExceeded
-            ├── ServerError       5xx
-            └── TransportError    timeout, dropped connection
+SnapctlError
+├── UsageError            bad input: manifests, state, flags (exit 1, nothing sent)
+│   ├── ManifestError     with file:line:column locations
+│   └── StateError
+├── LockError             another process holds the state lock
+└── ApiError              the API answered an error, or could not be reached
+    ├── AuthError         signature, access key, timestamp, permission
+    ├── InvalidParameterError
+    ├── TaskNotRunningError
+    └── RetryableError    worth retrying with backoff
+        ├── ThrottledError    429 FlowLimitExceeded
+        ├── ServerError       5xx
+        └── TransportError    timeout, dropped connection
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class ApiError(SnapctlError):
 
     retryable = False
 
-    def __init__(self, message: str, *, code: str = "", code_n: int = 0, request_id: str = "", status: int = 0, action: str = ""):
+    def __init__(
+        self, message: str, *, code: str = "", code_n: int = 0, request_id: str = "", status: int = 0, action: str = ""
+    ):
         super().__init__(message)
         self.message = message
         self.code = code

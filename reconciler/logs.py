@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 LOGGER = logging.getLogger("snapctl")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -22,7 +23,9 @@ def configure(environ: Mapping[str, str] | None = None) -> None:
     if not name or name in ("0", "off", "false"):
         return
     path = env.get("SNAPCTL_LOG_PATH", "")
-    handler: logging.Handler = logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     LOGGER.addHandler(handler)
     LOGGER.setLevel(LEVELS.get(name, logging.DEBUG))

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import (
@@ -230,7 +230,7 @@ class _InvalidStorage(BaseModel):
 
 
 _STORAGE_MODELS: dict[str, type[_Strict]] = {"tos": TosStorage, "custom": CustomStorage, "veimagex": VeImageXStorage}
-StorageSpec = Union[TosStorage, CustomStorage, VeImageXStorage]
+StorageSpec = TosStorage | CustomStorage | VeImageXStorage
 
 # Tags of the storage unions. pydantic puts them in error locations, where
 # they are dropped; the colon keeps them apart from any valid key.
@@ -260,8 +260,12 @@ def _storage_union(with_profile: bool):
     else:
         expected = "a storage block"
     return Annotated[
-        Union[tuple(members)],
-        Discriminator(tag, custom_error_type="storage", custom_error_message=f"must be {expected} (a mapping with type tos, custom or veimagex)"),
+        Union[tuple(members)],  # noqa: UP007 (a union built at run time)
+        Discriminator(
+            tag,
+            custom_error_type="storage",
+            custom_error_message=f"must be {expected} (a mapping with type tos, custom or veimagex)",
+        ),
     ]
 
 
@@ -272,11 +276,11 @@ StorageRef = _storage_union(with_profile=True)
 class Settings(_Strict):
     """What a task needs; ``defaults``, rooms and tasks all take these."""
 
-    business_id: Optional[api.Identifier] = _opt("BusinessId; null removes an inherited one")
+    business_id: api.Identifier | None = _opt("BusinessId; null removes an inherited one")
     max_idle_time: api.MaxIdleTime = _opt(f"seconds, 1..86400; default {api.DEFAULT_MAX_IDLE_TIME}")
     image: Image = _opt("merges field by field over the level above")
     storage: StorageRef = _opt("a storage profile's name or an inline storage block; replaces as a whole")
-    streams: Optional[Annotated[list[Stream], Field(max_length=api.MAX_STREAMS)]] = _opt(
+    streams: Annotated[list[Stream], Field(max_length=api.MAX_STREAMS)] | None = _opt(
         f"at most {api.MAX_STREAMS}; omitted, null or []: every stream in the room; replaces as a whole"
     )
 
@@ -284,7 +288,7 @@ class Settings(_Strict):
 class Room(Settings):
     """A room: settings for its tasks, and the tasks."""
 
-    tasks: dict[api.Identifier, Optional[Settings]] = Field(description="task ID -> settings (may be empty)")
+    tasks: dict[api.Identifier, Settings | None] = Field(description="task ID -> settings (may be empty)")
 
 
 class ManifestDocument(_Strict):
@@ -390,7 +394,9 @@ def discover(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def load_manifests(paths: Sequence[str | Path] = ("manifests",), environ: Mapping[str, str] | None = None) -> ManifestSet:
+def load_manifests(
+    paths: Sequence[str | Path] = ("manifests",), environ: Mapping[str, str] | None = None
+) -> ManifestSet:
     """Load, validate and resolve the manifests under ``paths``.
 
     ``environ`` (default ``os.environ``) feeds ``${env:NAME}``. Raises
@@ -459,7 +465,7 @@ class _GcPause:
         self.settled = 0
         self._enabled = False
 
-    def __enter__(self) -> "_GcPause":
+    def __enter__(self) -> _GcPause:
         self._enabled = gc.isenabled()
         if self._enabled and _GcPause._frozen and gc.get_freeze_count() == _GcPause._frozen:
             gc.unfreeze()
@@ -566,7 +572,9 @@ class _DocumentLoader:
                 where = self.doc.location(path[:-1], key=True)
                 self.collector.error(where, _join(path[:-1], f"missing required key {path[-1]!r}"))
             elif kind == "extra_forbidden":
-                self.collector.error(self.doc.location(path, key=True), _join(path[:-1], _unknown_key(path[-1], root, raw_loc)))
+                self.collector.error(
+                    self.doc.location(path, key=True), _join(path[:-1], _unknown_key(path[-1], root, raw_loc))
+                )
             elif on_key or kind == "invalid_key":
                 key = path[-1]
                 if isinstance(key, str):
@@ -647,7 +655,10 @@ class _DocumentLoader:
                     index_path = (*path, "streams", i, "index")
                     self.collector.error(
                         self.doc.location(index_path),
-                        _join(index_path, f"index {stream.index} is repeated (first at line {line}); each index must be unique within streams"),
+                        _join(
+                            index_path,
+                            f"index {stream.index} is repeated (first at line {line}); each index must be unique within streams",
+                        ),
                     )
                 else:
                     first[stream.index] = i
@@ -661,7 +672,9 @@ class _DocumentLoader:
             if not self.doc.interpolated((*path, key)):
                 self.collector.warn(
                     self.doc.location((*path, key)),
-                    _join((*path, key), "secret written in plain text; use ${env:NAME} to keep it out of the repository"),
+                    _join(
+                        (*path, key), "secret written in plain text; use ${env:NAME} to keep it out of the repository"
+                    ),
                 )
 
     def check_storage_ref(self, settings: Settings, path: tuple) -> bool:
@@ -672,7 +685,10 @@ class _DocumentLoader:
         if ref in self.profiles:
             return self.profiles[ref] is not None  # an invalid profile was reported where it is defined
         if self.profiles:
-            hint = _did_you_mean(ref, self.profiles) or f"; profiles defined in this document: {', '.join(map(str, self.profiles))}"
+            hint = (
+                _did_you_mean(ref, self.profiles)
+                or f"; profiles defined in this document: {', '.join(map(str, self.profiles))}"
+            )
         else:
             hint = "; this document defines no storage profiles (top-level `storage`)"
         ref_path = (*path, "storage")
@@ -681,7 +697,7 @@ class _DocumentLoader:
 
     # Resolution: defaults -> room -> task.
 
-    def add_task(self, app_id: str, room_id: str, task_id: str, inherited: "_Inherited", task: Settings) -> None:
+    def add_task(self, app_id: str, room_id: str, task_id: str, inherited: _Inherited, task: Settings) -> None:
         path = ("rooms", room_id, "tasks", task_id)
         location = self.doc.location(path, key=True)
         address = f"{app_id}/{room_id}/{task_id}"
@@ -694,7 +710,8 @@ class _DocumentLoader:
         storage = task.storage if "storage" in given else inherited.storage
         if storage is None:
             self.collector.error(
-                location, _join(path, f"no storage for this task; set storage on the task, on room {room_id}, or in defaults")
+                location,
+                _join(path, f"no storage for this task; set storage on the task, on room {room_id}, or in defaults"),
             )
             return
         max_idle_time = task.max_idle_time if "max_idle_time" in given else inherited.max_idle_time
@@ -722,7 +739,10 @@ class _DocumentLoader:
         config = self.image_cache.get(values)
         if config is None:
             config = self.image_cache[values] = _make_image_config(
-                *(getattr(_DEFAULT_IMAGE, name) if value is None else value for name, value in zip(_IMAGE_FIELDS, values))
+                *(
+                    getattr(_DEFAULT_IMAGE, name) if value is None else value
+                    for name, value in zip(_IMAGE_FIELDS, values)
+                )
             )
         return config
 
@@ -745,11 +765,17 @@ class _DocumentLoader:
             config = api.StorageConfig.model_construct(type=api.StorageType.tos.value, tos_config=block)
         elif isinstance(spec, CustomStorage):
             block = api.CustomConfig.model_construct(
-                vendor=spec.vendor, region=spec.region, bucket=spec.bucket, access_key=spec.access_key, secret_key=spec.secret_key
+                vendor=spec.vendor,
+                region=spec.region,
+                bucket=spec.bucket,
+                access_key=spec.access_key,
+                secret_key=spec.secret_key,
             )
             config = api.StorageConfig.model_construct(type=api.StorageType.custom.value, custom_config=block)
         else:
-            block = api.VeImageXConfig.model_construct(account_id=spec.account_id, region=spec.region, service_id=spec.service_id)
+            block = api.VeImageXConfig.model_construct(
+                account_id=spec.account_id, region=spec.region, service_id=spec.service_id
+            )
             config = api.StorageConfig.model_construct(type=api.StorageType.veimagex.value, ve_image_x_config=block)
         self.storage_cache[id(spec)] = (spec, config)
         return config
@@ -766,7 +792,7 @@ def _inherit(name: str, levels: tuple[Settings, ...]) -> Any:
 class _Inherited:
     """What a room's tasks inherit from the room and the document defaults, worked out once per room."""
 
-    __slots__ = ("storage", "max_idle_time", "business_id", "streams", "image")
+    __slots__ = ("business_id", "image", "max_idle_time", "storage", "streams")
 
     def __init__(self, defaults: Settings, room: Settings):
         levels = (room, defaults)
@@ -776,7 +802,9 @@ class _Inherited:
         self.streams = _inherit("streams", levels)
         images = [s.image for s in levels if s.image is not None]
         #: Per image field, the nearest level's value (None: not set above the task).
-        self.image = tuple(next((v for v in (getattr(i, name) for i in images) if v is not None), None) for name in _IMAGE_FIELDS)
+        self.image = tuple(
+            next((v for v in (getattr(i, name) for i in images) if v is not None), None) for name in _IMAGE_FIELDS
+        )
 
 
 def _builder(cls: type[BaseModel]):

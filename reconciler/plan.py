@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
-
 from pydantic import BaseModel, Field
 
 from .errors import UsageError
@@ -50,9 +50,9 @@ class PlannedAction(BaseModel):
     reason: str = ""
     changes: list[FieldChange] = Field(default_factory=list)
     #: The desired StartSnapshot body, secrets fingerprinted (None for delete).
-    desired: Optional[dict[str, Any]] = None
+    desired: dict[str, Any] | None = None
     #: What the state holds (None for create).
-    current: Optional[dict[str, Any]] = None
+    current: dict[str, Any] | None = None
 
     @property
     def symbol(self) -> str:
@@ -66,7 +66,7 @@ class PlanSummary(BaseModel):
     destroy: int = 0
 
     @classmethod
-    def of(cls, actions: Sequence["PlannedAction"]) -> "PlanSummary":
+    def of(cls, actions: Sequence[PlannedAction]) -> PlanSummary:
         return cls(
             add=sum(a.kind is ActionKind.create for a in actions),
             change=sum(a.kind is ActionKind.update for a in actions),
@@ -80,8 +80,7 @@ class PlanSummary(BaseModel):
 
     def line(self) -> str:
         return (
-            f"Plan: {self.add} to add, {self.change} to change, "
-            f"{self.replace} to replace, {self.destroy} to destroy."
+            f"Plan: {self.add} to add, {self.change} to change, {self.replace} to replace, {self.destroy} to destroy."
         )
 
 
@@ -95,7 +94,7 @@ class Plan(BaseModel):
     state_exists: bool
     #: Only for a plan made before any state existed: apply creates the state
     #: with this lineage and fingerprint key, so the plan's fingerprints hold.
-    new_state_key: Optional[str] = None
+    new_state_key: str | None = None
     manifest_paths: list[str] = Field(default_factory=list)
     destroy: bool = False
     actions: list[PlannedAction] = Field(default_factory=list)
@@ -160,7 +159,11 @@ def _deepdiff_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) ->
 
     diff = DeepDiff(dict(current), dict(desired), view="tree", verbose_level=2)
     return [
-        (level.path(output_format="list"), None if _missing(level.t1) else level.t1, None if _missing(level.t2) else level.t2)
+        (
+            level.path(output_format="list"),
+            None if _missing(level.t1) else level.t1,
+            None if _missing(level.t2) else level.t2,
+        )
         for report in diff.values()
         for level in report
     ]
@@ -261,7 +264,9 @@ def make_plan(
     addresses.sort()
     for target in targets:
         if not any(_matches(address, (target,)) for address in addresses):
-            raise UsageError(f"--target {target} matches no task in the manifests or the state (see snapctl state list)")
+            raise UsageError(
+                f"--target {target} matches no task in the manifests or the state (see snapctl state list)"
+            )
     fingerprint = _Fingerprints(state)
     for address in addresses:
         if targets and not _matches(address, targets):
@@ -278,8 +283,12 @@ def make_plan(
         elif address in replace:
             actions.append(
                 PlannedAction(
-                    address=address, kind=ActionKind.replace, desired=want, current=have,
-                    changes=diff_requests(have, want), reason="replacement requested with --replace",
+                    address=address,
+                    kind=ActionKind.replace,
+                    desired=want,
+                    current=have,
+                    changes=diff_requests(have, want),
+                    reason="replacement requested with --replace",
                 )
             )
         elif want == have:
@@ -292,7 +301,9 @@ def make_plan(
                 if kind is ActionKind.update
                 else "fields the API cannot update in place differ"
             )
-            actions.append(PlannedAction(address=address, kind=kind, desired=want, current=have, changes=changes, reason=reason))
+            actions.append(
+                PlannedAction(address=address, kind=kind, desired=want, current=have, changes=changes, reason=reason)
+            )
     if state.pending and not destroy:
         planned = {a.address for a in actions}
         for address, intent in sorted(state.pending.items()):
@@ -300,15 +311,24 @@ def make_plan(
                 continue
             unchanged -= 1
             if intent["action"] == "UpdateSnapshot":
-                actions.append(PlannedAction(
-                    address=address, kind=ActionKind.update, desired=intent["request"], current=intent["request"],
-                    reason="an interrupted apply sent UpdateSnapshot and never learned its outcome: sent again",
-                ))
+                actions.append(
+                    PlannedAction(
+                        address=address,
+                        kind=ActionKind.update,
+                        desired=intent["request"],
+                        current=intent["request"],
+                        reason="an interrupted apply sent UpdateSnapshot and never learned its outcome: sent again",
+                    )
+                )
             else:
-                actions.append(PlannedAction(
-                    address=address, kind=ActionKind.create, desired=intent["request"],
-                    reason=f"an interrupted apply sent {intent['action']} and never learned its outcome: started again",
-                ))
+                actions.append(
+                    PlannedAction(
+                        address=address,
+                        kind=ActionKind.create,
+                        desired=intent["request"],
+                        reason=f"an interrupted apply sent {intent['action']} and never learned its outcome: started again",
+                    )
+                )
         actions.sort(key=lambda a: a.address)
     return Plan(
         state_lineage=state.lineage,
@@ -370,7 +390,9 @@ def _holds_secret(request: dict[str, Any]) -> bool:
 def check_plan_current(plan: Plan, state: State, state_path: str) -> None:
     """Refuse a saved plan whose state has moved on or belongs to another state."""
     if plan.format_version != PLAN_FORMAT_VERSION:
-        raise UsageError(f"plan format {plan.format_version} is not supported (this snapctl reads {PLAN_FORMAT_VERSION})")
+        raise UsageError(
+            f"plan format {plan.format_version} is not supported (this snapctl reads {PLAN_FORMAT_VERSION})"
+        )
     if plan.state_exists and state.exists and plan.state_lineage != state.lineage:
         raise UsageError(
             f"the saved plan was made for another state (lineage {plan.state_lineage}, "

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from .plan import CREATE_REASON, DELETE_REASON, ActionKind, FieldChange, Plan, PlannedAction, mask_secrets
 
@@ -68,9 +69,15 @@ def flatten(body: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, An
 def action_changes(action: PlannedAction) -> list[FieldChange]:
     """The field changes of an action; creates and deletes list every field."""
     if action.kind is ActionKind.create:
-        return [FieldChange(path=p, old=None, new=v, forces_replacement=False, sensitive=v == "(sensitive)") for p, v in flatten(action.desired)]
+        return [
+            FieldChange(path=p, old=None, new=v, forces_replacement=False, sensitive=v == "(sensitive)")
+            for p, v in flatten(action.desired)
+        ]
     if action.kind is ActionKind.delete:
-        return [FieldChange(path=p, old=v, new=None, forces_replacement=False, sensitive=v == "(sensitive)") for p, v in flatten(action.current)]
+        return [
+            FieldChange(path=p, old=v, new=None, forces_replacement=False, sensitive=v == "(sensitive)")
+            for p, v in flatten(action.current)
+        ]
     return action.changes
 
 
@@ -97,7 +104,11 @@ def plan_text(plan: Plan, style: Style) -> str:
             elif action.kind is ActionKind.delete:
                 lines.append(style(f"      - {change.path.ljust(width)} = {_value(change.old)}", "red"))
             else:
-                mark = style("  # forces replacement", "magenta") if change.forces_replacement and action.kind is ActionKind.replace else ""
+                mark = (
+                    style("  # forces replacement", "magenta")
+                    if change.forces_replacement and action.kind is ActionKind.replace
+                    else ""
+                )
                 lines.append(f"      ~ {change.path.ljust(width)} = {_value(change.old)} -> {_value(change.new)}{mark}")
         lines.append("")
     lines.append(style(plan.summary.line(), "bold"))
@@ -127,7 +138,11 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
                 elif action.kind is ActionKind.delete:
                     body.append(f"-     {change.path} = {_value(change.old)}")
                 else:
-                    note = "  # forces replacement" if change.forces_replacement and action.kind is ActionKind.replace else ""
+                    note = (
+                        "  # forces replacement"
+                        if change.forces_replacement and action.kind is ActionKind.replace
+                        else ""
+                    )
                     body.append(f"!     {change.path}: {_value(change.old)} -> {_value(change.new)}{note}")
         body.append("```")
         title = f"Room `{room}`: {len(actions)} action(s)"
@@ -164,8 +179,18 @@ def plan_document(plan: Plan) -> dict[str, Any]:
 def _error_fields(result: ActionResult) -> dict[str, Any]:
     err = result.error
     if err is None:
-        return {"code": None, "code_n": None, "message": None, "request_id": result.calls[-1].request_id if result.calls else None}
-    return {"code": err.code or type(err).__name__, "code_n": err.code_n or None, "message": err.message, "request_id": err.request_id or None}
+        return {
+            "code": None,
+            "code_n": None,
+            "message": None,
+            "request_id": result.calls[-1].request_id if result.calls else None,
+        }
+    return {
+        "code": err.code or type(err).__name__,
+        "code_n": err.code_n or None,
+        "message": err.message,
+        "request_id": err.request_id or None,
+    }
 
 
 def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -> dict[str, Any]:
@@ -176,7 +201,8 @@ def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -
         "ok": report.ok,
         "interrupted": report.interrupted,
         "elapsed_s": round(report.elapsed_s, 3),
-        "summary": plan.summary.model_dump() | {
+        "summary": plan.summary.model_dump()
+        | {
             "succeeded": sum(r.ok for r in report.results),
             "failed": len(report.failures),
             "healed": len(report.healed),
@@ -187,7 +213,10 @@ def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -
                 "action": r.kind,
                 "outcome": r.outcome,
                 "healed": r.healed,
-                "calls": [{"action": c.action, "outcome": c.outcome.value, "request_id": c.request_id, "attempts": c.attempts} for c in r.calls],
+                "calls": [
+                    {"action": c.action, "outcome": c.outcome.value, "request_id": c.request_id, "attempts": c.attempts}
+                    for c in r.calls
+                ],
                 **_error_fields(r),
             }
             for r in report.results
@@ -213,12 +242,26 @@ def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str
     s = plan.summary
     lines = []
     if report.failures:
-        lines.append(style(f"{command} failed for {len(report.failures)} of {len(report.results)} task(s):", "red", "bold"))
+        lines.append(
+            style(f"{command} failed for {len(report.failures)} of {len(report.results)} task(s):", "red", "bold")
+        )
         for r in report.failures:
-            lines.append(style(f"  {r.address}: {r.error}" + (f" [RequestId {r.error.request_id}]" if r.error and r.error.request_id else ""), "red"))
+            lines.append(
+                style(
+                    f"  {r.address}: {r.error}"
+                    + (f" [RequestId {r.error.request_id}]" if r.error and r.error.request_id else ""),
+                    "red",
+                )
+            )
         lines.append("Every success is recorded in the state; run the command again to finish the job.")
     elif report.interrupted:
-        lines.append(style(f"{command} interrupted: finished actions are recorded in the state; run it again to finish.", "yellow", "bold"))
+        lines.append(
+            style(
+                f"{command} interrupted: finished actions are recorded in the state; run it again to finish.",
+                "yellow",
+                "bold",
+            )
+        )
     else:
         lines.append(
             style(
@@ -228,5 +271,7 @@ def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str
             )
         )
     if report.healed:
-        lines.append(f"Healed {len(report.healed)} task(s) that were not running: " + ", ".join(r.address for r in report.healed))
+        lines.append(
+            f"Healed {len(report.healed)} task(s) that were not running: " + ", ".join(r.address for r in report.healed)
+        )
     return "\n".join(lines) + "\n"

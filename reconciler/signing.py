@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Mapping
 from urllib.parse import quote
 
 ALGORITHM = "HMAC-SHA256"
@@ -101,7 +101,9 @@ def signature(
     date = x_date[:8]
     scope = f"{date}/{region}/{service}/request"
     string_to_sign = "\n".join([ALGORITHM, x_date, scope, sha256_hex(canonical_request.encode("utf-8"))])
-    return hmac.new(signing_key(secret_key, date, region, service), string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(
+        signing_key(secret_key, date, region, service), string_to_sign.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
 
 
 def sign_request(

@@ -33,9 +33,10 @@ import secrets as _secrets
 import socket
 import time
 import uuid
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, MutableMapping
+from typing import Any
 
 import orjson
 
@@ -91,7 +92,7 @@ class TaskTable(MutableMapping[str, dict]):
     def __contains__(self, address: object) -> bool:
         return address in self._entries
 
-    def copy(self) -> "TaskTable":
+    def copy(self) -> TaskTable:
         return TaskTable(self._entries, self._source)
 
     def encoded(self) -> Iterator[tuple[str, bytes]]:
@@ -126,7 +127,7 @@ class State:
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def new(cls) -> "State":
+    def new(cls) -> State:
         return cls(lineage=str(uuid.uuid4()), fingerprint_key=_secrets.token_hex(32))
 
     def fingerprint(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -169,8 +170,11 @@ class State:
         header = self.to_document() | {"tasks": {}}
         del header["tasks"]
         head = orjson.dumps(header)[:-1]
-        tasks = self.tasks.encoded() if isinstance(self.tasks, TaskTable) else (
-            (a, orjson.dumps(e)) for a, e in sorted(self.tasks.items()))
+        tasks = (
+            self.tasks.encoded()
+            if isinstance(self.tasks, TaskTable)
+            else ((a, orjson.dumps(e)) for a, e in sorted(self.tasks.items()))
+        )
         lines = [b'%s,\n"tasks":{' % head]
         lines.extend(b"\n" + orjson.dumps(address) + b":" + raw + b"," for address, raw in tasks)
         if len(lines) > 1:
@@ -324,7 +328,9 @@ def read_state(path: Path) -> State:
         raw = path.read_bytes()
     except FileNotFoundError:
         if journal_path(path).exists():
-            raise StateError(f"{journal_path(path)} exists without {path}; restore {path} from {backup_path(path)}")
+            raise StateError(
+                f"{journal_path(path)} exists without {path}; restore {path} from {backup_path(path)}"
+            ) from None
         return State.new()
     except IsADirectoryError:
         raise StateError(f"{path} is a directory, not a state file") from None
@@ -416,7 +422,7 @@ class StateStore:
         self._journal_fd: int | None = None
         self.state: State = State.new()
 
-    def __enter__(self) -> "StateStore":
+    def __enter__(self) -> StateStore:
         self.open()
         return self
 

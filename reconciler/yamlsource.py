@@ -156,7 +156,9 @@ class Document:
         return (loc.line, loc.column) in self._interpolated
 
 
-def read_documents(path: str | Path, environ: Mapping[str, str] | None = None) -> tuple[list[Document], list[Diagnostic]]:
+def read_documents(
+    path: str | Path, environ: Mapping[str, str] | None = None
+) -> tuple[list[Document], list[Diagnostic]]:
     """The mapping documents of one YAML file, and the problems found in it.
 
     Empty documents are skipped; a file with no document at all gives a
@@ -307,7 +309,9 @@ class _Builder:
             try:
                 return self.environ[ref.group(1)]
             except KeyError:
-                problems.append(f"environment variable {ref.group(1)} is not set (referenced as ${{env:{ref.group(1)}}})")
+                problems.append(
+                    f"environment variable {ref.group(1)} is not set (referenced as ${{env:{ref.group(1)}}})"
+                )
                 return match.group(0)
 
         result = _REFERENCE.sub(replace, text)
@@ -347,7 +351,9 @@ class _Builder:
                 continue
             if key in entries:
                 first = entries[key][0]
-                self.error(key_node, f"duplicate key {key!r} in this mapping (first at line {first}); YAML keys must be unique")
+                self.error(
+                    key_node, f"duplicate key {key!r} in this mapping (first at line {first}); YAML keys must be unique"
+                )
                 continue
             value = self.build(value_node, depth)
             result[key] = value
@@ -366,7 +372,10 @@ class _Builder:
             for source_node in sources:
                 source = self.build(source_node, depth)
                 if not isinstance(source, dict):
-                    self.error(source_node, f"a merge key (<<) takes a mapping or a list of mappings, got {_node_kind(source_node)}")
+                    self.error(
+                        source_node,
+                        f"a merge key (<<) takes a mapping or a list of mappings, got {_node_kind(source_node)}",
+                    )
                     continue
                 source_entries = self.marks[id(source)]
                 for key, value in source.items():
@@ -426,7 +435,9 @@ def _read_text(path: Path, name: str, diagnostics: list[Diagnostic]) -> str | No
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            diagnostics.append(Diagnostic(start, f"file is {size:,} bytes; manifests are limited to {MAX_FILE_BYTES:,} bytes"))
+            diagnostics.append(
+                Diagnostic(start, f"file is {size:,} bytes; manifests are limited to {MAX_FILE_BYTES:,} bytes")
+            )
             return None
         data = path.read_bytes()
     except OSError as exc:
@@ -434,7 +445,11 @@ def _read_text(path: Path, name: str, diagnostics: list[Diagnostic]) -> str | No
         return None
     nul = data.find(b"\0")
     if nul >= 0:
-        diagnostics.append(Diagnostic(_byte_location(name, data, nul), f"NUL byte at byte offset {nul}: this is binary data, not YAML text"))
+        diagnostics.append(
+            Diagnostic(
+                _byte_location(name, data, nul), f"NUL byte at byte offset {nul}: this is binary data, not YAML text"
+            )
+        )
         return None
     try:
         text = data.decode("utf-8-sig")
@@ -473,11 +488,15 @@ def _syntax_error(exc: yaml.MarkedYAMLError, file: str, text: str) -> Diagnostic
     indent = current[: len(current) - len(current.lstrip(" \t"))]
     if "\t" in indent or current[column - 1 : column] == "\t":
         column = indent.index("\t") + 1 if "\t" in indent else column
-        return Diagnostic(Location(file, line, column), "YAML syntax error: tab character; YAML indents with spaces only")
+        return Diagnostic(
+            Location(file, line, column), "YAML syntax error: tab character; YAML indents with spaces only"
+        )
     if (exc.problem or "").startswith("found undefined alias"):
         alias = _ALIAS.match(current, column - 1)
         name = alias.group(1) if alias else "NAME"
-        return Diagnostic(Location(file, line, column), f"undefined alias *{name}: no anchor &{name} before it in this document")
+        return Diagnostic(
+            Location(file, line, column), f"undefined alias *{name}: no anchor &{name} before it in this document"
+        )
     message = f"YAML syntax error: {exc.problem or 'invalid YAML'}"
     if exc.context:
         message += f" ({exc.context}"
@@ -677,7 +696,7 @@ class _FastChecker:
 class _PositionSource:
     """One file's text, read through PyYAML (positions and all) on first need."""
 
-    __slots__ = ("name", "text", "environ", "_documents")
+    __slots__ = ("_documents", "environ", "name", "text")
 
     def __init__(self, name: str, text: str, environ: Mapping[str, str]):
         self.name = name
@@ -694,7 +713,9 @@ class _PositionSource:
 class FastDocument(Document):
     """A document read by the fast path; its locations are found when first used."""
 
-    def __init__(self, file, data, line, column, marks, interpolated, source: _PositionSource, index: int, paths: set[tuple]):
+    def __init__(
+        self, file, data, line, column, marks, interpolated, source: _PositionSource, index: int, paths: set[tuple]
+    ):
         super().__init__(file, data, line, column, marks, interpolated)
         self._source = source
         self._index = index
@@ -710,7 +731,7 @@ class FastDocument(Document):
 class _DeferredLocation(Location):
     """A :class:`Location` found on first use; equal to (and hashed like) the Location it stands for."""
 
-    __slots__ = ("_where", "_found")
+    __slots__ = ("_found", "_where")
 
     def __init__(self, source: _PositionSource, index: int, path: tuple, key: bool):
         object.__setattr__(self, "_where", (source, index, path, key))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -29,18 +30,18 @@ class Emulator:
     def signed_post(
         self,
         action: str,
-        body: Union[dict[str, Any], bytes],
+        body: dict[str, Any] | bytes,
         *,
-        access_key: Optional[str] = None,
-        secret_key: Optional[str] = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
         session_token: str = "",
-        region: Optional[str] = None,
-        x_date: Optional[str] = None,
-        query: Optional[dict[str, str]] = None,
-        sign_body: Optional[bytes] = None,
-        headers: Optional[dict[str, str]] = None,
+        region: str | None = None,
+        x_date: str | None = None,
+        query: dict[str, str] | None = None,
+        sign_body: bytes | None = None,
+        headers: dict[str, str] | None = None,
         drop: Iterable[str] = (),
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         """POST an action signed with the emulator's credentials unless overridden.
 
@@ -49,7 +50,9 @@ class Emulator:
         """
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         query = {"Action": action, "Version": API_VERSION} if query is None else query
-        key = signing.SigningKey(access_key or self.config.access_key, secret_key or self.config.secret_key, session_token)
+        key = signing.SigningKey(
+            access_key or self.config.access_key, secret_key or self.config.secret_key, session_token
+        )
         signed = signing.sign_request(
             key=key,
             method="POST",
@@ -66,7 +69,7 @@ class Emulator:
             sent.pop(name, None)
         return self.http.post("/", params=query, content=raw, headers=sent, timeout=timeout or self.http.timeout)
 
-    def admin(self, path: str, payload: Optional[dict[str, Any]] = None) -> httpx.Response:
+    def admin(self, path: str, payload: dict[str, Any] | None = None) -> httpx.Response:
         return self.http.post(f"/_emulator/{path}", json=payload or {})
 
     def configure(self, **settings: Any) -> dict[str, Any]:

@@ -69,7 +69,11 @@ for line in sys.stdin:
 class ForkServer:
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            [sys.executable, "-c", _SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         self._dir = tempfile.TemporaryDirectory(prefix="snapctl-fork-")
         self._lock = threading.Lock()

@@ -36,9 +36,17 @@ def snapctl_env(endpoint: str | None, home: Path, **extra: str) -> dict[str, str
     return env
 
 
-def run_snapctl(args: list[str], *, cwd: Path, env: dict[str, str], input: str | None = None, timeout: float = 120) -> Run:
+def run_snapctl(
+    args: list[str], *, cwd: Path, env: dict[str, str], input: str | None = None, timeout: float = 120
+) -> Run:
     proc = subprocess.run(
-        [SNAPCTL, *args], cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout,
+        [SNAPCTL, *args],
+        cwd=cwd,
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)

@@ -45,7 +45,11 @@ def test_bad_manifest_is_refused(name: str):
     assert isinstance(error, UsageError)
     first = error.errors[0]
     where = path / expected["at"] if "at" in expected else path
-    assert (first.location.file, first.location.line, first.location.column) == (str(where), expected["line"], expected["column"]), str(error)
+    assert (first.location.file, first.location.line, first.location.column) == (
+        str(where),
+        expected["line"],
+        expected["column"],
+    ), str(error)
     assert expected["contains"] in first.message, str(error)
     assert str(first).startswith(f"{where}:{expected['line']}:{expected['column']}: error: ")
     assert_clean(error)

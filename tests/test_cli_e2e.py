@@ -8,11 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from snapctl_testing import calls, new_project, run_snapctl, snapctl_env, stats, tasks
 
 from reconciler.emulator.config import EmulatorConfig
 from reconciler.emulator.server import EmulatorServer
-
-from snapctl_testing import calls, new_project, run_snapctl, snapctl_env, stats, tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +150,10 @@ def test_storage_secret_change_replaces(workdir, env, server):
     assert "-/+ app1/Room1/Task2" in plan.stdout and "(sensitive)" in plan.stdout
     assert "SK-offsite" not in plan.output
     assert snap(workdir, env2, "apply", "--auto-approve").code == 0
-    assert "Plan: 0 to add, 0 to change, 0 to replace" in snap(workdir, env2, "plan").stdout or "No changes" in snap(workdir, env2, "plan").stdout
+    assert (
+        "Plan: 0 to add, 0 to change, 0 to replace" in snap(workdir, env2, "plan").stdout
+        or "No changes" in snap(workdir, env2, "plan").stdout
+    )
 
 
 def test_removal_stops_the_task(workdir, env, server):
@@ -257,7 +259,20 @@ def test_bad_flag_is_exit_1(workdir, env):
 
 
 def test_help_and_version(workdir, env):
-    for command in ([], ["validate"], ["plan"], ["apply"], ["destroy"], ["reconcile"], ["import"], ["state"], ["force-unlock"], ["schema"], ["show"], ["emulator"]):
+    for command in (
+        [],
+        ["validate"],
+        ["plan"],
+        ["apply"],
+        ["destroy"],
+        ["reconcile"],
+        ["import"],
+        ["state"],
+        ["force-unlock"],
+        ["schema"],
+        ["show"],
+        ["emulator"],
+    ):
         result = snap(workdir, env, *command, "--help")
         assert result.code == 0 and "Usage:" in result.stdout, command
     version = snap(workdir, env, "--version")
@@ -280,5 +295,10 @@ def test_the_contract_example_plans_and_applies(tmp_path, server):
     task2 = running["661e1234543cf/Room1/Task2"]["Request"]
     assert task2["MaxIdleTime"] == 600 and task2["StorageConfig"]["Type"] == 2
     assert task2["StorageConfig"]["CustomConfig"]["Bucket"] == "snapshots-offsite"
-    assert running["661e1234543cf/Room1/Task1"]["Request"]["ImageConfig"] == {"Format": 0, "Width": 800, "Height": 800, "Interval": 5}
+    assert running["661e1234543cf/Room1/Task1"]["Request"]["ImageConfig"] == {
+        "Format": 0,
+        "Width": 800,
+        "Height": 800,
+        "Interval": 5,
+    }
     assert run_snapctl(["plan", "--detailed-exitcode"], cwd=tmp_path, env=env).code == 0

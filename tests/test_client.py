@@ -7,6 +7,7 @@ import random
 import time
 
 import pytest
+from snapctl_testing import stats
 
 from reconciler import api
 from reconciler.client import Outcome, RetryPolicy, SnapshotClient
@@ -17,15 +18,15 @@ from reconciler.errors import AuthError, InvalidParameterError, ServerError, Thr
 from reconciler.ratelimit import RateLimiter
 from reconciler.signing import SigningKey
 
-from snapctl_testing import stats
-
 KEY = SigningKey(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY)
 FAST_RETRY = RetryPolicy(max_attempts=10, base_s=0.01, cap_s=0.2, total_s=30)
 
 
 def request(task: str = "T1", interval: int = 2, **overrides) -> api.StartSnapshotRequest:
     body = {
-        "AppId": "app1", "RoomId": "room1", "TaskId": task,
+        "AppId": "app1",
+        "RoomId": "room1",
+        "TaskId": task,
         "ImageConfig": {"Interval": interval},
         "StorageConfig": {"Type": 0, "TosConfig": {"AccountId": "2100000990", "Bucket": "b"}},
     } | overrides
@@ -47,10 +48,18 @@ def test_outcomes_of_each_action(server):
         async with SnapshotClient(server.url, KEY, retry=FAST_RETRY) as client:
             first = await client.start(request())
             again = await client.start(request(interval=9))
-            updated = await client.update(api.UpdateSnapshotRequest(app_id="app1", room_id="room1", task_id="T1", image_config=api.ImageConfig(interval=7)))
+            updated = await client.update(
+                api.UpdateSnapshotRequest(
+                    app_id="app1", room_id="room1", task_id="T1", image_config=api.ImageConfig(interval=7)
+                )
+            )
             stopped = await client.stop(api.StopSnapshotRequest(app_id="app1", room_id="room1", task_id="T1"))
             stop_again = await client.stop(api.StopSnapshotRequest(app_id="app1", room_id="room1", task_id="T1"))
-            update_gone = await client.update(api.UpdateSnapshotRequest(app_id="app1", room_id="room1", task_id="T1", image_config=api.ImageConfig(interval=7)))
+            update_gone = await client.update(
+                api.UpdateSnapshotRequest(
+                    app_id="app1", room_id="room1", task_id="T1", image_config=api.ImageConfig(interval=7)
+                )
+            )
             return first, again, updated, stopped, stop_again, update_gone
 
     first, again, updated, stopped, stop_again, update_gone = run(scenario())
@@ -101,8 +110,11 @@ def test_parameter_error_carries_code_message_and_is_not_retried(server):
 
 def test_throttling_is_retried_to_success():
     with EmulatorServer(EmulatorConfig(qps=5)) as server:
+
         async def scenario():
-            async with SnapshotClient(server.url, KEY, qps=0, retry=RetryPolicy(max_attempts=30, base_s=0.05, cap_s=0.5, total_s=30)) as client:
+            async with SnapshotClient(
+                server.url, KEY, qps=0, retry=RetryPolicy(max_attempts=30, base_s=0.05, cap_s=0.5, total_s=30)
+            ) as client:
                 return await asyncio.gather(*(client.start(request(f"T{i}")) for i in range(12))), client.stats
 
         results, client_stats = run(scenario())
@@ -116,8 +128,11 @@ def test_throttling_is_retried_to_success():
 def test_faults_are_retried_to_success():
     config = EmulatorConfig(error_rate=0.2, drop_rate=0.1, slow_rate=0.1, slow_ms=1500, seed=3)
     with EmulatorServer(config) as server:
+
         async def scenario():
-            async with SnapshotClient(server.url, KEY, qps=0, timeout_s=0.5, retry=FAST_RETRY, rng=random.Random(1)) as client:
+            async with SnapshotClient(
+                server.url, KEY, qps=0, timeout_s=0.5, retry=FAST_RETRY, rng=random.Random(1)
+            ) as client:
                 return await asyncio.gather(*(client.start(request(f"T{i}")) for i in range(40)))
 
         results = run(scenario())
@@ -131,8 +146,11 @@ def test_faults_are_retried_to_success():
 
 def test_retries_are_bounded():
     with EmulatorServer(EmulatorConfig(error_rate=1.0)) as server:
+
         async def scenario():
-            async with SnapshotClient(server.url, KEY, retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.02)) as client:
+            async with SnapshotClient(
+                server.url, KEY, retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.02)
+            ) as client:
                 await client.start(request())
 
         with pytest.raises(ServerError) as info:
@@ -152,7 +170,9 @@ def test_unreachable_endpoint_is_a_transport_error():
 
 def test_session_token_is_sent_and_signed(server):
     async def scenario():
-        async with SnapshotClient(server.url, SigningKey(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, "STS-token-1"), retry=FAST_RETRY) as client:
+        async with SnapshotClient(
+            server.url, SigningKey(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, "STS-token-1"), retry=FAST_RETRY
+        ) as client:
             return await client.start(request())
 
     assert run(scenario()).outcome is Outcome.started

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 from reconciler.emulator import EmulatorConfig, EmulatorServer
 from reconciler.state import lock_path, read_lock_holder
-
-from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 APP = "lockapp"
 N_TASKS = 60
@@ -54,8 +53,13 @@ STATE = Path("state/snapctl.state.json")
 
 def start_apply(work: Path, env: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [SNAPCTL, "apply", "--auto-approve", "--no-color", *extra], cwd=work, env=env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [SNAPCTL, "apply", "--auto-approve", "--no-color", *extra],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -79,8 +83,9 @@ def test_eight_applies_at_once_one_proceeds_the_others_fail_fast(work, env, serv
     try:
         # Whoever took the lock is held still until every other one has given up, so the
         # eight really overlap whatever the machine's load.
-        holder = wait_for(lambda: (h := read_lock_holder(work / STATE)) and h.pid in pids and h,
-                          what="one apply to take the lock")
+        holder = wait_for(
+            lambda: (h := read_lock_holder(work / STATE)) and h.pid in pids and h, what="one apply to take the lock"
+        )
         winner = next(p for p in procs if p.pid == holder.pid)
         os.kill(winner.pid, signal.SIGSTOP)
         try:
@@ -125,7 +130,10 @@ def test_a_killed_apply_never_blocks_the_next(work, env, server):
     for round_ in range(3):
         proc = start_apply(work, env)
         # Kill it while it holds the lock, at a different point of its run each time.
-        wait_for(lambda: (h := read_lock_holder(work / STATE)) and h.pid == proc.pid, what="the apply to take the lock")
+        wait_for(
+            lambda: (h := read_lock_holder(work / STATE)) and h.pid == proc.pid,  # noqa: B023
+            what="the apply to take the lock",
+        )
         time.sleep(0.1 * round_)
         proc.kill()
         proc.wait()
@@ -152,14 +160,21 @@ def test_a_refused_apply_waits_for_the_holder_record(work, env, server):
             if proc.poll() is not None:
                 return True  # already gave up
             try:
-                return any(os.readlink(f"/proc/{proc.pid}/fd/{n}") == lock_file for n in os.listdir(f"/proc/{proc.pid}/fd"))
+                return any(
+                    os.readlink(f"/proc/{proc.pid}/fd/{n}") == lock_file for n in os.listdir(f"/proc/{proc.pid}/fd")
+                )
             except OSError:
                 return False
 
         wait_for(opened_lock_file, what="the apply to open the lock file")
-        record = {"host": HOST, "pid": os.getpid(), "started_at": "2030-01-01T00:00:00+00:00", "command": "snapctl apply"}
+        record = {
+            "host": HOST,
+            "pid": os.getpid(),
+            "started_at": "2030-01-01T00:00:00+00:00",
+            "command": "snapctl apply",
+        }
         os.pwrite(fd, json.dumps(record).encode(), 0)
-        code, out, err = finish(proc)
+        code, _out, err = finish(proc)
     finally:
         os.close(fd)
     assert code == 1

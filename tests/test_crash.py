@@ -19,11 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env, stats, tasks
 
 from reconciler.emulator import EmulatorConfig, EmulatorServer
 from reconciler.state import backup_path, read_state
-
-from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env, stats, tasks
 
 SEED = 20240611
 APP = "crashapp"
@@ -101,8 +100,16 @@ def expected_requests(spec: dict) -> dict[str, dict]:
         if not p["present"]:
             continue
         if p["offsite"]:
-            storage = {"Type": 2, "CustomConfig": {"Vendor": 0, "Region": 0, "Bucket": "offsite",
-                                                   "AccessKey": masked(OFFSITE_AK), "SecretKey": masked(OFFSITE_SK)}}
+            storage = {
+                "Type": 2,
+                "CustomConfig": {
+                    "Vendor": 0,
+                    "Region": 0,
+                    "Bucket": "offsite",
+                    "AccessKey": masked(OFFSITE_AK),
+                    "SecretKey": masked(OFFSITE_SK),
+                },
+            }
         else:
             storage = {"Type": 0, "TosConfig": {"AccountId": "2100000990", "Region": 0, "Bucket": "snaps"}}
         out[f"{APP}/{room}/{task}"] = {
@@ -110,8 +117,12 @@ def expected_requests(spec: dict) -> dict[str, dict]:
             "RoomId": room,
             "TaskId": task,
             "MaxIdleTime": 180,
-            "ImageConfig": {"Format": 0 if p["format"] == "jpeg" else 1, "Width": p["width"], "Height": 240,
-                            "Interval": p["interval"]},
+            "ImageConfig": {
+                "Format": 0 if p["format"] == "jpeg" else 1,
+                "Width": p["width"],
+                "Height": 240,
+                "Interval": p["interval"],
+            },
             "StorageConfig": storage,
         }
     return out
@@ -161,8 +172,14 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, server):
             edit_spec(spec, rng)
             manifest.write_text(render(spec))
             edits += 1
-        proc = subprocess.Popen([SNAPCTL, "apply", "--auto-approve", "--no-color", "--qps", "100"], cwd=work, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [SNAPCTL, "apply", "--auto-approve", "--no-color", "--qps", "100"],
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(rng.uniform(0.05, 1.2))
         if proc.poll() is None:
             proc.kill()
@@ -250,15 +267,23 @@ def test_calls_in_flight_at_the_kill_are_not_lost(tmp_path):
 
         # 1. Three Starts done by the API, unheard of by the killed run.
         manifest.write_text(small_manifest(A=320, B=320, C=320))
-        proc = subprocess.Popen([SNAPCTL, "apply", "--auto-approve"], cwd=tmp_path, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [SNAPCTL, "apply", "--auto-approve"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         kill_once_the_emulator_did(proc, srv.url, lambda running: len(running) == 3)
         # Now A is no longer wanted and B wants another width: both must be stopped, not
         # adopted as they run ("already started" says nothing about the configuration).
         manifest.write_text(small_manifest(B=640, C=320))
         answer_fast()
         plan = run_snapctl(["plan"], cwd=tmp_path, env=env)
-        assert plan.code == 0 and "- crashapp/Small/A" in plan.stdout and "-/+ crashapp/Small/B" in plan.stdout, plan.stdout
+        assert plan.code == 0 and "- crashapp/Small/A" in plan.stdout and "-/+ crashapp/Small/B" in plan.stdout, (
+            plan.stdout
+        )
         applied = run_snapctl(["apply", "--auto-approve"], cwd=tmp_path, env=env)
         assert applied.code == 0, applied.output
         running = tasks(srv.url)
@@ -268,8 +293,14 @@ def test_calls_in_flight_at_the_kill_are_not_lost(tmp_path):
         # 2. A Stop done by the API, unheard of by the killed run; then the task is wanted back.
         manifest.write_text(small_manifest(B=640))
         answer_late()
-        proc = subprocess.Popen([SNAPCTL, "apply", "--auto-approve"], cwd=tmp_path, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [SNAPCTL, "apply", "--auto-approve"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         kill_once_the_emulator_did(proc, srv.url, lambda running: key("C") not in running)
         manifest.write_text(small_manifest(B=640, C=320))
         answer_fast()
@@ -293,9 +324,17 @@ def test_state_rm_forgets_a_task_left_uncertain(tmp_path):
         assert run_snapctl(["apply", "--auto-approve"], cwd=tmp_path, env=env).code == 0
         httpx.post(f"{srv.url}/_emulator/config", json={"latency_ms": 3000})
         manifest.write_text(small_manifest(A=320, B=320).replace("{width: 320}}\n", "{width: 320, interval: 9}}\n", 1))
-        proc = subprocess.Popen([SNAPCTL, "apply", "--auto-approve"], cwd=tmp_path, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        kill_once_the_emulator_did(proc, srv.url, lambda running: running[f"{APP}/Small/A"]["Request"]["ImageConfig"]["Interval"] == 9)
+        proc = subprocess.Popen(
+            [SNAPCTL, "apply", "--auto-approve"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        kill_once_the_emulator_did(
+            proc, srv.url, lambda running: running[f"{APP}/Small/A"]["Request"]["ImageConfig"]["Interval"] == 9
+        )
         httpx.post(f"{srv.url}/_emulator/config", json={"latency_ms": 0})
         assert f"{APP}/Small/A" in read_state(tmp_path / "state" / "snapctl.state.json").pending
         removed = run_snapctl(["state", "rm", f"{APP}/Small/A"], cwd=tmp_path, env=env)

@@ -118,9 +118,16 @@ def test_at_most_17_streams(emulator, count, accepted):
 def test_stream_index_must_not_repeat(emulator):
     repeated = streams(2)
     repeated["StreamList"][1]["Index"] = 0
-    assert_error(emulator.signed_post("StartSnapshot", start_body(TargetStreams=repeated)), "InvalidParameter", "TargetStreams", "Index")
+    assert_error(
+        emulator.signed_post("StartSnapshot", start_body(TargetStreams=repeated)),
+        "InvalidParameter",
+        "TargetStreams",
+        "Index",
+    )
     assert_ok(emulator.signed_post("StartSnapshot", start_body(TargetStreams=streams(2))))
-    assert_ok(emulator.signed_post("StartSnapshot", start_body(TaskId="no-index", TargetStreams=streams(3, index=False))))
+    assert_ok(
+        emulator.signed_post("StartSnapshot", start_body(TaskId="no-index", TargetStreams=streams(3, index=False)))
+    )
 
 
 @pytest.mark.parametrize("field", ["AppId", "RoomId", "TaskId", "BusinessId"])
@@ -139,7 +146,12 @@ def test_identifiers(emulator, field, value, accepted):
 
 def test_storage_type_1_is_refused(emulator):
     vod = {"Type": 1, "VodConfig": {"AccountId": "2100000990", "Space": "space"}}
-    assert_error(emulator.signed_post("StartSnapshot", start_body(StorageConfig=vod)), "InvalidParameter", "StorageConfig", "Type 1")
+    assert_error(
+        emulator.signed_post("StartSnapshot", start_body(StorageConfig=vod)),
+        "InvalidParameter",
+        "StorageConfig",
+        "Type 1",
+    )
 
 
 @pytest.mark.parametrize("storage_type", sorted(BLOCKS))
@@ -241,7 +253,10 @@ def test_envelope_of_success(emulator):
     metadata = response.json()["ResponseMetadata"]
     assert response.headers["content-type"].startswith("application/json")
     assert {k: metadata[k] for k in ("Action", "Version", "Service", "Region")} == {
-        "Action": "StartSnapshot", "Version": "2023-11-01", "Service": "rtc", "Region": "cn-north-1",
+        "Action": "StartSnapshot",
+        "Version": "2023-11-01",
+        "Service": "rtc",
+        "Region": "cn-north-1",
     }
     assert metadata["RequestId"][:8].isdigit() and len(metadata["RequestId"]) == 32
 
@@ -271,7 +286,10 @@ def _x_date(offset_s: float) -> str:
 AUTH_CASES = {
     "no-authorization": (dict(drop=["Authorization"]), "MissingAuthenticationToken"),
     "other-scheme": (dict(headers={"Authorization": "Bearer abc"}), "MissingSignature"),
-    "truncated": (dict(headers={"Authorization": "HMAC-SHA256 Credential=AK/20240101/cn-north-1/rtc"}), "MissingSignature"),
+    "truncated": (
+        dict(headers={"Authorization": "HMAC-SHA256 Credential=AK/20240101/cn-north-1/rtc"}),
+        "MissingSignature",
+    ),
     "no-x-date": (dict(drop=["X-Date"]), "MissingRequestInfo"),
     "malformed-x-date": (dict(headers={"X-Date": "2024-01-01 00:00"}), "InvalidTimestamp"),
     # Offsets, not dates: a date computed at collection goes stale in a long run.
@@ -303,9 +321,13 @@ def test_x_date_within_15_minutes_is_accepted(emulator):
 
 def test_sts_token_is_verified_when_signed(emulator):
     assert_ok(emulator.signed_post("StartSnapshot", start_body(), session_token="STS2abc"))
-    tampered = emulator.signed_post("StopSnapshot", key_of(start_body()), session_token="STS2abc", headers={"X-Security-Token": "STS2xyz"})
+    tampered = emulator.signed_post(
+        "StopSnapshot", key_of(start_body()), session_token="STS2abc", headers={"X-Security-Token": "STS2xyz"}
+    )
     assert_error(tampered, "SignatureDoesNotMatch")
-    unsent = emulator.signed_post("StopSnapshot", key_of(start_body()), session_token="STS2abc", drop=["X-Security-Token"])
+    unsent = emulator.signed_post(
+        "StopSnapshot", key_of(start_body()), session_token="STS2abc", drop=["X-Security-Token"]
+    )
     assert_error(unsent, "SignatureDoesNotMatch", "x-security-token")
 
 
@@ -315,8 +337,14 @@ def test_default_port_in_host_is_signed_as_bare_host(emulator):
     query = {"Action": "StartSnapshot", "Version": "2023-11-01"}
     body = json.dumps(start_body()).encode()
     signed = signing.sign_request(
-        key=key, method="POST", host="rtc.example.com:80", path="/", query=query,
-        content_type="application/json", body=body, region="cn-north-1",
+        key=key,
+        method="POST",
+        host="rtc.example.com:80",
+        path="/",
+        query=query,
+        content_type="application/json",
+        body=body,
+        region="cn-north-1",
     )
     headers = {**signed, "Content-Type": "application/json", "Host": "rtc.example.com:80"}
     assert_ok(emulator.http.post("/", params=query, content=body, headers=headers))
@@ -364,7 +392,9 @@ def test_qps_limit_per_action_with_sliding_window(emulator):
     assert stats["by_action"]["StartSnapshot"] == {"total": 21, "outcomes": {"ok": 5, "FlowLimitExceeded": 16}}
     # Throttled requests do not fill the window: one second after the accepted ones, 5 more pass.
     time.sleep(max(0.0, began + 1.05 - time.monotonic()))
-    assert [emulator.signed_post("StartSnapshot", start_body(TaskId=f"u{i}")).status_code for i in range(6)] == [200] * 5 + [429]
+    assert [emulator.signed_post("StartSnapshot", start_body(TaskId=f"u{i}")).status_code for i in range(6)] == [
+        200
+    ] * 5 + [429]
 
 
 def test_qps_zero_disables_the_limit(emulator):
@@ -428,7 +458,10 @@ def test_slow_fault_acts_then_answers_late(emulator):
 
 def test_latency_and_jitter_on_every_answer(emulator):
     emulator.configure(latency_ms=150, jitter_ms=50)
-    for send in (lambda: emulator.signed_post("StartSnapshot", start_body()), lambda: emulator.signed_post("StartSnapshot", b"{", drop=["Authorization"])):
+    for send in (
+        lambda: emulator.signed_post("StartSnapshot", start_body()),
+        lambda: emulator.signed_post("StartSnapshot", b"{", drop=["Authorization"]),
+    ):
         began = time.monotonic()
         send()
         assert 0.15 <= time.monotonic() - began < 1.0
@@ -482,7 +515,11 @@ def test_immediate_streams_stop_ends_tasks_at_once(emulator):
 
 def test_streams_stopped_validates(emulator):
     assert_error(emulator.admin("streams-stopped", {"AppId": "app1"}), "InvalidParameter", "RoomId")
-    assert_error(emulator.admin("streams-stopped", {"AppId": "app1", "RoomId": "r", "Immediate": "yes"}), "InvalidParameter", "Immediate")
+    assert_error(
+        emulator.admin("streams-stopped", {"AppId": "app1", "RoomId": "r", "Immediate": "yes"}),
+        "InvalidParameter",
+        "Immediate",
+    )
 
 
 # -- introspection -------------------------------------------------------------------------
@@ -507,7 +544,9 @@ def test_stats_format_and_reset(emulator):
     assert emulator.stats()["total"] == 0 and emulator.tasks() == []
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/nowhere"), ("GET", "/"), ("GET", "/_emulator/reset"), ("POST", "/_emulator/tasks")])
+@pytest.mark.parametrize(
+    "method, path", [("GET", "/nowhere"), ("GET", "/"), ("GET", "/_emulator/reset"), ("POST", "/_emulator/tasks")]
+)
 def test_unknown_paths(emulator, method, path):
     assert_error(emulator.http.request(method, path), "InvalidActionOrVersion", path)
 
@@ -569,11 +608,23 @@ def _free_port() -> int:
 def test_command_help():
     result = subprocess.run([SNAPCTL, "emulator", "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
-    for flag in ("--port", "--access-key", "--secret-key", "--qps", "--error-rate", "--drop-rate", "--slow-ms", "--data", "--seed"):
+    for flag in (
+        "--port",
+        "--access-key",
+        "--secret-key",
+        "--qps",
+        "--error-rate",
+        "--drop-rate",
+        "--slow-ms",
+        "--data",
+        "--seed",
+    ):
         assert flag in result.stdout
 
 
-@pytest.mark.parametrize("args, text", [(["--error-rate", "2"], "error_rate"), (["--drop-rate", "0.7", "--slow-rate", "0.7"], "exceed 1")])
+@pytest.mark.parametrize(
+    "args, text", [(["--error-rate", "2"], "error_rate"), (["--drop-rate", "0.7", "--slow-rate", "0.7"], "exceed 1")]
+)
 def test_command_refuses_bad_flags(args, text):
     result = subprocess.run([SNAPCTL, "emulator", *args], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
@@ -587,7 +638,10 @@ def test_command_serves_until_sigterm(tmp_path):
     data = tmp_path / "tasks.json"
     process = subprocess.Popen(
         [SNAPCTL, "emulator", "--port", str(port), "--data", str(data)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -602,10 +656,18 @@ def test_command_serves_until_sigterm(tmp_path):
         body = json.dumps(start_body()).encode()
         query = {"Action": "StartSnapshot", "Version": "2023-11-01"}
         signed = signing.sign_request(
-            key=signing.SigningKey("AKLTsnapctlemulator", secret), method="POST", host=f"127.0.0.1:{port}", path="/",
-            query=query, content_type="application/json", body=body, region="cn-north-1",
+            key=signing.SigningKey("AKLTsnapctlemulator", secret),
+            method="POST",
+            host=f"127.0.0.1:{port}",
+            path="/",
+            query=query,
+            content_type="application/json",
+            body=body,
+            region="cn-north-1",
         )
-        assert_ok(httpx.post(f"{url}/", params=query, content=body, headers={**signed, "Content-Type": "application/json"}))
+        assert_ok(
+            httpx.post(f"{url}/", params=query, content=body, headers={**signed, "Content-Type": "application/json"})
+        )
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=20)
     finally:
@@ -613,6 +675,9 @@ def test_command_serves_until_sigterm(tmp_path):
             process.kill()
             process.wait()
     assert process.returncode == 0, err
-    assert out.strip() == f"snapctl emulator listening on {url} (access key AKLTsnapctlemulator, secret key from --secret-key)"
+    assert (
+        out.strip()
+        == f"snapctl emulator listening on {url} (access key AKLTsnapctlemulator, secret key from --secret-key)"
+    )
     assert secret not in out + err
     assert [t["TaskId"] for t in json.loads(data.read_text())["tasks"]] == ["task1"]

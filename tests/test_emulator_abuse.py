@@ -27,7 +27,10 @@ from reconciler.emulator import EmulatorConfig, EmulatorServer
 SEED = 424242
 ACTIONS = ("StartSnapshot", "UpdateSnapshot", "StopSnapshot")
 VALID_START = {
-    "AppId": "abuse", "RoomId": "Room", "TaskId": "Task", "MaxIdleTime": 180,
+    "AppId": "abuse",
+    "RoomId": "Room",
+    "TaskId": "Task",
+    "MaxIdleTime": 180,
     "ImageConfig": {"Format": 0, "Width": 320, "Height": 240, "Interval": 2},
     "StorageConfig": {"Type": 0, "TosConfig": {"AccountId": "2100000990", "Region": 0, "Bucket": "b"}},
 }
@@ -41,7 +44,9 @@ class Raw:
         self.port = int(self.host.rsplit(":", 1)[1])
         self.config = EmulatorConfig()
 
-    def send(self, method: str, target: str, headers: list[tuple[str, bytes]], body: bytes = b"") -> tuple[int, dict, bytes]:
+    def send(
+        self, method: str, target: str, headers: list[tuple[str, bytes]], body: bytes = b""
+    ) -> tuple[int, dict, bytes]:
         lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
         names = {name.lower() for name, _ in headers}
         if "host" not in names:
@@ -58,13 +63,31 @@ class Raw:
         answer_headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
         return int(status_line.split()[1]), answer_headers, payload
 
-    def signed_headers(self, action: str, body: bytes, *, query: dict | None = None, content_type: str = "application/json",
-                       x_date: str | None = None) -> list[tuple[str, bytes]]:
+    def signed_headers(
+        self,
+        action: str,
+        body: bytes,
+        *,
+        query: dict | None = None,
+        content_type: str = "application/json",
+        x_date: str | None = None,
+    ) -> list[tuple[str, bytes]]:
         query = {"Action": action, "Version": API_VERSION} if query is None else query
         key = signing.SigningKey(self.config.access_key, self.config.secret_key)
-        signed = signing.sign_request(key=key, method="POST", host=self.host, path="/", query=query,
-                                      content_type=content_type, body=body, region=self.config.region, x_date=x_date)
-        return [("Content-Type", content_type.encode("latin-1"))] + [(k, v.encode("latin-1")) for k, v in signed.items()]
+        signed = signing.sign_request(
+            key=key,
+            method="POST",
+            host=self.host,
+            path="/",
+            query=query,
+            content_type=content_type,
+            body=body,
+            region=self.config.region,
+            x_date=x_date,
+        )
+        return [("Content-Type", content_type.encode("latin-1"))] + [
+            (k, v.encode("latin-1")) for k, v in signed.items()
+        ]
 
     def post(self, action: str, body: bytes, **kw) -> tuple[int, dict, bytes]:
         target = f"/?Action={quote(action)}&Version={API_VERSION}"
@@ -95,20 +118,47 @@ def bad_body(rng: random.Random, kind: int | None = None) -> bytes:
         text = json.dumps(VALID_START).encode()
         return text[: rng.randrange(0, len(text) - 1)]
     if kind == 2:
-        return rng.choice([deep(rng.choice([200, 1023, 1025, 5000, 30000])),
-                           deep(rng.choice([50, 2000]), '{"a":', "}").replace(b'{"a":}', b'{"a":1}'),
-                           b'{"AppId": ' + deep(rng.choice([100, 900])) + b"}"])
+        return rng.choice(
+            [
+                deep(rng.choice([200, 1023, 1025, 5000, 30000])),
+                deep(rng.choice([50, 2000]), '{"a":', "}").replace(b'{"a":}', b'{"a":1}'),
+                b'{"AppId": ' + deep(rng.choice([100, 900])) + b"}",
+            ]
+        )
     if kind == 3:
         body = dict(VALID_START)
         field = rng.choice(["MaxIdleTime", "ImageConfig", "StorageConfig", "AppId"])
         body[field] = "NUMBER"
-        number = rng.choice(["1" + "0" * 400, "-" + "9" * 300, "1e999", "-1e999", "NaN", "Infinity", "1.5e308", "0.0000001",
-                             "18446744073709551616", "-9223372036854775809"])
+        number = rng.choice(
+            [
+                "1" + "0" * 400,
+                "-" + "9" * 300,
+                "1e999",
+                "-1e999",
+                "NaN",
+                "Infinity",
+                "1.5e308",
+                "0.0000001",
+                "18446744073709551616",
+                "-9223372036854775809",
+            ]
+        )
         return json.dumps(body).replace('"NUMBER"', number).encode()
     if kind == 4:
         body = json.loads(json.dumps(VALID_START))
-        path = rng.choice([("AppId",), ("RoomId",), ("TaskId",), ("MaxIdleTime",), ("ImageConfig", "Interval"),
-                           ("ImageConfig", "Format"), ("StorageConfig", "Type"), ("StorageConfig",), ("ImageConfig",)])
+        path = rng.choice(
+            [
+                ("AppId",),
+                ("RoomId",),
+                ("TaskId",),
+                ("MaxIdleTime",),
+                ("ImageConfig", "Interval"),
+                ("ImageConfig", "Format"),
+                ("StorageConfig", "Type"),
+                ("StorageConfig",),
+                ("ImageConfig",),
+            ]
+        )
         wrong = rng.choice([None, True, [], {}, [1, 2], {"x": 1}, 3.5, -1, "", "x" * 200, 10**6])
         if path == ("ImageConfig",) and isinstance(wrong, dict):
             wrong = [wrong]  # a mapping of unknown fields would be a valid ImageConfig (all defaults)
@@ -122,17 +172,30 @@ def bad_body(rng: random.Random, kind: int | None = None) -> bytes:
         body[rng.choice(["AppId", "RoomId", "TaskId"])] = random_text(rng, rng.randrange(1, 40)) + "é"
         return json.dumps(body, ensure_ascii=rng.random() < 0.5).encode()
     if kind == 6:
-        return rng.choice([b'{"AppId": "\\ud800"}', b'\xef\xbb\xbf{"AppId": "a"}', b'{"AppId": "a\x00"}', b"\xc0\xaf",
-                           '{"AppId": "\u202eevil"}'.encode(), b'{"AppId": "\xff\xfe"}', b"\x00" * 64])
+        return rng.choice(
+            [
+                b'{"AppId": "\\ud800"}',
+                b'\xef\xbb\xbf{"AppId": "a"}',
+                b'{"AppId": "a\x00"}',
+                b"\xc0\xaf",
+                '{"AppId": "\u202eevil"}'.encode(),
+                b'{"AppId": "\xff\xfe"}',
+                b"\x00" * 64,
+            ]
+        )
     if kind == 7:
-        return rng.choice([b"[]", b'"x"', b"1", b"null", b"true", b"", b" ", b"{}", b"[" + json.dumps(VALID_START).encode() + b"]"])
+        return rng.choice(
+            [b"[]", b'"x"', b"1", b"null", b"true", b"", b" ", b"{}", b"[" + json.dumps(VALID_START).encode() + b"]"]
+        )
     if kind == 8:
         return json.dumps({**VALID_START, "Pad": "x" * 70000}).encode()  # over 64 KiB
     if kind == 9:
         missing = rng.choice(["AppId", "RoomId", "TaskId"])
         return json.dumps({k: v for k, v in VALID_START.items() if k != missing}).encode()
     if kind == 10:
-        return json.dumps({**VALID_START, "TargetStreams": {"StreamList": [{"UserId": "u", "Index": 1}] * rng.choice([2, 18])}}).encode()
+        return json.dumps(
+            {**VALID_START, "TargetStreams": {"StreamList": [{"UserId": "u", "Index": 1}] * rng.choice([2, 18])}}
+        ).encode()
     return json.dumps({**VALID_START, "StorageConfig": {"Type": rng.choice([1, 4, -1, "0"]), "TosConfig": {}}}).encode()
 
 
@@ -142,7 +205,12 @@ FIELD_BYTES = bytes([*range(0x20, 0x7F), *range(0x80, 0x100)])
 
 def authorization_variants(rng: random.Random, good: bytes) -> list[bytes]:
     return [
-        b"", b"HMAC-SHA256", b"HMAC-SHA256 ", b"Bearer abc", b"HMAC-SHA256 Credential=", b"HMAC-SHA256 ,,,,",
+        b"",
+        b"HMAC-SHA256",
+        b"HMAC-SHA256 ",
+        b"Bearer abc",
+        b"HMAC-SHA256 Credential=",
+        b"HMAC-SHA256 ,,,,",
         b"HMAC-SHA256 Credential=a/b/c/d/request, SignedHeaders=, Signature=x",
         b"HMAC-SHA256 Credential=a/b/c/d/request, SignedHeaders=x-date;;host, Signature=x",
         good.replace(b"Signature=", b"Signature=\xe9\xff"),
@@ -156,31 +224,80 @@ def authorization_variants(rng: random.Random, good: bytes) -> list[bytes]:
     ]
 
 
-X_DATES = [b"", b"garbage", b"20250101T000000Z", b"99999999T999999Z", b"20250230T000000Z", b"19700101T000000Z",
-           b"2025-01-01T00:00:00Z", b"\xe9\xe9\xe9", b"0" * 5000, b"20991231T235959Z", b"00010101T000000Z", b"20250101T000000Z\xe9"]
-CONTENT_TYPES = [b"text/plain", b"multipart/form-data; boundary=x", b"", b"\xff/\xfe", b"application/x-www-form-urlencoded",
-                 b"application/json; charset=latin-1"]
+X_DATES = [
+    b"",
+    b"garbage",
+    b"20250101T000000Z",
+    b"99999999T999999Z",
+    b"20250230T000000Z",
+    b"19700101T000000Z",
+    b"2025-01-01T00:00:00Z",
+    b"\xe9\xe9\xe9",
+    b"0" * 5000,
+    b"20991231T235959Z",
+    b"00010101T000000Z",
+    b"20250101T000000Z\xe9",
+]
+CONTENT_TYPES = [
+    b"text/plain",
+    b"multipart/form-data; boundary=x",
+    b"",
+    b"\xff/\xfe",
+    b"application/x-www-form-urlencoded",
+    b"application/json; charset=latin-1",
+]
 
 
 def queries(action: str) -> list[str]:
     return [
-        "", "Action=", "Version=", "Action=&Version=", f"Action={action}", f"Version={API_VERSION}",
-        f"Action={action}&Version=", f"Action=&Version={API_VERSION}", f"Action={action}&Version=2020-01-01",
-        f"Action=startsnapshot&Version={API_VERSION}", f"Action=DescribeSnapshot&Version={API_VERSION}",
-        f"Action=%zz&Version={API_VERSION}", "Action=%&Version=%", "Action=%E9%FF%00&Version=%00",
-        f"Action={action}&Action=Nope&Version={API_VERSION}", f"Action=Nope&Action={action}&Version={API_VERSION}&Version=x",
-        "&&&===&&", "Action=" + "A" * 4000 + f"&Version={API_VERSION}", f"Action={action}&Version={API_VERSION}&Version=2020-01-01",
+        "",
+        "Action=",
+        "Version=",
+        "Action=&Version=",
+        f"Action={action}",
+        f"Version={API_VERSION}",
+        f"Action={action}&Version=",
+        f"Action=&Version={API_VERSION}",
+        f"Action={action}&Version=2020-01-01",
+        f"Action=startsnapshot&Version={API_VERSION}",
+        f"Action=DescribeSnapshot&Version={API_VERSION}",
+        f"Action=%zz&Version={API_VERSION}",
+        "Action=%&Version=%",
+        "Action=%E9%FF%00&Version=%00",
+        f"Action={action}&Action=Nope&Version={API_VERSION}",
+        f"Action=Nope&Action={action}&Version={API_VERSION}&Version=x",
+        "&&&===&&",
+        "Action=" + "A" * 4000 + f"&Version={API_VERSION}",
+        f"Action={action}&Version={API_VERSION}&Version=2020-01-01",
         f"Action={quote('🙂')}&Version={API_VERSION}",
     ]
 
 
 METHODS_AND_PATHS = [
-    ("GET", f"/?Action=StartSnapshot&Version={API_VERSION}"), ("PUT", "/"), ("DELETE", "/"), ("PATCH", "/"),
-    ("POST", "/api"), ("POST", "//"), ("POST", "/_emulator/nope"), ("GET", "/_emulator/config"),
-    ("POST", "/_emulator/config"), ("POST", "/_emulator/streams-stopped"), ("POST", "/%00"),
+    ("GET", f"/?Action=StartSnapshot&Version={API_VERSION}"),
+    ("PUT", "/"),
+    ("DELETE", "/"),
+    ("PATCH", "/"),
+    ("POST", "/api"),
+    ("POST", "//"),
+    ("POST", "/_emulator/nope"),
+    ("GET", "/_emulator/config"),
+    ("POST", "/_emulator/config"),
+    ("POST", "/_emulator/streams-stopped"),
+    ("POST", "/%00"),
 ]
-ADMIN_BODIES = [b"{", b"[]", b'{"nope": 1}', b'{"error_rate": 2}', b'{"qps": "x"}', b'{"AppId": "a b"}',
-                b'{"AppId": "a", "RoomId": "r", "Immediate": "yes"}', b"\xff\xfe", b'{"deny_apps": "x"}', b'{"slow_ms": -1}']
+ADMIN_BODIES = [
+    b"{",
+    b"[]",
+    b'{"nope": 1}',
+    b'{"error_rate": 2}',
+    b'{"qps": "x"}',
+    b'{"AppId": "a b"}',
+    b'{"AppId": "a", "RoomId": "r", "Immediate": "yes"}',
+    b"\xff\xfe",
+    b'{"deny_apps": "x"}',
+    b'{"slow_ms": -1}',
+]
 
 
 def exhaustive_requests(rng: random.Random, raw: Raw):
@@ -247,7 +364,9 @@ def bad_header_request(rng: random.Random, raw: Raw):
 
 def query_request(raw: Raw, query: str, action: str, body: bytes):
     # Signed for exactly this query (as the emulator will parse it), so the query itself is judged.
-    headers = raw.signed_headers(action, body, query={k: v for k, _, v in (p.partition("=") for p in query.split("&") if p)})
+    headers = raw.signed_headers(
+        action, body, query={k: v for k, _, v in (p.partition("=") for p in query.split("&") if p)}
+    )
     return "POST", "/?" + query if query else "/", headers, body
 
 
@@ -301,7 +420,9 @@ def test_hundreds_of_malformed_requests_get_error_envelopes(server):
             else:
                 yield other_method_or_path(rng, raw)
 
-    for n, (method, target, headers, body) in enumerate(itertools.chain(exhaustive_requests(rng, raw), random_requests())):
+    for n, (method, target, headers, body) in enumerate(
+        itertools.chain(exhaustive_requests(rng, raw), random_requests())
+    ):
         api_requests += method == "POST" and target.split("?")[0] == "/"
         status, answer_headers, payload = raw.send(method, target, headers, body)
         assert_error_envelope(status, answer_headers, payload, (n, method, target[:200], headers, body[:200]))
@@ -310,9 +431,18 @@ def test_hundreds_of_malformed_requests_get_error_envelopes(server):
 
     assert n + 1 >= 400
     # The refusals cover every stage of the checks.
-    assert {"MissingParameter", "InvalidActionOrVersion", "MissingAuthenticationToken", "MissingSignature",
-            "MissingRequestInfo", "InvalidTimestamp", "InvalidAccessKey", "SignatureDoesNotMatch",
-            "InvalidParameter", "InvalidParameter.TaskNotRunning"} <= set(codes), codes
+    assert {
+        "MissingParameter",
+        "InvalidActionOrVersion",
+        "MissingAuthenticationToken",
+        "MissingSignature",
+        "MissingRequestInfo",
+        "InvalidTimestamp",
+        "InvalidAccessKey",
+        "SignatureDoesNotMatch",
+        "InvalidParameter",
+        "InvalidParameter.TaskNotRunning",
+    } <= set(codes), codes
     assert server._thread.is_alive()
     status, _, payload = raw.send("GET", "/_emulator/stats", [])
     stats = json.loads(payload)

@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("volcengine")
 
-from volcengine.ApiInfo import ApiInfo  # noqa: E402
-from volcengine.base.Service import Service  # noqa: E402
-from volcengine.Credentials import Credentials  # noqa: E402
-from volcengine.ServiceInfo import ServiceInfo  # noqa: E402
+from volcengine.ApiInfo import ApiInfo
+from volcengine.base.Service import Service
+from volcengine.Credentials import Credentials
+from volcengine.ServiceInfo import ServiceInfo
 
-from reconciler.api import ACTIONS, ALREADY_STARTED, API_VERSION  # noqa: E402
+from reconciler.api import ACTIONS, ALREADY_STARTED, API_VERSION
 
 TASK = {"AppId": "sdkapp", "RoomId": "sdkroom", "TaskId": "sdktask"}
 START = {**TASK, "StorageConfig": {"Type": 3, "VeImageXConfig": {"AccountId": "2100000990", "ServiceId": "svc"}}}

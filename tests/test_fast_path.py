@@ -55,7 +55,9 @@ def assert_same(fast, slow) -> None:
         assert got == want
         assert got.request == want.request and got.request.wire() == want.request.wire()
         assert (got.location.file, got.location.line, got.location.column) == (
-            want.location.file, want.location.line, want.location.column,
+            want.location.file,
+            want.location.line,
+            want.location.column,
         )
         assert str(got.location) == str(want.location) and hash(got.location) == hash(want.location)
     assert fast.warnings == slow.warnings
@@ -108,10 +110,49 @@ rooms:
 
 # Values where PyYAML (YAML 1.1) and ryaml could disagree, in every place a manifest has them.
 TRICKY = [
-    "yes", "No", "on", "OFF", "y", "n", "true", "~", "null", "012", "09", "00", "0o12", "-0o7", "0x1F", "0b101",
-    "1_000", "1:20", "190:20:30.15", "1e3", "1.5e3", "1.5e+3", ".5", ".inf", "2001-12-14", "2001-12-14t21:59:43.10-05:00",
-    "=", "<<", "'012'", '"yes"', "'2001-12-14'", '"0o12"', "!!str 12", "!!int '3'", "&a 5", "12", "-3", "+4", "0",
-    '"a\\x41\\N"', "'it''s'", "|\n          literal\n", ">-\n          folded\n          text\n",
+    "yes",
+    "No",
+    "on",
+    "OFF",
+    "y",
+    "n",
+    "true",
+    "~",
+    "null",
+    "012",
+    "09",
+    "00",
+    "0o12",
+    "-0o7",
+    "0x1F",
+    "0b101",
+    "1_000",
+    "1:20",
+    "190:20:30.15",
+    "1e3",
+    "1.5e3",
+    "1.5e+3",
+    ".5",
+    ".inf",
+    "2001-12-14",
+    "2001-12-14t21:59:43.10-05:00",
+    "=",
+    "<<",
+    "'012'",
+    '"yes"',
+    "'2001-12-14'",
+    '"0o12"',
+    "!!str 12",
+    "!!int '3'",
+    "&a 5",
+    "12",
+    "-3",
+    "+4",
+    "0",
+    '"a\\x41\\N"',
+    "'it''s'",
+    "|\n          literal\n",
+    ">-\n          folded\n          text\n",
 ]
 
 
@@ -181,16 +222,35 @@ def random_body(rng: random.Random) -> dict:
         "RoomId": "r",
         "TaskId": "t",
         "MaxIdleTime": rng.choice([180, 600]),
-        "ImageConfig": {"Format": rng.choice([0, 1]), "Width": rng.choice([0, 640]), "Height": 0, "Interval": rng.choice([2, 5])},
-        "StorageConfig": rng.choice([
-            {"Type": 0, "TosConfig": {"AccountId": "1", "Region": 0, "Bucket": rng.choice(["b", "c"])}},
-            {"Type": 2, "CustomConfig": {"Vendor": 0, "Region": 0, "Bucket": "b", "AccessKey": "hmac-sha256:" + rng.choice("ab"), "SecretKey": "hmac-sha256:x"}},
-        ]),
+        "ImageConfig": {
+            "Format": rng.choice([0, 1]),
+            "Width": rng.choice([0, 640]),
+            "Height": 0,
+            "Interval": rng.choice([2, 5]),
+        },
+        "StorageConfig": rng.choice(
+            [
+                {"Type": 0, "TosConfig": {"AccountId": "1", "Region": 0, "Bucket": rng.choice(["b", "c"])}},
+                {
+                    "Type": 2,
+                    "CustomConfig": {
+                        "Vendor": 0,
+                        "Region": 0,
+                        "Bucket": "b",
+                        "AccessKey": "hmac-sha256:" + rng.choice("ab"),
+                        "SecretKey": "hmac-sha256:x",
+                    },
+                },
+            ]
+        ),
     }
     if rng.random() < 0.5:
         body["BusinessId"] = rng.choice(["x", "y"])
     if rng.random() < 0.6:
-        streams = [{"UserId": rng.choice(["u1", "u2"]), "StreamType": rng.choice([0, 1])} for _ in range(rng.choice([1, 2, 2, 3]))]
+        streams = [
+            {"UserId": rng.choice(["u1", "u2"]), "StreamType": rng.choice([0, 1])}
+            for _ in range(rng.choice([1, 2, 2, 3]))
+        ]
         if rng.random() < 0.3:
             streams[0]["Index"] = rng.choice([0, 1])
         body["TargetStreams"] = {"StreamList": streams}

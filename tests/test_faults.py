@@ -14,11 +14,11 @@ emulator makes). Seed 0 gives 1.256.
 from __future__ import annotations
 
 import json
+
 import pytest
+from snapctl_testing import run_snapctl, snapctl_env, stats, tasks
 
 from reconciler.emulator import EmulatorConfig, EmulatorServer
-
-from snapctl_testing import run_snapctl, snapctl_env, stats, tasks
 
 SEED = 0
 APP = "faultapp"

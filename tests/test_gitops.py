@@ -14,11 +14,10 @@ import time
 
 import httpx
 import pytest
+from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 from reconciler.emulator.config import EmulatorConfig
 from reconciler.emulator.server import EmulatorServer
-
-from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 MANIFEST = """\
 app_id: app1
@@ -124,7 +123,10 @@ def test_plan_json_shape(work, env):
         for change in action["changes"]:
             assert set(change) == {"path", "old", "new", "forces_replacement", "sensitive"}
     secrets = [c for a in doc["actions"] for c in a["changes"] if c["sensitive"]]
-    assert {c["path"] for c in secrets} == {"StorageConfig.CustomConfig.AccessKey", "StorageConfig.CustomConfig.SecretKey"}
+    assert {c["path"] for c in secrets} == {
+        "StorageConfig.CustomConfig.AccessKey",
+        "StorageConfig.CustomConfig.SecretKey",
+    }
     assert all(c["new"] == "(sensitive)" for c in secrets)
     assert "gitops-secret" not in result.output
 
@@ -152,8 +154,10 @@ def test_markdown_plan(work, env):
     assert md.startswith("### snapctl plan") and "**Plan: 3 to add" in md
     assert "Room `app1/RoomA`" in md and "```diff" in md
     many = MANIFEST + "".join(f"      X{i}: {{}}\n" for i in range(12))
-    (work / "manifests" / "app.yaml").write_text(many.replace("  RoomB:\n    tasks:\n      T1: {image: {width: 320}}\n", "") +
-                                                 "  RoomB:\n    tasks:\n      T1: {image: {width: 320}}\n")
+    (work / "manifests" / "app.yaml").write_text(
+        many.replace("  RoomB:\n    tasks:\n      T1: {image: {width: 320}}\n", "")
+        + "  RoomB:\n    tasks:\n      T1: {image: {width: 320}}\n"
+    )
     folded = snap(work, env, "plan", "--format", "markdown").stdout
     assert "<details><summary>Room `app1/RoomA`" in folded
 
@@ -175,7 +179,11 @@ def test_reconcile_heals_an_idled_out_task(work, env, server):
 def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, server):
     proc = subprocess.Popen(
         [SNAPCTL, "reconcile", "--watch", "--interval", "0.3", "--metrics-port", "0", "--json", "--timeout", "1"],
-        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         port_line = wait_for(lambda: proc.stderr.readline(), what="metrics line")
@@ -183,7 +191,9 @@ def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, se
         first = json.loads(proc.stdout.readline())
         assert first["ok"] and first["result"]["summary"]["add"] == 3
         httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 1.0})
-        failed = wait_for(lambda: (lambda d: d if not d["ok"] else None)(json.loads(proc.stdout.readline())), what="a failed round")
+        failed = wait_for(
+            lambda: (lambda d: d if not d["ok"] else None)(json.loads(proc.stdout.readline())), what="a failed round"
+        )
         assert failed["result"]["summary"]["failed"] == 3
         httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0})
         wait_for(lambda: json.loads(proc.stdout.readline())["ok"], what="a good round after faults")
@@ -226,10 +236,15 @@ def test_import_state_commands_and_force_unlock(work, env, server):
 
 def test_force_unlock_refuses_a_live_holder(work, env):
     holder = subprocess.Popen(
-        ["python3" if False else os.path.join(os.path.dirname(SNAPCTL), "python"), "-c",
-         "import time; from reconciler.state import StateStore\n"
-         "s = StateStore('state/snapctl.state.json', command='snapctl apply'); s.open(); print('locked', flush=True); time.sleep(30)"],
-        cwd=work, stdout=subprocess.PIPE, text=True,
+        [
+            "python3" if False else os.path.join(os.path.dirname(SNAPCTL), "python"),
+            "-c",
+            "import time; from reconciler.state import StateStore\n"
+            "s = StateStore('state/snapctl.state.json', command='snapctl apply'); s.open(); print('locked', flush=True); time.sleep(30)",
+        ],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -310,7 +325,9 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise(tmp_path):
     )
     with EmulatorServer(EmulatorConfig(latency_ms=150)) as slow:
         env = snapctl_env(slow.url, tmp_path)
-        code, output = _run_on_terminal(["apply", "--auto-approve", "--parallelism", "4"], tmp_path, env | {"TERM": "xterm", "COLUMNS": "120"})
+        code, output = _run_on_terminal(
+            ["apply", "--auto-approve", "--parallelism", "4"], tmp_path, env | {"TERM": "xterm", "COLUMNS": "120"}
+        )
         assert code == 0, output
         assert re.search(r"\d+/40", output) and "tasks/s" in output  # done/total and rate, redrawn live
         assert "app9/R/T00: created" not in output  # no per-task lines on a terminal
@@ -350,7 +367,9 @@ def test_plan_says_why_it_starts_a_task_left_pending(work, env):
 
 def test_show_renders_a_saved_plan_as_plan_does(work, env):
     assert snap(work, env, "apply", "--auto-approve").code == 0
-    (work / "manifests" / "app.yaml").write_text(MANIFEST.replace("interval: 3", "interval: 4").replace("width: 320", "width: 640"))
+    (work / "manifests" / "app.yaml").write_text(
+        MANIFEST.replace("interval: 3", "interval: 4").replace("width: 320", "width: 640")
+    )
     assert snap(work, env, "plan", "--out", "p.plan").code == 0
     for args in ([], ["--json"], ["--format", "markdown"]):
         shown = snap(work, env, "show", "p.plan", *args)

@@ -17,11 +17,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from reconciler.emulator import EmulatorConfig, EmulatorServer
-
 from snapctl_forkserver import ForkServer
 from snapctl_testing import Run, run_snapctl, snapctl_env, stats
+
+from reconciler.emulator import EmulatorConfig, EmulatorServer
 
 CORPUS = Path(__file__).parent / "bad_manifests"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
@@ -213,8 +212,10 @@ def test_corrupt_journal_line_is_refused(copy_of_applied, server, forks):
     doc = json.loads((work / STATE).read_bytes())
     journal = work / STATE_FILES[2]
     journal.write_bytes(
-        json.dumps({"lineage": doc["lineage"], "base_serial": doc["serial"]}).encode() + b"\n{garbage\n"
-        + json.dumps({"op": "delete", "address": "app1/Room1/T1", "serial": doc["serial"] + 1}).encode() + b"\n"
+        json.dumps({"lineage": doc["lineage"], "base_serial": doc["serial"]}).encode()
+        + b"\n{garbage\n"
+        + json.dumps({"op": "delete", "address": "app1/Room1/T1", "serial": doc["serial"] + 1}).encode()
+        + b"\n"
     )
     env = snapctl_env(server.url, work)
     before_files = snapshot(work)
@@ -240,7 +241,10 @@ def test_saved_plan_for_a_foreign_lineage_is_refused(copy_of_applied, server, fo
         shutil.copyfile(other / name, work / name)
     before_files = snapshot(work)
     before_requests = stats(server.url)["total"]
-    for run in (forks.run(["apply", "change.plan"], cwd=work, env=env), run_snapctl(["apply", "change.plan"], cwd=work, env=env)):
+    for run in (
+        forks.run(["apply", "change.plan"], cwd=work, env=env),
+        run_snapctl(["apply", "change.plan"], cwd=work, env=env),
+    ):
         assert_one_line_error(run, "the saved plan was made for another state")
     assert stats(server.url)["total"] == before_requests
     assert snapshot(work) == before_files

@@ -30,7 +30,13 @@ KEYS = {"OFFSITE_ACCESS_KEY": "AK-test-offsite", "OFFSITE_SECRET_KEY": "SK-test-
 TOS = {"Type": 0, "TosConfig": {"AccountId": "2100000990", "Region": 0, "Bucket": "tos-vod-c16fd9e8343"}}
 CUSTOM = {
     "Type": 2,
-    "CustomConfig": {"Vendor": 0, "Region": 0, "Bucket": "snapshots-offsite", "AccessKey": KEYS["OFFSITE_ACCESS_KEY"], "SecretKey": KEYS["OFFSITE_SECRET_KEY"]},
+    "CustomConfig": {
+        "Vendor": 0,
+        "Region": 0,
+        "Bucket": "snapshots-offsite",
+        "AccessKey": KEYS["OFFSITE_ACCESS_KEY"],
+        "SecretKey": KEYS["OFFSITE_SECRET_KEY"],
+    },
 }
 
 
@@ -85,7 +91,9 @@ def test_contract_example_resolves_to_the_exact_requests():
         BusinessId="B123",
         RoomId="Room1",
         TaskId="Task1",
-        TargetStreams={"StreamList": [{"UserId": "user1", "StreamType": 0}, {"UserId": "user2", "StreamType": 1, "Index": 1}]},
+        TargetStreams={
+            "StreamList": [{"UserId": "user1", "StreamType": 0}, {"UserId": "user2", "StreamType": 1, "Index": 1}]
+        },
         MaxIdleTime=180,
         ImageConfig={"Format": 0, "Width": 800, "Height": 800, "Interval": 5},
         StorageConfig=TOS,
@@ -181,7 +189,9 @@ rooms:
       FromDefaults: {}
 """,
     )
-    assert request(m, "app1/R/Inherit")["TargetStreams"] == {"StreamList": [{"UserId": "r1", "StreamType": 0}, {"UserId": "r2", "StreamType": 1}]}
+    assert request(m, "app1/R/Inherit")["TargetStreams"] == {
+        "StreamList": [{"UserId": "r1", "StreamType": 0}, {"UserId": "r2", "StreamType": 1}]
+    }
     assert request(m, "app1/R/Own")["TargetStreams"] == {"StreamList": [{"UserId": "t", "StreamType": 0, "Index": 3}]}
     assert m.tasks["app1/R/Empty"].request.target_streams is None
     assert m.tasks["app1/R/Nulled"].request.target_streams is None
@@ -215,9 +225,18 @@ rooms:
         "Type": 2,
         "CustomConfig": {"Vendor": 3, "Region": 0, "Bucket": "c", "AccessKey": "ak", "SecretKey": "sk"},
     }
-    assert request(m, "app1/R/Named")["StorageConfig"] == {"Type": 3, "VeImageXConfig": {"AccountId": "22", "Region": 0, "ServiceId": "svc"}}
-    assert request(m, "app1/S/Defaults")["StorageConfig"] == {"Type": 0, "TosConfig": {"AccountId": "21", "Region": 2, "Bucket": "b"}}
-    assert request(m, "app1/S/Inline")["StorageConfig"] == {"Type": 0, "TosConfig": {"AccountId": "23", "Region": 0, "Bucket": "z"}}
+    assert request(m, "app1/R/Named")["StorageConfig"] == {
+        "Type": 3,
+        "VeImageXConfig": {"AccountId": "22", "Region": 0, "ServiceId": "svc"},
+    }
+    assert request(m, "app1/S/Defaults")["StorageConfig"] == {
+        "Type": 0,
+        "TosConfig": {"AccountId": "21", "Region": 2, "Bucket": "b"},
+    }
+    assert request(m, "app1/S/Inline")["StorageConfig"] == {
+        "Type": 0,
+        "TosConfig": {"AccountId": "23", "Region": 0, "Bucket": "z"},
+    }
 
 
 def test_scalars_inherit_task_over_room_over_defaults_and_null_drops_business_id(tmp_path):
@@ -241,16 +260,27 @@ rooms:
 """,
     )
     got = {a.split("/", 1)[1]: (t.request.max_idle_time, t.request.business_id) for a, t in m.tasks.items()}
-    assert got == {"R/Room": (200, "R"), "R/Task": (300, "T"), "R/Dropped": (200, None), "S/Defaults": (100, "D"), "S/Empty": (100, "D")}
+    assert got == {
+        "R/Room": (200, "R"),
+        "R/Task": (300, "T"),
+        "R/Dropped": (200, None),
+        "S/Defaults": (100, "D"),
+        "S/Empty": (100, "D"),
+    }
 
 
 def test_shared_values_are_resolved_once(tmp_path):
     m = load_text(
         tmp_path,
-        PROFILE + "defaults: {storage: archive, image: {interval: 7}}\nrooms:\n  R:\n    streams: [{user_id: u}]\n    tasks: {A: {}, B: {}}\n",
+        PROFILE
+        + "defaults: {storage: archive, image: {interval: 7}}\nrooms:\n  R:\n    streams: [{user_id: u}]\n    tasks: {A: {}, B: {}}\n",
     )
     a, b = m.tasks["app1/R/A"].request, m.tasks["app1/R/B"].request
-    assert a.storage_config is b.storage_config and a.image_config is b.image_config and a.target_streams is b.target_streams
+    assert (
+        a.storage_config is b.storage_config
+        and a.image_config is b.image_config
+        and a.target_streams is b.target_streams
+    )
 
 
 def test_anchors_aliases_and_merge_keys(tmp_path):
@@ -304,13 +334,27 @@ rooms:
         environ={"K": "k"},
     )
     r = request(m, "app1/R/T")
-    assert (r["ImageConfig"]["Format"], r["TargetStreams"]["StreamList"][0]["StreamType"], r["StorageConfig"]["CustomConfig"]["Vendor"]) == want
+    assert (
+        r["ImageConfig"]["Format"],
+        r["TargetStreams"]["StreamList"][0]["StreamType"],
+        r["StorageConfig"]["CustomConfig"]["Vendor"],
+    ) == want
     assert r["StorageConfig"]["Type"] == 2
 
 
-@pytest.mark.parametrize("storage_type, block", [("tos", 'account_id: "1", bucket: b'), (0, 'account_id: "1", bucket: b'), ("veimagex", 'account_id: "1", service_id: s'), (3, 'account_id: "1", service_id: s')])
+@pytest.mark.parametrize(
+    "storage_type, block",
+    [
+        ("tos", 'account_id: "1", bucket: b'),
+        (0, 'account_id: "1", bucket: b'),
+        ("veimagex", 'account_id: "1", service_id: s'),
+        (3, 'account_id: "1", service_id: s'),
+    ],
+)
 def test_storage_type_names_and_integers(tmp_path, storage_type, block):
-    m = load_text(tmp_path, f"app_id: a\nrooms: {{R: {{tasks: {{T: {{storage: {{type: {storage_type}, {block}}}}}}}}}}}\n")
+    m = load_text(
+        tmp_path, f"app_id: a\nrooms: {{R: {{tasks: {{T: {{storage: {{type: {storage_type}, {block}}}}}}}}}}}\n"
+    )
     want = api.StorageType[storage_type].value if isinstance(storage_type, str) else storage_type
     assert request(m, "a/R/T")["StorageConfig"]["Type"] == want
 
@@ -361,7 +405,10 @@ rooms:
 """,
         environ={"AK": "ak", "SK": "sk"},
     )
-    assert [(w.severity, w.location.line, w.location.column) for w in m.warnings] == [("warning", 3, 45), ("warning", 8, 81)]
+    assert [(w.severity, w.location.line, w.location.column) for w in m.warnings] == [
+        ("warning", 3, 45),
+        ("warning", 8, 81),
+    ]
     assert "storage.s3.access_key: secret written in plain text" in m.warnings[0].message
     assert "rooms.R.tasks.T.storage.secret_key" in m.warnings[1].message
     text = "\n".join(map(str, m.warnings))
@@ -405,9 +452,19 @@ rooms:
     with pytest.raises(ManifestError) as caught:
         load_manifests([tmp_path], environ={})
     got = [(Path(d.location.file).name, d.location.line, d.location.column) for d in caught.value.errors]
-    assert got == [("a.yaml", 7, 39), ("a.yaml", 8, 21), ("a.yaml", 9, 39), ("a.yaml", 9, 45), ("a.yaml", 10, 7), ("b.yaml", 5, 29)]
+    assert got == [
+        ("a.yaml", 7, 39),
+        ("a.yaml", 8, 21),
+        ("a.yaml", 9, 39),
+        ("a.yaml", 9, 45),
+        ("a.yaml", 10, 7),
+        ("b.yaml", 5, 29),
+    ]
     text = str(caught.value)
-    assert f"{tmp_path / 'b.yaml'}:5:29: error: rooms.R.tasks.T.image.interval: must be between 1 and 600, got integer 601" in text
+    assert (
+        f"{tmp_path / 'b.yaml'}:5:29: error: rooms.R.tasks.T.image.interval: must be between 1 and 600, got integer 601"
+        in text
+    )
     assert "rooms.R.tasks.T4: no storage for this task" in text
     assert "unknown key 'fromat'; did you mean 'format'?" in text
     assert len(text.splitlines()) == 6
@@ -441,7 +498,10 @@ rooms:
         max_idle_time: -5
 """,
     )
-    got = {d.message.split(":")[0] if "missing" not in d.message else "missing": (d.location.line, d.location.column) for d in error.errors}
+    got = {
+        d.message.split(":")[0] if "missing" not in d.message else "missing": (d.location.line, d.location.column)
+        for d in error.errors
+    }
     assert got == {"missing": (3, 3), "rooms.R.tasks.T": (11, 9), "rooms.R.tasks.T.max_idle_time": (12, 24)}
 
 
@@ -450,7 +510,13 @@ def test_location_and_diagnostic_formats():
     assert str(loc) == "m.yaml:3:4"
     assert str(Diagnostic(loc, "boom", "error")) == "m.yaml:3:4: error: boom"
     assert str(Diagnostic(None, "gone", "warning")) == "warning: gone"
-    error = ManifestError([Diagnostic(Location("b", 1, 1), "x"), Diagnostic(Location("a", 9, 1), "y"), Diagnostic(Location("a", 2, 5), "z")])
+    error = ManifestError(
+        [
+            Diagnostic(Location("b", 1, 1), "x"),
+            Diagnostic(Location("a", 9, 1), "y"),
+            Diagnostic(Location("a", 2, 5), "z"),
+        ]
+    )
     assert isinstance(error, UsageError)
     assert str(error) == "a:2:5: error: z\na:9:1: error: y\nb:1:1: error: x"
 
@@ -470,7 +536,10 @@ def test_empty_file_and_empty_documents_are_skipped(tmp_path):
     write(tmp_path, "docs.yaml", "---\n" + PROFILE + "rooms: {R: {tasks: {T: {storage: archive}}}}\n---\n---\n")
     m = load_manifests([tmp_path], environ={})
     assert list(m.tasks) == ["app1/R/T"]
-    assert [(Path(w.location.file).name, w.severity) for w in m.warnings] == [("comments.yml", "warning"), ("empty.yaml", "warning")]
+    assert [(Path(w.location.file).name, w.severity) for w in m.warnings] == [
+        ("comments.yml", "warning"),
+        ("empty.yaml", "warning"),
+    ]
     assert all("no YAML document" in w.message for w in m.warnings)
 
 
@@ -491,7 +560,13 @@ def test_only_yaml_safe_types(tmp_path):
     path = write(tmp_path, "t.yaml", "a: 2024-01-02\nb: !!binary aGk=\nc: !!str 123\nd: 0x1f\ne: ~\nf: yes\n")
     [doc], problems = yamlsource.read_documents(path)
     assert problems == []
-    assert doc.data["b"] == b"hi" and doc.data["c"] == "123" and doc.data["d"] == 31 and doc.data["e"] is None and doc.data["f"] is True
+    assert (
+        doc.data["b"] == b"hi"
+        and doc.data["c"] == "123"
+        and doc.data["d"] == 31
+        and doc.data["e"] is None
+        and doc.data["f"] is True
+    )
     assert str(doc.data["a"]) == "2024-01-02"
 
 
@@ -511,13 +586,21 @@ def test_discover_recurses_sorted_skips_hidden_and_dedupes(tmp_path):
         write(tmp_path, name, "")
     direct = write(tmp_path / "elsewhere", "direct.txt", "")
     found = discover([tmp_path, direct, tmp_path / "a.yaml"])
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.yaml", "b/a.yml", "b/z.yaml", "elsewhere/direct.txt"]
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a.yaml",
+        "b/a.yml",
+        "b/z.yaml",
+        "elsewhere/direct.txt",
+    ]
 
 
 def test_missing_paths_are_one_error_naming_each(tmp_path):
     with pytest.raises(ManifestError) as caught:
         load_manifests([tmp_path / "nope", tmp_path / "gone.yaml"])
-    assert [d.message for d in caught.value.errors] == [f"{tmp_path / 'gone.yaml'}: no such file or directory", f"{tmp_path / 'nope'}: no such file or directory"]
+    assert [d.message for d in caught.value.errors] == [
+        f"{tmp_path / 'gone.yaml'}: no such file or directory",
+        f"{tmp_path / 'nope'}: no such file or directory",
+    ]
 
 
 def test_no_manifest_files_is_an_error(tmp_path):

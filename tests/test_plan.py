@@ -11,9 +11,15 @@ from reconciler.plan import ActionKind, check_plan_current, diff_requests, make_
 from reconciler.state import State
 
 BASE = {
-    "AppId": "a", "RoomId": "r", "TaskId": "t", "MaxIdleTime": 180,
+    "AppId": "a",
+    "RoomId": "r",
+    "TaskId": "t",
+    "MaxIdleTime": 180,
     "ImageConfig": {"Format": 0, "Width": 0, "Height": 0, "Interval": 2},
-    "StorageConfig": {"Type": 2, "CustomConfig": {"Vendor": 0, "Region": 0, "Bucket": "b", "AccessKey": "AK", "SecretKey": "SECRET-1"}},
+    "StorageConfig": {
+        "Type": 2,
+        "CustomConfig": {"Vendor": 0, "Region": 0, "Bucket": "b", "AccessKey": "AK", "SecretKey": "SECRET-1"},
+    },
 }
 
 
@@ -44,7 +50,10 @@ def test_no_changes_when_equal():
 
 def test_create_and_delete():
     plan = make_plan({"a/r/new": BASE}, state_with(a__r__old=BASE))
-    assert [(a.address, a.kind) for a in plan.actions] == [("a/r/new", ActionKind.create), ("a/r/old", ActionKind.delete)]
+    assert [(a.address, a.kind) for a in plan.actions] == [
+        ("a/r/new", ActionKind.create),
+        ("a/r/old", ActionKind.delete),
+    ]
     assert plan.summary.add == 1 and plan.summary.destroy == 1
 
 
@@ -52,7 +61,9 @@ def test_interval_alone_is_an_update_in_place():
     plan = make_plan({"a/r/t": changed(ImageConfig__Interval=5)}, state_with(a__r__t=BASE))
     (action,) = plan.actions
     assert action.kind is ActionKind.update
-    assert [(c.path, c.old, c.new, c.forces_replacement) for c in action.changes] == [("ImageConfig.Interval", 2, 5, False)]
+    assert [(c.path, c.old, c.new, c.forces_replacement) for c in action.changes] == [
+        ("ImageConfig.Interval", 2, 5, False)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from snapctl_testing import SNAPCTL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +21,7 @@ def test_committed_schema_matches_the_models():
 
 def test_examples_validate_against_the_schema():
     import jsonschema
+
     schema = json.loads((REPO / "docs" / "snapctl.schema.json").read_text())
     for path in sorted((REPO / "manifests").glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from snapctl_testing import SNAPCTL, Run, run_snapctl, snapctl_env
 
 from reconciler.emulator.config import DEFAULT_ACCESS_KEY
-
-from snapctl_testing import SNAPCTL, Run, run_snapctl, snapctl_env
 
 # Distinctive values: none is a substring of anything snapctl prints by itself.
 VOLC_SECRET = "volcSKq7Wn3ZpL0xS3cr3t"  # the emulator's secret key: the one that works
@@ -96,8 +95,13 @@ def emulator_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOLC_", "SNAPCTL_"))}
     env["SNAPCTL_EMULATOR_SECRET_KEY"] = VOLC_SECRET
     with log_out.open("wb") as out, log_err.open("wb") as err:
-        proc = subprocess.Popen([SNAPCTL, "emulator", "--port", "0", "--data", str(data)], env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [SNAPCTL, "emulator", "--port", "0", "--data", str(data)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+        )
     try:
         deadline = time.monotonic() + 30
         while "listening on" not in log_out.read_text():
@@ -119,8 +123,16 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     manifest = work / "manifests" / "app.yaml"
     manifest.write_text(MANIFEST.replace("INTERVAL", "2"))
     log = work / "snapctl.log"
-    env = snapctl_env(url, work, VOLC_SECRETKEY=VOLC_SECRET, VOLC_SESSION_TOKEN=SESSION_TOKEN, OFF_AK=ENV_AK, OFF_SK=ENV_SK,
-                      SNAPCTL_LOG="debug", SNAPCTL_LOG_PATH=str(log))
+    env = snapctl_env(
+        url,
+        work,
+        VOLC_SECRETKEY=VOLC_SECRET,
+        VOLC_SESSION_TOKEN=SESSION_TOKEN,
+        OFF_AK=ENV_AK,
+        OFF_SK=ENV_SK,
+        SNAPCTL_LOG="debug",
+        SNAPCTL_LOG_PATH=str(log),
+    )
     scan = Scanner(work)
     admin = lambda path, payload: httpx.post(f"{url}/_emulator/{path}", json=payload).raise_for_status()  # noqa: E731
 
@@ -151,8 +163,14 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     admin("config", {"latency_ms": 3000})
     manifest.write_text(MANIFEST.replace("INTERVAL", "4").replace("bucket: plain", "bucket: plain2"))
     journal = work / "state" / "snapctl.state.json.journal"
-    proc = subprocess.Popen([SNAPCTL, "apply", "--auto-approve"], cwd=work, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [SNAPCTL, "apply", "--auto-approve"],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 30
     while not (journal.exists() and journal.read_bytes().count(b'"op":"intent"') >= 3):
         assert proc.poll() is None and time.monotonic() < deadline
@@ -197,7 +215,9 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     assert "connection failed" in scan.run(unreachable, "apply", "--auto-approve", "--timeout", "0.5", expect=1).stdout
     broken = work / "broken"
     broken.mkdir()
-    (broken / "syntax.yaml").write_text(f'app_id: app1\nstorage:\n  s: {{type: custom, bucket: b, access_key: {PLAIN_AK}, secret_key: "{PLAIN_SK}\n')
+    (broken / "syntax.yaml").write_text(
+        f'app_id: app1\nstorage:\n  s: {{type: custom, bucket: b, access_key: {PLAIN_AK}, secret_key: "{PLAIN_SK}\n'
+    )
     (broken / "types.yaml").write_text(
         f"app_id: app2\nstorage:\n  s: {{type: custom, bucket: b, access_key: [{PLAIN_AK}], secret_key: {{k: {PLAIN_SK}}}}}\n"
         "rooms: {}\n"
@@ -234,8 +254,19 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     for path, content in {**left_behind, **written}.items():
         assert not leaks(content.decode(errors="replace")), path
     commands = {" ".join(args[:2]) if args[0] == "state" else args[0] for args, _ in scan.runs}
-    assert commands >= {"validate", "plan", "apply", "reconcile", "import", "state list", "state show", "state rm",
-                        "destroy", "force-unlock", "schema"}
+    assert commands >= {
+        "validate",
+        "plan",
+        "apply",
+        "reconcile",
+        "import",
+        "state list",
+        "state show",
+        "state rm",
+        "destroy",
+        "force-unlock",
+        "schema",
+    }
     emulator.send_signal(signal.SIGTERM)
     assert emulator.wait(30) == 0
     for path in emulator_files:

@@ -16,7 +16,10 @@ SHARED_VECTORS = Path(__file__).resolve().parents[2] / "shared/api/signing-vecto
 
 
 def _vectors():
-    return [pytest.param(v, id=f"{i}-{v['inputs']['query']['Action']}") for i, v in enumerate(json.loads(VECTORS.read_text()))]
+    return [
+        pytest.param(v, id=f"{i}-{v['inputs']['query']['Action']}")
+        for i, v in enumerate(json.loads(VECTORS.read_text()))
+    ]
 
 
 def test_the_copy_of_the_vectors_is_current():

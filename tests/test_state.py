@@ -23,8 +23,13 @@ from reconciler.state import (
 )
 
 BODY = {
-    "AppId": "a", "RoomId": "r", "TaskId": "t",
-    "StorageConfig": {"Type": 2, "CustomConfig": {"Vendor": 0, "Bucket": "b", "AccessKey": "AK-PLAIN-1", "SecretKey": "SK-PLAIN-1"}},
+    "AppId": "a",
+    "RoomId": "r",
+    "TaskId": "t",
+    "StorageConfig": {
+        "Type": 2,
+        "CustomConfig": {"Vendor": 0, "Bucket": "b", "AccessKey": "AK-PLAIN-1", "SecretKey": "SK-PLAIN-1"},
+    },
 }
 
 
@@ -104,7 +109,10 @@ def test_backup_keeps_the_previous_document(tmp_path):
     [
         ('{"format_version": 1, "lineage": "x", "ser', "not valid JSON"),
         ('{"format_version": 99, "lineage": "x", "serial": 1, "fingerprint_key": "k", "tasks": {}}', "Upgrade snapctl"),
-        ('{"format_version": 0, "lineage": "x", "serial": 1, "fingerprint_key": "k", "tasks": {}}', "unknown state format"),
+        (
+            '{"format_version": 0, "lineage": "x", "serial": 1, "fingerprint_key": "k", "tasks": {}}',
+            "unknown state format",
+        ),
         ('{"lineage": "x"}', "not a snapctl state"),
         ("[]", "JSON object"),
         ('{"format_version": 1, "lineage": "x", "serial": "1", "fingerprint_key": "k", "tasks": {}}', "wrong type"),
@@ -123,22 +131,29 @@ def test_broken_states_are_refused_and_not_overwritten(tmp_path, content, messag
 
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
     path = tmp_path / "s.json"
-    with StateStore(path, command="snapctl apply"):
-        with pytest.raises(LockError) as info:
-            StateStore(path).open()
+    with StateStore(path, command="snapctl apply"), pytest.raises(LockError) as info:
+        StateStore(path).open()
     message = str(info.value)
     assert f"pid {os.getpid()}" in message and "snapctl apply" in message and "--lock-timeout" in message
 
 
 def test_lock_timeout_waits_for_the_holder(tmp_path):
     path = tmp_path / "s.json"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from reconciler.state import StateStore
         with StateStore({str(path)!r}):
             print("locked", flush=True)
             time.sleep(1.0)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     t0 = time.monotonic()
     with pytest.raises(LockError):
@@ -150,7 +165,11 @@ def test_lock_timeout_waits_for_the_holder(tmp_path):
 
 def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
     path = tmp_path / "s.json"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from reconciler.state import StateStore
         store = StateStore({str(path)!r})
@@ -158,7 +177,11 @@ def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
         store.record_put("a/r/t", {{"AppId": "a"}})
         print("locked", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     assert lock_is_held(path)
     holder.send_signal(signal.SIGKILL)

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -77,7 +77,7 @@ def hide_drop_tracebacks() -> None:
 
 
 @lru_cache(maxsize=256)  # a client's X-Date changes once a second; strptime is slow
-def x_date_epoch(value: str) -> Optional[float]:
+def x_date_epoch(value: str) -> float | None:
     """Epoch seconds of an ``X-Date`` (``YYYYMMDDTHHMMSSZ``); None when malformed."""
     try:
         moment = datetime.strptime(value, signing.X_DATE_FORMAT)
@@ -102,7 +102,7 @@ class StreamsStopped(BaseModel):
 
 
 class Stats:
-    __slots__ = ("total", "by_action", "throttled", "faults", "peers")
+    __slots__ = ("by_action", "faults", "peers", "throttled", "total")
 
     def __init__(self) -> None:
         self.total = 0
@@ -198,7 +198,13 @@ class EmulatorApp:
 
     def _metadata(self, now: float, action: str, version: str) -> dict[str, Any]:
         request_id = time.strftime("%Y%m%d%H%M%S", time.gmtime(now)) + f"{random.getrandbits(72):018X}"
-        return {"RequestId": request_id, "Action": action, "Version": version, "Service": signing.SERVICE, "Region": self.config.region}
+        return {
+            "RequestId": request_id,
+            "Action": action,
+            "Version": version,
+            "Service": signing.SERVICE,
+            "Region": self.config.region,
+        }
 
     def _error(self, now: float, action: str, version: str, refusal: Refusal) -> tuple[int, bytes]:
         code_n, status = ERROR_CODES[refusal.code]
@@ -245,12 +251,16 @@ class EmulatorApp:
                 self._act(now, action, version, request)
             stats.record(action, "dropped_after" if after else "dropped_before")
             await self._delay(0)
-            await send({"type": "http.response.start", "status": 200, "headers": [_JSON_HEADER, (b"content-length", b"128")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [_JSON_HEADER, (b"content-length", b"128")]}
+            )
             raise DroppedConnection(f"{action} dropped {'after' if after else 'before'} the action")
         if fault == "error":
             stats.faults["error"] += 1
             outcome = "InternalError"
-            status, payload = self._error(now, action, version, Refusal(outcome, "internal error (injected by the emulator)"))
+            status, payload = self._error(
+                now, action, version, Refusal(outcome, "internal error (injected by the emulator)")
+            )
         else:
             outcome, status, payload = self._act(now, action, version, request)
         stats.record(action, outcome)
@@ -336,7 +346,7 @@ class EmulatorApp:
             raise Refusal("InvalidParameter", "the body must be a JSON object")
         return data
 
-    def _roll_fault(self) -> Optional[str]:
+    def _roll_fault(self) -> str | None:
         config = self.config
         if not (config.error_rate or config.drop_rate or config.slow_rate):
             return None

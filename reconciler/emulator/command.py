@@ -9,34 +9,69 @@ import click
 from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, EmulatorConfig
 
 
-@click.command(short_help="Serve the snapshot API locally, as the real one behaves on the wire.", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(
+    short_help="Serve the snapshot API locally, as the real one behaves on the wire.",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on (0: any free port).")
 @click.option(
-    "--access-key", envvar="SNAPCTL_EMULATOR_ACCESS_KEY", show_envvar=True, default=DEFAULT_ACCESS_KEY,
-    show_default=True, help="The one access key accepted.",
+    "--access-key",
+    envvar="SNAPCTL_EMULATOR_ACCESS_KEY",
+    show_envvar=True,
+    default=DEFAULT_ACCESS_KEY,
+    show_default=True,
+    help="The one access key accepted.",
 )
 @click.option(
-    "--secret-key", envvar="SNAPCTL_EMULATOR_SECRET_KEY", show_envvar=True, default=DEFAULT_SECRET_KEY,
+    "--secret-key",
+    envvar="SNAPCTL_EMULATOR_SECRET_KEY",
+    show_envvar=True,
+    default=DEFAULT_SECRET_KEY,
     help=f"Its secret key (default: the documented {DEFAULT_SECRET_KEY}). Never printed.",
 )
 @click.option("--region", default=DEFAULT_REGION, show_default=True, help="Region requests must be signed for.")
-@click.option("--qps", type=int, default=150, show_default=True, help="Requests per second per action before 429 (0: no limit).")
+@click.option(
+    "--qps", type=int, default=150, show_default=True, help="Requests per second per action before 429 (0: no limit)."
+)
 @click.option("--latency-ms", type=int, default=0, show_default=True, help="Delay added to every API answer.")
 @click.option("--jitter-ms", type=int, default=0, show_default=True, help="Random extra delay, up to this much.")
-@click.option("--error-rate", type=float, default=0.0, show_default=True, help="Share of requests answered 500 InternalError, not done.")
 @click.option(
-    "--drop-rate", type=float, default=0.0, show_default=True,
+    "--error-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered 500 InternalError, not done.",
+)
+@click.option(
+    "--drop-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
     help="Share of requests whose connection is dropped, half before and half after doing the action.",
 )
-@click.option("--slow-rate", type=float, default=0.0, show_default=True, help="Share of requests done, then answered after --slow-ms.")
+@click.option(
+    "--slow-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of requests done, then answered after --slow-ms.",
+)
 @click.option("--slow-ms", type=int, default=5000, show_default=True, help="Delay of the slow answers.")
 @click.option(
-    "--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="Keep the tasks in this JSON file so they survive restarts.",
 )
 @click.option("--seed", type=int, default=None, help="Seed of the fault and jitter draws, for repeatable runs.")
-@click.option("--deny-app", "deny_apps", multiple=True, metavar="APPID", help="Answer AccessDenied for this AppId, as an IAM policy would. Repeatable.")
+@click.option(
+    "--deny-app",
+    "deny_apps",
+    multiple=True,
+    metavar="APPID",
+    help="Answer AccessDenied for this AppId, as an IAM policy would. Repeatable.",
+)
 def emulator(**options) -> None:
     """Serve the RTC snapshot API (StartSnapshot, UpdateSnapshot, StopSnapshot) locally.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,15 +35,15 @@ class EmulatorConfig(BaseModel):
     slow_rate: Rate = 0.0
     slow_ms: int = Field(5000, ge=0)
     max_body: int = Field(65536, ge=1)
-    data: Optional[Path] = None
-    seed: Optional[int] = None
+    data: Path | None = None
+    seed: int | None = None
     max_skew_s: int = Field(900, ge=0)
     #: AppIds the access key may not use: their requests are answered AccessDenied,
     #: as an IAM policy would (for rehearsing permission failures).
     deny_apps: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _rates_share_one_draw(self) -> "EmulatorConfig":
+    def _rates_share_one_draw(self) -> EmulatorConfig:
         # One random draw per request picks at most one fault, so the rates are shares of one whole.
         total = self.error_rate + self.drop_rate + self.slow_rate
         if total > 1.0 + 1e-9:

@@ -6,7 +6,6 @@ import signal
 import socket
 import threading
 import time
-from typing import Optional
 
 from .app import EmulatorApp
 from .config import EmulatorConfig
@@ -61,20 +60,22 @@ class EmulatorServer:
     ...     server.url
     """
 
-    def __init__(self, config: Optional[EmulatorConfig] = None):
+    def __init__(self, config: EmulatorConfig | None = None):
         self.config = config or EmulatorConfig()
         self.app = EmulatorApp(self.config)
         self.url = ""
         self._server = None
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> "EmulatorServer":
+    def start(self) -> EmulatorServer:
         """Return once the server accepts connections."""
         sock = _bind(self.config.host, self.config.port)
         self.url = _url(sock)
         # log_config=None: an embedded server leaves the host's logging setup alone.
         self._server = server = _uvicorn_server(self.app, log_config=None)
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="snapctl-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="snapctl-emulator", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not server.started:
@@ -92,7 +93,7 @@ class EmulatorServer:
         self._thread = None
         self._server = None
 
-    def __enter__(self) -> "EmulatorServer":
+    def __enter__(self) -> EmulatorServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

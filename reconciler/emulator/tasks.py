@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -78,14 +78,14 @@ class TaskTable:
     """Tasks by (AppId, RoomId, TaskId). A task whose room's streams stopped publishing
     expires ``MaxIdleTime`` seconds later; expiry is applied whenever a task is looked at."""
 
-    def __init__(self, path: Optional[Path] = None):
+    def __init__(self, path: Path | None = None):
         self.tasks: dict[Key, Task] = {}
         #: When each room's streams stopped publishing (epoch seconds).
         self.streams_stopped: dict[Room, float] = {}
         self._path = path
         self._dirty = False
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._writing: Optional[asyncio.Future] = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Future | None = None
         self._closing = False
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ class TaskTable:
 
     # -- the API's view ----------------------------------------------------
 
-    def get(self, key: Key, now: float) -> Optional[Task]:
+    def get(self, key: Key, now: float) -> Task | None:
         task = self.tasks.get(key)
         if task is None:
             return None
@@ -117,7 +117,7 @@ class TaskTable:
         self._changed()
         return True
 
-    def update_interval(self, key: Key, interval: Optional[int], now: float) -> bool:
+    def update_interval(self, key: Key, interval: int | None, now: float) -> bool:
         """Apply a new Interval (None: nothing to apply); False when the task is not running."""
         task = self.get(key, now)
         if task is None:
