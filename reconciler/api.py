@@ -7,6 +7,10 @@ emulator validates incoming bodies with them.
 
 from __future__ import annotations
 
+import datetime as _dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated, Any
 
@@ -23,9 +27,19 @@ from pydantic import (
 from pydantic.alias_generators import to_pascal
 
 API_VERSION = "2023-11-01"
-ACTIONS = ("StartSnapshot", "UpdateSnapshot", "StopSnapshot")
-#: The documented per-action limit.
+#: The actions that change tasks (POST, JSON body).
+WRITE_ACTIONS = ("StartSnapshot", "UpdateSnapshot", "StopSnapshot")
+#: The action that reads one task (GET, parameters in the query).
+READ_ACTION = "GetSnapshotTask"
+ACTIONS = (*WRITE_ACTIONS, READ_ACTION)
+#: The documented per-action limit of the write actions.
 DOCUMENTED_QPS = 150
+#: The documented limit of GetSnapshotTask.
+DOCUMENTED_READ_QPS = 60
+#: The documented limit of each action.
+ACTION_QPS = {**dict.fromkeys(WRITE_ACTIONS, DOCUMENTED_QPS), READ_ACTION: DOCUMENTED_READ_QPS}
+#: Only tasks started within this many seconds can be read.
+READ_WINDOW_S = 72 * 3600
 MAX_STREAMS = 17
 ALREADY_STARTED = "The task has been started. Please do not call the startup task interface repeatedly"
 
@@ -219,7 +233,190 @@ REQUEST_MODELS: dict[str, type[WireModel]] = {
     "StartSnapshot": StartSnapshotRequest,
     "UpdateSnapshot": UpdateSnapshotRequest,
     "StopSnapshot": StopSnapshotRequest,
+    # GetSnapshotTask has no body: these are its query parameters besides Action and Version.
+    "GetSnapshotTask": TaskKey,
 }
+
+
+# The read action ---------------------------------------------------------
+
+
+class TaskStatus(IntEnum):
+    """``SnapshotTask.Status`` of GetSnapshotTask."""
+
+    unknown_error = 0
+    not_started = 1
+    running = 2
+    ended = 3
+    failed = 4
+
+
+class StopReason(str, enum.Enum):
+    """``SnapshotTask.StopReason``: empty while the task has not ended."""
+
+    none = ""
+    unknown = "UnknownStopReason"
+    stop_by_api = "StopByAPI"
+    start_task_failed = "StartTaskFailed"
+    idle_timeout = "IdleTimeOut"
+    user_disconnect = "UserDisconnect"
+
+
+_BLOCK_DEFAULTS = {
+    "TosConfig": {"Region": 0},
+    "CustomConfig": {"Vendor": 0, "Region": 0},
+    "VeImageXConfig": {"Region": 0},
+    "VodConfig": {"Region": 0, "StorageClass": 1, "AutoSetFileExtension": False},
+}
+_BLOCK_OF_TYPE = {0: "TosConfig", 1: "VodConfig", 2: "CustomConfig", 3: "VeImageXConfig"}
+
+
+def comparable(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A StartSnapshot wire body (declared, recorded or read back) in the one shape
+    they are compared in: the API's defaults filled in, only the storage block its
+    Type uses, an empty stream list as none, and no BusinessId (the read action
+    does not return it, so it can never be compared)."""
+    out: dict[str, Any] = {k: body[k] for k in ("AppId", "RoomId", "TaskId") if k in body}
+    streams = (body.get("TargetStreams") or {}).get("StreamList") or []
+    if streams:
+        out["TargetStreams"] = {
+            "StreamList": [
+                {"Index": s.get("Index") or 0, "UserId": s.get("UserId"), "StreamType": s.get("StreamType") or 0}
+                for s in streams
+            ]
+        }
+    out["MaxIdleTime"] = body.get("MaxIdleTime") or DEFAULT_MAX_IDLE_TIME
+    image = body.get("ImageConfig") or {}
+    out["ImageConfig"] = {
+        "Format": image.get("Format") or 0,
+        "Width": image.get("Width") or 0,
+        "Height": image.get("Height") or 0,
+        "Interval": image.get("Interval") or DEFAULT_INTERVAL,
+    }
+    storage = body.get("StorageConfig") or {}
+    kind = storage.get("Type") or 0
+    block_name = _BLOCK_OF_TYPE.get(kind)
+    out["StorageConfig"] = {"Type": kind}
+    if block_name is not None and isinstance(storage.get(block_name), dict):
+        out["StorageConfig"][block_name] = {**_BLOCK_DEFAULTS[block_name], **storage[block_name]}
+    return out
+
+
+class SnapshotTask(BaseModel):
+    """``Result.SnapshotTask`` of GetSnapshotTask. The configuration blocks stay
+    as wire dicts (read leniently: an answer is never refused for a field the
+    API added), and must have had their secrets fingerprinted before this is made."""
+
+    model_config = ConfigDict(alias_generator=to_pascal, populate_by_name=True, extra="ignore", frozen=True)
+
+    status: StrictInt
+    stop_reason: str = ""
+    start_time: StrictInt = 0
+    end_time: StrictInt = 0
+    max_idle_time: StrictInt = DEFAULT_MAX_IDLE_TIME
+    image_config: dict[str, Any] = Field(default_factory=dict)
+    storage_config: dict[str, Any] = Field(default_factory=dict)
+    target_streams: dict[str, Any] | None = None
+
+    def live_request(self, key: TaskKey) -> dict[str, Any]:
+        """The configuration the task runs, as a comparable StartSnapshot body."""
+        return comparable(
+            {
+                **key.wire(),
+                "MaxIdleTime": self.max_idle_time,
+                "ImageConfig": self.image_config,
+                "StorageConfig": self.storage_config,
+                "TargetStreams": self.target_streams,
+            }
+        )
+
+
+class Observed(str, enum.Enum):
+    """What a read tells snapctl about a task."""
+
+    running = "running"
+    #: Status 1: the task exists and waits for its streams. Healthy.
+    not_started = "not_started"
+    ended = "ended"
+    failed = "failed"
+    #: Not found (never started, or started before the read window), or Status 0.
+    unknown = "unknown"
+
+
+_OBSERVED_OF_STATUS = {
+    TaskStatus.not_started: Observed.not_started,
+    TaskStatus.running: Observed.running,
+    TaskStatus.ended: Observed.ended,
+    TaskStatus.failed: Observed.failed,
+}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One task as GetSnapshotTask showed it. ``live`` is its configuration
+    (:func:`comparable`, secrets fingerprinted), None when it was not seen."""
+
+    address: str
+    observed: Observed
+    status: int | None = None
+    stop_reason: str = ""
+    start_time_ms: int = 0
+    end_time_ms: int = 0
+    live: dict[str, Any] | None = None
+    #: Why the task is unknown: the API's answer.
+    detail: str = ""
+    request_id: str = ""
+
+    @classmethod
+    def of(cls, address: str, task: SnapshotTask, key: TaskKey, request_id: str = "") -> Observation:
+        observed = _OBSERVED_OF_STATUS.get(task.status, Observed.unknown)  # type: ignore[call-overload]
+        return cls(
+            address=address,
+            observed=observed,
+            status=task.status,
+            stop_reason=task.stop_reason,
+            start_time_ms=task.start_time,
+            end_time_ms=task.end_time,
+            live=task.live_request(key),
+            detail="the API reports Status 0 (unknown error state)" if task.status == 0 else "",
+            request_id=request_id,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """Running, or waiting for its streams: nothing to do."""
+        return self.observed in (Observed.running, Observed.not_started)
+
+    @property
+    def stopped(self) -> bool:
+        """Ended or failed: the task must be started again."""
+        return self.observed in (Observed.ended, Observed.failed)
+
+    def describe(self) -> str:
+        """``ended (IdleTimeOut)``, ``failed (StartTaskFailed)``, ``running``, ``unknown (...)``."""
+        if self.observed is Observed.unknown:
+            return f"unknown ({self.detail})" if self.detail else "unknown"
+        if self.stop_reason:
+            return f"{self.observed.value} ({self.stop_reason})"
+        return self.observed.value.replace("_", " ")
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON of an observation (no configuration: that is in plans and diffs)."""
+        return {
+            "address": self.address,
+            "status": self.observed.value,
+            "api_status": self.status,
+            "stop_reason": self.stop_reason or None,
+            "started": _iso_ms(self.start_time_ms),
+            "ended": _iso_ms(self.end_time_ms),
+            "detail": self.detail or None,
+        }
+
+
+def _iso_ms(ms: int) -> str | None:
+    if not ms:
+        return None
+    return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class ErrorInfo(BaseModel):
@@ -262,8 +459,13 @@ ERROR_CODES: dict[str, tuple[int, int]] = {
     # this is the emulator's choice, and the client matches it by name.
     "InvalidParameter": (10001, 400),
     "InvalidParameter.TaskNotRunning": (10002, 400),
+    # The vendor does not document GetSnapshotTask's code for a task it cannot
+    # find either; the client treats any InvalidParameter-class answer to a
+    # valid query as "not found", never this exact name.
+    "InvalidParameter.TaskNotFound": (10003, 400),
 }
 TASK_NOT_RUNNING = "InvalidParameter.TaskNotRunning"
+TASK_NOT_FOUND = "InvalidParameter.TaskNotFound"
 
 
 def describe_validation_error(exc) -> str:

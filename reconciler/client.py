@@ -1,8 +1,9 @@
-"""A typed, rate-limited, retrying client for the three snapshot actions.
+"""A typed, rate-limited, retrying client for the snapshot actions.
 
 One :class:`SnapshotClient` is shared by every concurrent call of a run: it
 owns the keep-alive connection pool and one rate limiter per action, so the
-documented per-action limit holds across all of them.
+documented per-action limit holds across all of them (150/s for each write
+action, 60/s for the GetSnapshotTask read).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from .errors import (
 )
 from .ratelimit import RateLimiter
 from .signing import SigningKey, sign_request
+
+#: Turns the secrets of a wire dict into fingerprints (``State.fingerprint``).
+Fingerprint = Callable[[dict[str, Any]], dict[str, Any]]
 
 if TYPE_CHECKING:
     import httpx
@@ -103,6 +107,7 @@ class SnapshotClient:
         *,
         region: str = "cn-north-1",
         qps: float = api.DOCUMENTED_QPS,
+        read_qps: float = api.DOCUMENTED_READ_QPS,
         timeout_s: float = 10.0,
         max_connections: int = 100,
         retry: RetryPolicy = RetryPolicy(),
@@ -119,7 +124,8 @@ class SnapshotClient:
         self._key = key
         self._rng = rng or random.Random()
         self._on_event = on_event
-        self._limiters = {action: RateLimiter(qps) for action in api.ACTIONS}
+        self._limiters = {action: RateLimiter(qps) for action in api.WRITE_ACTIONS}
+        self._limiters[api.READ_ACTION] = RateLimiter(read_qps)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(
             base_url=self.endpoint,
@@ -142,7 +148,7 @@ class SnapshotClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    # The three actions -------------------------------------------------
+    # The actions ---------------------------------------------------------
 
     async def start(self, request: api.StartSnapshotRequest) -> CallResult:
         """StartSnapshot; ``already_started`` when the task was running (its config unchanged)."""
@@ -165,16 +171,45 @@ class SnapshotClient:
         except TaskNotRunningError as exc:
             return CallResult(action, Outcome.not_running, exc.request_id, getattr(exc, "attempts", 1))
 
+    async def get_task(
+        self, app_id: str, room_id: str, task_id: str, *, fingerprint: Fingerprint | None = None
+    ) -> api.Observation:
+        """GetSnapshotTask: the task's status and live configuration.
+
+        The custom storage keys of the answer are replaced by ``fingerprint``
+        (the state's, so they compare with what it records) before anything else
+        sees them. A "not found" answer (any InvalidParameter-class error: the
+        query itself is valid) is the observation ``unknown``, never "stopped".
+        """
+        key = api.TaskKey(app_id=app_id, room_id=room_id, task_id=task_id)
+        address = f"{app_id}/{room_id}/{task_id}"
+        query = {"Action": api.READ_ACTION, "Version": api.API_VERSION, **key.wire()}
+        try:
+            result, request_id, _ = await self._call(api.READ_ACTION, None, query)
+        except (InvalidParameterError, TaskNotRunningError) as exc:
+            return api.Observation(address, api.Observed.unknown, detail=f"not found: {exc}", request_id=exc.request_id)
+        raw = result.get("SnapshotTask") if isinstance(result, dict) else None
+        if not isinstance(raw, dict):
+            raise ApiError("GetSnapshotTask answered without a SnapshotTask", action=api.READ_ACTION)
+        raw = (fingerprint or _ephemeral_fingerprint())(raw)
+        try:
+            task = api.SnapshotTask.model_validate(raw)
+        except ValueError:
+            raise ApiError(
+                "GetSnapshotTask answered a SnapshotTask snapctl cannot read", action=api.READ_ACTION
+            ) from None
+        return api.Observation.of(address, task, key, request_id)
+
     # Transport, retries, errors -----------------------------------------
 
-    async def _call(self, action: str, body: dict) -> tuple[Any, str, int]:
-        payload = orjson.dumps(body)
+    async def _call(self, action: str, body: dict | None, query: dict[str, str] | None = None) -> tuple[Any, str, int]:
+        payload = orjson.dumps(body) if body is not None else None
         deadline = time.monotonic() + self.retry.total_s
         attempt = 0
         while True:
             attempt += 1
             try:
-                result, request_id = await self._send_once(action, payload)
+                result, request_id = await self._send_once(action, payload, query)
                 self.stats.record(action, "ok" if result != api.ALREADY_STARTED else "already_started")
                 return result, request_id, attempt
             except ApiError as exc:
@@ -192,24 +227,30 @@ class SnapshotClient:
                 self._emit("retry", action=action, attempt=attempt, error=str(exc), delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
 
-    async def _send_once(self, action: str, payload: bytes) -> tuple[Any, str]:
+    async def _send_once(self, action: str, payload: bytes | None, query: dict[str, str] | None) -> tuple[Any, str]:
+        """One request: a POST with a JSON body, or (``payload`` None) a GET of ``query``."""
         await self._limiters[action].acquire()
-        query = {"Action": action, "Version": api.API_VERSION}
-        headers = sign_request(
-            key=self._key,
-            method="POST",
-            host=self._host,
-            path=self._path,
-            query=query,
-            content_type="application/json",
-            body=payload,
-            region=self.region,
-        )
-        headers["Content-Type"] = "application/json"
         import httpx
 
         try:
-            response = await self._http.post(self._path, params=query, content=payload, headers=headers)
+            if payload is None:
+                query = query or {"Action": action, "Version": api.API_VERSION}
+                headers = read_request_headers(self._key, self._host, self._path, query, self.region)
+                response = await self._http.get(self._path, params=query, headers=headers)
+            else:
+                query = {"Action": action, "Version": api.API_VERSION}
+                headers = sign_request(
+                    key=self._key,
+                    method="POST",
+                    host=self._host,
+                    path=self._path,
+                    query=query,
+                    content_type="application/json",
+                    body=payload,
+                    region=self.region,
+                )
+                headers["Content-Type"] = "application/json"
+                response = await self._http.post(self._path, params=query, content=payload, headers=headers)
         except httpx.TimeoutException as exc:
             raise TransportError(f"timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
@@ -254,3 +295,33 @@ class SnapshotClient:
     def _emit(self, event: str, **fields: Any) -> None:
         if self._on_event is not None:
             self._on_event(event, fields)
+
+
+def read_request_headers(
+    key: SigningKey, host: str, path: str, query: dict[str, str], region: str, x_date: str | None = None
+) -> dict[str, str]:
+    """The signed headers of a GET: no body (the empty body's hash) and no Content-Type."""
+    return sign_request(
+        key=key,
+        method="GET",
+        host=host,
+        path=path,
+        query=query,
+        content_type=None,
+        body=b"",
+        region=region,
+        x_date=x_date,
+    )
+
+
+_EPHEMERAL: list[Fingerprint] = []
+
+
+def _ephemeral_fingerprint() -> Fingerprint:
+    """Fingerprints under a key that lives as long as the process: for reads that
+    are shown, never compared with a state."""
+    if not _EPHEMERAL:
+        from .state import State
+
+        _EPHEMERAL.append(State.new().fingerprint)
+    return _EPHEMERAL[0]

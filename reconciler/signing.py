@@ -19,7 +19,8 @@ ALGORITHM = "HMAC-SHA256"
 SERVICE = "rtc"
 X_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 
-#: Headers always signed, in canonical (sorted) order.
+#: Headers signed on a request with a body, in canonical (sorted) order. A GET
+#: carries no Content-Type, and the vendor's SDK then signs the others only.
 BASE_SIGNED_HEADERS = ("content-type", "host", "x-content-sha256", "x-date")
 SESSION_TOKEN_HEADER = "x-security-token"
 
@@ -113,26 +114,32 @@ def sign_request(
     host: str,
     path: str,
     query: Mapping[str, str],
-    content_type: str,
+    content_type: str | None,
     body: bytes,
     region: str,
     x_date: str | None = None,
     service: str = SERVICE,
 ) -> dict[str, str]:
     """Return the headers to add to a request: X-Date, X-Content-Sha256,
-    Authorization and, for STS credentials, X-Security-Token."""
+    Authorization and, for STS credentials, X-Security-Token.
+
+    ``content_type`` None: the request carries no Content-Type (a GET), which
+    is then not signed."""
     x_date = x_date or format_x_date()
     body_hash = sha256_hex(body)
     headers = {
-        "content-type": content_type,
         "host": canonical_host(host),
         "x-content-sha256": body_hash,
         "x-date": x_date,
     }
     signed = BASE_SIGNED_HEADERS
+    if content_type is None:
+        signed = BASE_SIGNED_HEADERS[1:]
+    else:
+        headers["content-type"] = content_type
     if key.session_token:
         headers[SESSION_TOKEN_HEADER] = key.session_token
-        signed = BASE_SIGNED_HEADERS + (SESSION_TOKEN_HEADER,)
+        signed = signed + (SESSION_TOKEN_HEADER,)
     sig = signature(
         secret_key=key.secret_key,
         method=method,

@@ -69,6 +69,30 @@ class Emulator:
             sent.pop(name, None)
         return self.http.post("/", params=query, content=raw, headers=sent, timeout=timeout or self.http.timeout)
 
+    def signed_get(
+        self, parameters: dict[str, str], *, action: str = "GetSnapshotTask", session_token: str = ""
+    ) -> httpx.Response:
+        """GET / with Action, Version and ``parameters`` in the query, signed as snapctl signs a read."""
+        query = {"Action": action, "Version": API_VERSION, **parameters}
+        key = signing.SigningKey(self.config.access_key, self.config.secret_key, session_token)
+        signed = signing.sign_request(
+            key=key,
+            method="GET",
+            host=self.host,
+            path="/",
+            query=query,
+            content_type=None,
+            body=b"",
+            region=self.config.region,
+        )
+        return self.http.get("/", params=query, headers=signed)
+
+    def read(self, app: str, room: str, task: str) -> dict[str, Any]:
+        """GetSnapshotTask's SnapshotTask (the test fails on an error answer)."""
+        response = self.signed_get({"AppId": app, "RoomId": room, "TaskId": task})
+        assert response.status_code == 200, response.text
+        return response.json()["Result"]["SnapshotTask"]
+
     def admin(self, path: str, payload: dict[str, Any] | None = None) -> httpx.Response:
         return self.http.post(f"/_emulator/{path}", json=payload or {})
 

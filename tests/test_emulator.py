@@ -244,7 +244,17 @@ def test_introspection_hides_third_party_keys(emulator):
     custom = task["Request"]["StorageConfig"]["CustomConfig"]
     assert custom["AccessKey"] == "sha256:" + signing.sha256_hex(b"AKthirdparty")[:16]
     assert custom["SecretKey"] == "sha256:" + signing.sha256_hex(b"third-party-secret")[:16]
-    assert set(task) == {"AppId", "RoomId", "TaskId", "Request", "StartedAt", "UpdatedAt"}
+    assert set(task) == {
+        "AppId",
+        "RoomId",
+        "TaskId",
+        "Request",
+        "StartedAt",
+        "UpdatedAt",
+        "Status",
+        "StopReason",
+        "EndedAt",
+    }
     assert "third-party-secret" not in emulator.http.get("/_emulator/tasks").text
 
 
@@ -545,10 +555,15 @@ def test_stats_format_and_reset(emulator):
 
 
 @pytest.mark.parametrize(
-    "method, path", [("GET", "/nowhere"), ("GET", "/"), ("GET", "/_emulator/reset"), ("POST", "/_emulator/tasks")]
+    "method, path", [("GET", "/nowhere"), ("PUT", "/"), ("GET", "/_emulator/reset"), ("POST", "/_emulator/tasks")]
 )
 def test_unknown_paths(emulator, method, path):
     assert_error(emulator.http.request(method, path), "InvalidActionOrVersion", path)
+
+
+def test_get_of_the_root_is_the_api(emulator):
+    """GET / serves GetSnapshotTask, so a GET without Action is refused as the gateway does."""
+    assert_error(emulator.http.get("/"), "MissingParameter", "Action")
 
 
 def test_admin_bodies_are_checked(emulator):

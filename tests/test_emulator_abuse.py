@@ -423,7 +423,7 @@ def test_hundreds_of_malformed_requests_get_error_envelopes(server):
     for n, (method, target, headers, body) in enumerate(
         itertools.chain(exhaustive_requests(rng, raw), random_requests())
     ):
-        api_requests += method == "POST" and target.split("?")[0] == "/"
+        api_requests += method in ("POST", "GET") and target.split("?")[0] == "/"
         status, answer_headers, payload = raw.send(method, target, headers, body)
         assert_error_envelope(status, answer_headers, payload, (n, method, target[:200], headers, body[:200]))
         code = json.loads(payload)["ResponseMetadata"]["Error"]["Code"]

@@ -28,6 +28,19 @@ def test_the_copy_of_the_vectors_is_current():
     assert len(json.loads(VECTORS.read_text())) >= 6
 
 
+# The same for the GET vectors of GetSnapshotTask (../shared/api/signing-vectors-get.json).
+GET_VECTORS = VECTORS.with_name("signing-vectors-get.json")
+SHARED_GET_VECTORS = SHARED_VECTORS.with_name("signing-vectors-get.json")
+
+
+def test_the_copy_of_the_get_vectors_is_current():
+    if SHARED_GET_VECTORS.is_file():
+        assert json.loads(SHARED_GET_VECTORS.read_text()) == json.loads(GET_VECTORS.read_text())
+    vectors = json.loads(GET_VECTORS.read_text())
+    assert len(vectors) == 8
+    assert {v["inputs"]["method"] for v in vectors} == {"GET"}
+
+
 def _sign(inputs: dict) -> dict[str, str]:
     return signing.sign_request(
         key=signing.SigningKey(inputs["access_key"], inputs["secret_key"], inputs["session_token"]),
@@ -35,7 +48,7 @@ def _sign(inputs: dict) -> dict[str, str]:
         host=inputs["host"],
         path=inputs["path"],
         query=inputs["query"],
-        content_type=inputs["headers"]["Content-Type"],
+        content_type=inputs["headers"].get("Content-Type"),
         body=inputs["body"].encode("utf-8"),
         region=inputs["region"],
         x_date=inputs["x_date"],
@@ -49,6 +62,29 @@ def test_vendor_vector(vector):
     assert headers["Authorization"] == vector["outputs"]["authorization"]
     assert headers["X-Content-Sha256"] == vector["outputs"]["x_content_sha256"]
     assert f"SignedHeaders={vector['outputs']['signed_headers']}," in headers["Authorization"]
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [pytest.param(v, id=f"get-{i}") for i, v in enumerate(json.loads(GET_VECTORS.read_text()))],
+)
+def test_vendor_get_vector(vector):
+    """A GET signs its query and the empty body's hash; Content-Type only when it is sent."""
+    headers = _sign(vector["inputs"])
+    assert headers["Authorization"] == vector["outputs"]["authorization"]
+    assert headers["X-Content-Sha256"] == vector["outputs"]["x_content_sha256"]
+
+
+def test_client_get_request_signs_what_the_vectors_sign():
+    """The client's GET sends no Content-Type, so it signs host, X-Content-Sha256, X-Date (and the token)."""
+    from reconciler.client import read_request_headers
+
+    headers = read_request_headers(
+        signing.SigningKey("AK", "SK", "STS2x"), "rtc.volcengineapi.com", "/", {"Action": "GetSnapshotTask"}, "r"
+    )
+    parsed = signing.parse_authorization(headers["Authorization"])
+    assert parsed.signed_headers == ("host", "x-content-sha256", "x-date", "x-security-token")
+    assert "Content-Type" not in headers
 
 
 def _headers(**changes) -> dict[str, str]:

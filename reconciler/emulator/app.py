@@ -1,8 +1,9 @@
 """The emulator as a plain ASGI application.
 
-``POST /?Action=...&Version=2023-11-01`` serves the three snapshot actions with the
-gateway's order of checks (action, authentication, rate limit, body), the API's
-envelope and error codes; ``/_emulator/...`` shows and steers the emulator.
+``POST /?Action=...&Version=2023-11-01`` serves the three write actions and
+``GET /?Action=GetSnapshotTask&Version=2023-11-01&AppId=..`` the read, with the
+gateway's order of checks (action, authentication, rate limit, parameters), the
+API's envelope and error codes; ``/_emulator/...`` shows and steers the emulator.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from urllib.parse import parse_qsl
 import orjson
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
+from .. import api as wire
 from .. import signing
 from ..api import (
     ACTIONS,
     ALREADY_STARTED,
     API_VERSION,
     ERROR_CODES,
+    READ_ACTION,
     REQUEST_MODELS,
+    TASK_NOT_FOUND,
     TASK_NOT_RUNNING,
     Identifier,
     describe_validation_error,
@@ -101,6 +105,33 @@ class StreamsStopped(BaseModel):
     Immediate: StrictBool = False
 
 
+class TaskAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    AppId: Identifier
+    RoomId: Identifier
+    TaskId: Identifier
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.AppId, self.RoomId, self.TaskId)
+
+
+class RewriteTask(TaskAddress):
+    """``POST /_emulator/rewrite-task``: what another tool changed in a running task."""
+
+    MaxIdleTime: wire.MaxIdleTime | None = None
+    ImageConfig: wire.ImageConfig | None = None
+    StorageConfig: wire.StorageConfig | None = None
+    TargetStreams: wire.TargetStreams | None = None
+
+
+class StopTask(TaskAddress):
+    """``POST /_emulator/stop-task``: end a running task out of band."""
+
+    StopReason: str = "StopByAPI"
+
+
 class Stats:
     __slots__ = ("by_action", "faults", "peers", "throttled", "total")
 
@@ -136,13 +167,15 @@ class EmulatorApp:
             ("POST", "/_emulator/reset"): self._reset,
             ("POST", "/_emulator/config"): self._set_config,
             ("POST", "/_emulator/streams-stopped"): self._streams_stopped,
+            ("POST", "/_emulator/rewrite-task"): self._rewrite_task,
+            ("POST", "/_emulator/stop-task"): self._stop_task,
         }
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
         if kind == "http":
             try:
-                if scope["method"] == "POST" and scope["path"] == "/":
+                if scope["path"] == "/" and scope["method"] in ("POST", "GET"):
                     await self._api(scope, receive, send)
                 else:
                     await self._introspect(scope, receive, send)
@@ -212,7 +245,7 @@ class EmulatorApp:
         metadata["Error"] = {"CodeN": code_n, "Code": refusal.code, "Message": refusal.message}
         return status, orjson.dumps({"ResponseMetadata": metadata})
 
-    def _ok(self, now: float, action: str, result: str) -> tuple[int, bytes]:
+    def _ok(self, now: float, action: str, result: Any) -> tuple[int, bytes]:
         return 200, orjson.dumps({"ResponseMetadata": self._metadata(now, action, API_VERSION), "Result": result})
 
     # -- the API ---------------------------------------------------------------
@@ -233,9 +266,16 @@ class EmulatorApp:
                 raise Refusal("MissingParameter", "the query must carry Action and Version")
             if bucket == OTHER_ACTION:
                 raise Refusal("InvalidActionOrVersion", f"unknown Action {action!r} or Version {version!r}")
+            method = "GET" if action == READ_ACTION else "POST"
+            if scope["method"] != method:
+                raise Refusal("InvalidActionOrVersion", f"{action} is served on {method}, not {scope['method']}")
             self._authenticate(scope, query, body_hash, now)
             self._throttle(action)
-            request = validated(REQUEST_MODELS[action], self._json_object(body, oversized))
+            if action == READ_ACTION:
+                parameters = {k: v for k, v in query.items() if k not in ("Action", "Version")}
+                request = validated(REQUEST_MODELS[action], parameters)
+            else:
+                request = validated(REQUEST_MODELS[action], self._json_object(body, oversized))
             if request.app_id in config.deny_apps:
                 raise Refusal("AccessDenied", f"the access key is not allowed to {action} in app {request.app_id}")
         except Refusal as refusal:
@@ -309,7 +349,7 @@ class EmulatorApp:
             signed[name] = signing.canonical_host(value) if name == "host" else value
         expected = signing.signature(
             secret_key=config.secret_key,
-            method="POST",
+            method=scope["method"],
             path=scope["path"],
             query=query,
             headers=signed,
@@ -323,7 +363,7 @@ class EmulatorApp:
             raise Refusal("SignatureDoesNotMatch", SIGNATURE_MISMATCH)
 
     def _throttle(self, action: str) -> None:
-        qps = self.config.qps
+        qps = self.config.read_qps if action == READ_ACTION else self.config.qps
         if not qps:
             return
         window = self._windows[action]
@@ -379,11 +419,21 @@ class EmulatorApp:
             return (refusal.code, *self._error(now, action, version, refusal))
         return ("already_started" if result == ALREADY_STARTED else "ok", *self._ok(now, action, result))
 
-    def _execute(self, action: str, request, now: float) -> str:
-        """Do the action; the ``Result`` text, or Refusal for a task that is not running."""
+    def _execute(self, action: str, request, now: float) -> Any:
+        """Do the action; the ``Result``, or Refusal for a task that is not running (or not found)."""
         if action == "StartSnapshot":
-            return "ok" if self.table.start(request, now) else ALREADY_STARTED
+            unwritable = frozenset(self.config.unwritable_buckets)
+            return "ok" if self.table.start(request, now, unwritable=unwritable) else ALREADY_STARTED
         key = (request.app_id, request.room_id, request.task_id)
+        if action == READ_ACTION:
+            task = self.table.read(key, now, self.config.read_window_s)
+            if task is None:
+                raise Refusal(
+                    TASK_NOT_FOUND,
+                    f"task {'/'.join(key)} (AppId/RoomId/TaskId) was not found: never started, "
+                    f"or started more than {self.config.read_window_s} s ago",
+                )
+            return {"SnapshotTask": task}
         if action == "UpdateSnapshot":
             image = request.image_config
             interval = image.interval if image is not None and "interval" in image.model_fields_set else None
@@ -412,7 +462,11 @@ class EmulatorApp:
         await self._send_json(send, status, answer)
 
     def _tasks(self, _body, now: float) -> dict[str, Any]:
-        return {"tasks": [task.view() for task in self.table.running(now)]}
+        every = self.table.all(now)
+        return {
+            "tasks": [task.view() for task in every if task.running],
+            "stopped": [task.view() for task in every if not task.running],
+        }
 
     def _stats(self, _body, now: float) -> dict[str, Any]:
         stats = self.stats
@@ -443,3 +497,23 @@ class EmulatorApp:
         mark = validated(StreamsStopped, body)
         ended = self.table.mark_streams_stopped((mark.AppId, mark.RoomId), mark.Immediate, now)
         return {"AppId": mark.AppId, "RoomId": mark.RoomId, "Immediate": mark.Immediate, "ended": ended}
+
+    def _rewrite_task(self, body: dict[str, Any], now: float) -> dict[str, Any]:
+        change = validated(RewriteTask, body)
+        fields = change.model_dump(exclude_none=True, exclude={"AppId", "RoomId", "TaskId"}, mode="json")
+        for name, value in list(fields.items()):
+            if isinstance(value, dict):  # the nested models' wire form (PascalCase, no unset optionals)
+                fields[name] = getattr(change, name).wire()
+        try:
+            task = self.table.rewrite(change.key, fields, now)
+        except ValidationError as exc:
+            raise Refusal("InvalidParameter", describe_validation_error(exc)) from None
+        if task is None:
+            raise Refusal(TASK_NOT_RUNNING, f"task {'/'.join(change.key)} (AppId/RoomId/TaskId) is not running")
+        return task.view()
+
+    def _stop_task(self, body: dict[str, Any], now: float) -> dict[str, Any]:
+        stop = validated(StopTask, body)
+        if not self.table.stop(stop.key, now, stop.StopReason):
+            raise Refusal(TASK_NOT_RUNNING, f"task {'/'.join(stop.key)} (AppId/RoomId/TaskId) is not running")
+        return self.table.tasks[stop.key].view()

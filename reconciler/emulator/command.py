@@ -34,6 +34,24 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
 @click.option(
     "--qps", type=int, default=150, show_default=True, help="Requests per second per action before 429 (0: no limit)."
 )
+@click.option(
+    "--read-qps", type=int, default=60, show_default=True, help="GetSnapshotTask requests per second before 429."
+)
+@click.option(
+    "--read-window",
+    "read_window_s",
+    type=float,
+    default=72 * 3600,
+    show_default=True,
+    help="Seconds after its start a task can still be read; later GetSnapshotTask answers not found.",
+)
+@click.option(
+    "--unwritable-bucket",
+    "unwritable_buckets",
+    multiple=True,
+    metavar="NAME",
+    help="Storage it cannot write to: tasks storing there fail to start (Status 4, StartTaskFailed). Repeatable.",
+)
 @click.option("--latency-ms", type=int, default=0, show_default=True, help="Delay added to every API answer.")
 @click.option("--jitter-ms", type=int, default=0, show_default=True, help="Random extra delay, up to this much.")
 @click.option(
@@ -73,10 +91,12 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
     help="Answer AccessDenied for this AppId, as an IAM policy would. Repeatable.",
 )
 def emulator(**options) -> None:
-    """Serve the RTC snapshot API (StartSnapshot, UpdateSnapshot, StopSnapshot) locally.
+    """Serve the RTC snapshot API (StartSnapshot, UpdateSnapshot, StopSnapshot,
+    GetSnapshotTask) locally.
 
     It behaves like the real API on the wire: V4 signatures, the response envelope,
-    error codes, the per-action rate limit and task idle timeouts. The fault rates
+    error codes, the per-action rate limits, and a task lifecycle that GetSnapshotTask
+    reports (running, ended by idle timeout or by API, failed to start). The fault rates
     are shares of requests in [0, 1] and together at most 1. GET /_emulator/tasks
     and /_emulator/stats show what it holds; see docs/emulator.md.
     """
@@ -87,7 +107,13 @@ def emulator(**options) -> None:
     from .tasks import DataFileError
 
     try:
-        config = EmulatorConfig(**{**options, "deny_apps": list(options["deny_apps"])})
+        config = EmulatorConfig(
+            **{
+                **options,
+                "deny_apps": list(options["deny_apps"]),
+                "unwritable_buckets": list(options["unwritable_buckets"]),
+            }
+        )
     except ValidationError as exc:
         raise click.ClickException(f"invalid settings: {describe_validation_error(exc)}") from None
     try:

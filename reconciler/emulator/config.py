@@ -7,14 +7,26 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..api import DOCUMENTED_QPS
+from ..api import DOCUMENTED_QPS, DOCUMENTED_READ_QPS, READ_WINDOW_S
 
 DEFAULT_ACCESS_KEY = "AKLTsnapctlemulator"
 DEFAULT_SECRET_KEY = "snapctl-emulator-secret"
 DEFAULT_REGION = "cn-north-1"
 
 #: The settings ``POST /_emulator/config`` may change while the emulator runs.
-RUNTIME_FIELDS = ("error_rate", "drop_rate", "slow_rate", "slow_ms", "latency_ms", "jitter_ms", "qps", "deny_apps")
+RUNTIME_FIELDS = (
+    "error_rate",
+    "drop_rate",
+    "slow_rate",
+    "slow_ms",
+    "latency_ms",
+    "jitter_ms",
+    "qps",
+    "read_qps",
+    "read_window_s",
+    "deny_apps",
+    "unwritable_buckets",
+)
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -28,6 +40,10 @@ class EmulatorConfig(BaseModel):
     secret_key: str = Field(DEFAULT_SECRET_KEY, min_length=1, repr=False)
     region: str = Field(DEFAULT_REGION, min_length=1)
     qps: int = Field(DOCUMENTED_QPS, ge=0)
+    #: GetSnapshotTask's own limit.
+    read_qps: int = Field(DOCUMENTED_READ_QPS, ge=0)
+    #: GetSnapshotTask answers "not found" for a task started longer ago than this.
+    read_window_s: float = Field(READ_WINDOW_S, ge=0)
     latency_ms: int = Field(0, ge=0)
     jitter_ms: int = Field(0, ge=0)
     error_rate: Rate = 0.0
@@ -41,6 +57,9 @@ class EmulatorConfig(BaseModel):
     #: AppIds the access key may not use: their requests are answered AccessDenied,
     #: as an IAM policy would (for rehearsing permission failures).
     deny_apps: list[str] = Field(default_factory=list)
+    #: Buckets the emulator cannot write to: a task storing there fails to start
+    #: (GetSnapshotTask: Status 4, StartTaskFailed) although StartSnapshot answered "ok".
+    unwritable_buckets: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _rates_share_one_draw(self) -> EmulatorConfig:

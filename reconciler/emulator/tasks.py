@@ -1,4 +1,13 @@
-"""The emulator's running tasks: idle timeouts, and the optional data file they survive restarts in."""
+"""The emulator's tasks and their lifecycle (running, ended, failed to start), and
+the optional data file they survive restarts in.
+
+A task is kept after it ends (Status 3, with its StopReason) or fails to start
+(Status 4, ``StartTaskFailed``), as GetSnapshotTask reports it; a new
+StartSnapshot of such a task starts it again. The custom storage keys are kept
+in memory only (GetSnapshotTask returns them, as the real API does): the data
+file holds their fingerprints, so after a restart such a task reads back with
+fingerprints in their place (see docs/emulator.md).
+"""
 
 from __future__ import annotations
 
@@ -29,11 +38,25 @@ class DataFileError(ValueError):
     """The data file exists but is not a task table this emulator wrote."""
 
 
+RUNNING, ENDED, FAILED = 2, 3, 4
+
+
 @dataclass(slots=True)
 class Task:
+    #: The StartSnapshot wire body it runs, custom storage keys fingerprinted.
     request: dict[str, Any]
     started_at: float
     updated_at: float
+    status: int = RUNNING
+    stop_reason: str = ""
+    ended_at: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+    def end(self, reason: str, at: float) -> None:
+        self.status, self.stop_reason, self.ended_at = ENDED, reason, at
 
     def view(self) -> dict[str, Any]:
         return {
@@ -43,6 +66,9 @@ class Task:
             "Request": self.request,
             "StartedAt": self.started_at,
             "UpdatedAt": self.updated_at,
+            "Status": self.status,
+            "StopReason": self.stop_reason,
+            "EndedAt": self.ended_at,
         }
 
 
@@ -58,6 +84,13 @@ def masked_wire(request: StartSnapshotRequest) -> dict[str, Any]:
         custom["AccessKey"] = fingerprint(custom["AccessKey"])
         custom["SecretKey"] = fingerprint(custom["SecretKey"])
     return wire
+
+
+def bucket_of(request: dict[str, Any]) -> str | None:
+    """The bucket a task writes to (TOS or S3-compatible storage), if any."""
+    storage = request["StorageConfig"]
+    block = storage.get({0: "TosConfig", 2: "CustomConfig"}.get(storage["Type"], "")) or {}
+    return block.get("Bucket")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -76,10 +109,13 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 class TaskTable:
     """Tasks by (AppId, RoomId, TaskId). A task whose room's streams stopped publishing
-    expires ``MaxIdleTime`` seconds later; expiry is applied whenever a task is looked at."""
+    ends (``IdleTimeOut``) ``MaxIdleTime`` seconds later; that is applied whenever a
+    task is looked at."""
 
     def __init__(self, path: Path | None = None):
         self.tasks: dict[Key, Task] = {}
+        #: The custom storage (AccessKey, SecretKey) of each task that has them: memory only.
+        self.secrets: dict[Key, tuple[str, str]] = {}
         #: When each room's streams stopped publishing (epoch seconds).
         self.streams_stopped: dict[Room, float] = {}
         self._path = path
@@ -93,19 +129,25 @@ class TaskTable:
 
     # -- the API's view ----------------------------------------------------
 
-    def get(self, key: Key, now: float) -> Task | None:
+    def look(self, key: Key, now: float) -> Task | None:
+        """The task whatever its status (idle timeouts applied), None when there is none."""
         task = self.tasks.get(key)
-        if task is None:
-            return None
+        if task is None or not task.running:
+            return task
         stopped_at = self.streams_stopped.get((key[0], key[1]))
         if stopped_at is not None and now >= stopped_at + task.request["MaxIdleTime"]:
-            del self.tasks[key]
+            task.end("IdleTimeOut", stopped_at + task.request["MaxIdleTime"])
             self._changed()
-            return None
         return task
 
-    def start(self, request: StartSnapshotRequest, now: float) -> bool:
-        """Start a task; False when it is already running (and then it is left as it is)."""
+    def get(self, key: Key, now: float) -> Task | None:
+        """The task if it is running."""
+        task = self.look(key, now)
+        return task if task is not None and task.running else None
+
+    def start(self, request: StartSnapshotRequest, now: float, *, unwritable: frozenset[str] = frozenset()) -> bool:
+        """Start a task; False when it is already running (and then it is left as it is).
+        A task whose bucket is in ``unwritable`` fails to start (Status 4, StartTaskFailed)."""
         key = (request.app_id, request.room_id, request.task_id)
         running = self.get(key, now) is not None
         # A start means the room's streams publish (again).
@@ -113,9 +155,71 @@ class TaskTable:
             self._changed()
         if running:
             return False
-        self.tasks[key] = Task(masked_wire(request), now, now)
+        task = Task(masked_wire(request), now, now)
+        if bucket_of(task.request) in unwritable:
+            task.status, task.stop_reason, task.ended_at = FAILED, "StartTaskFailed", now
+        self.tasks[key] = task
+        custom = request.storage_config.custom_config
+        if custom is not None:
+            self.secrets[key] = (custom.access_key, custom.secret_key)
+        else:
+            self.secrets.pop(key, None)
         self._changed()
         return True
+
+    def read(self, key: Key, now: float, window_s: float) -> dict[str, Any] | None:
+        """GetSnapshotTask's ``SnapshotTask``, the API's defaults filled in; None
+        when there is no such task or it started more than ``window_s`` ago."""
+        task = self.look(key, now)
+        if task is None or now - task.started_at > window_s:
+            return None
+        request = task.request
+        storage = request["StorageConfig"]
+        storage = {"Type": storage["Type"], **{k: dict(v) for k, v in storage.items() if k != "Type"}}
+        custom = storage.get("CustomConfig")
+        if custom is not None and key in self.secrets:
+            custom["AccessKey"], custom["SecretKey"] = self.secrets[key]
+        streams = (request.get("TargetStreams") or {}).get("StreamList") or []
+        return {
+            "StartTime": int(task.started_at * 1000),
+            "EndTime": int(task.ended_at * 1000) if not task.running else 0,
+            "Status": task.status,
+            "StopReason": task.stop_reason,
+            "MaxIdleTime": request["MaxIdleTime"],
+            "ImageConfig": dict(request["ImageConfig"]),
+            "StorageConfig": storage,
+            "TargetStreams": {
+                "StreamList": [
+                    {"UserId": s["UserId"], "StreamType": s.get("StreamType", 0), "Index": s.get("Index", 0)}
+                    for s in streams
+                ]
+            },
+        }
+
+    def rewrite(self, key: Key, changes: dict[str, Any], now: float) -> Task | None:
+        """Change a running task's configuration out of band, as another tool would;
+        None when it is not running. ``changes`` are top-level StartSnapshot fields."""
+        task = self.get(key, now)
+        if task is None:
+            return None
+        secrets = self.secrets.get(key)
+        body = {**task.request, **changes}
+        custom = body["StorageConfig"].get("CustomConfig")
+        if custom is not None and "StorageConfig" not in changes and secrets is not None:
+            body["StorageConfig"] = {**body["StorageConfig"], "CustomConfig": {**custom}}
+            body["StorageConfig"]["CustomConfig"]["AccessKey"], body["StorageConfig"]["CustomConfig"]["SecretKey"] = (
+                secrets
+            )
+        request = StartSnapshotRequest.model_validate(body)
+        task.request = masked_wire(request)
+        task.updated_at = now
+        new_custom = request.storage_config.custom_config
+        if new_custom is not None:
+            self.secrets[key] = (new_custom.access_key, new_custom.secret_key)
+        else:
+            self.secrets.pop(key, None)
+        self._changed()
+        return task
 
     def update_interval(self, key: Key, interval: int | None, now: float) -> bool:
         """Apply a new Interval (None: nothing to apply); False when the task is not running."""
@@ -128,10 +232,12 @@ class TaskTable:
             self._changed()
         return True
 
-    def stop(self, key: Key, now: float) -> bool:
-        if self.get(key, now) is None:
+    def stop(self, key: Key, now: float, reason: str = "StopByAPI") -> bool:
+        """End a running task (StopSnapshot: ``StopByAPI``); False when it is not running."""
+        task = self.get(key, now)
+        if task is None:
             return False
-        del self.tasks[key]
+        task.end(reason, now)
         self._changed()
         return True
 
@@ -142,19 +248,25 @@ class TaskTable:
         ended = 0
         if immediate:
             for key in [k for k in self.tasks if k[:2] == room]:
-                del self.tasks[key]
-                ended += 1
+                task = self.tasks[key]
+                if task.running:
+                    task.end("IdleTimeOut", now)
+                    ended += 1
         self._changed()
         return ended
 
-    def running(self, now: float) -> list[Task]:
-        if self.streams_stopped:
-            for key in list(self.tasks):
-                self.get(key, now)
+    def all(self, now: float) -> list[Task]:
+        """Every task, running or not."""
+        for key in list(self.tasks):
+            self.look(key, now)
         return list(self.tasks.values())
+
+    def running(self, now: float) -> list[Task]:
+        return [task for task in self.all(now) if task.running]
 
     def clear(self) -> None:
         self.tasks.clear()
+        self.secrets.clear()
         self.streams_stopped.clear()
         self._changed()
 
@@ -174,7 +286,14 @@ class TaskTable:
             for item in doc["tasks"]:
                 request = StartSnapshotRequest.model_validate(item["Request"])
                 key = (request.app_id, request.room_id, request.task_id)
-                self.tasks[key] = Task(request.wire(), float(item["StartedAt"]), float(item["UpdatedAt"]))
+                self.tasks[key] = Task(
+                    request.wire(),
+                    float(item["StartedAt"]),
+                    float(item["UpdatedAt"]),
+                    int(item.get("Status", RUNNING)),
+                    str(item.get("StopReason", "")),
+                    float(item.get("EndedAt", 0.0)),
+                )
             for item in doc["streams_stopped"]:
                 self.streams_stopped[(item["AppId"], item["RoomId"])] = float(item["At"])
         except DataFileError:
