@@ -4,7 +4,9 @@ Actions run concurrently (bounded by ``parallelism``) through one shared
 :class:`~reconciler.client.SnapshotClient`, whose per-action rate limiters keep
 the whole run under the API's limit. Every completed call is recorded in the
 state before the next step of that task, and one task's failure never stops
-the others.
+the others. A failed state write (a full disk) does: no new call is started,
+the calls in flight finish (their intents stay journaled), and the run raises
+the :class:`~reconciler.errors.WriteError`.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import api
 from .client import CallResult, Outcome, SnapshotClient
-from .errors import ApiError
+from .errors import ApiError, WriteError
 from .plan import ActionKind, Plan
 from .state import StateStore
 
@@ -107,10 +110,13 @@ class Applier:
         semaphore = asyncio.Semaphore(self.parallelism)
         results: list[ActionResult] = []
         skipped = False
+        write_failure: WriteError | None = None
 
         async def run_one(address: str, kind: str) -> None:
-            nonlocal skipped
+            nonlocal skipped, write_failure
             async with semaphore:
+                if write_failure is not None:
+                    return
                 if self.stop_event is not None and self.stop_event.is_set():
                     skipped = True
                     return
@@ -120,20 +126,31 @@ class Applier:
                     result.ok = True
                 except ApiError as exc:
                     result.error = exc
+                except WriteError as exc:
+                    write_failure = write_failure or exc
+                    return
                 results.append(result)
                 _log_result(result)
                 if self.on_result is not None:
                     self.on_result(result)
 
         await asyncio.gather(*(run_one(address, kind) for address, kind in jobs))
+        if write_failure is not None:
+            raise write_failure
         results.sort(key=lambda r: r.address)
         return ApplyReport(results=results, elapsed_s=time.monotonic() - began, interrupted=skipped)
 
-    async def _call(self, address: str, action: str, running_if_done: dict, call: Awaitable[CallResult]) -> CallResult:
+    async def _call(
+        self, address: str, action: str, running_if_done: dict, call: Coroutine[Any, Any, CallResult]
+    ) -> CallResult:
         """Send one call with its intent journaled first: if the process dies before the
         outcome is recorded, the state still knows the task may run ``running_if_done``
         (or, for a Stop, may have stopped)."""
-        previous = self.store.record_intent(address, action, running_if_done)
+        try:
+            previous = self.store.record_intent(address, action, running_if_done)
+        except BaseException:
+            call.close()  # never sent
+            raise
         try:
             return await call
         except ApiError as exc:

@@ -241,6 +241,8 @@ def plan(paths, state_path, targets, replace, as_json, no_color, fmt, out_file, 
 
     manifests = _load(paths) if not destroy or paths else _empty()
     state = engine.read_state(state_path)
+    if not state.exists:
+        err(f"no state yet at {state_path}: everything is planned as new\n")
     the_plan = engine.plan(
         manifests,
         state,
@@ -790,7 +792,7 @@ def state_rm(addresses, state_path, lock_timeout_s):
 
     from .state import StateStore
 
-    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl state rm") as store:
+    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl state rm", create=False) as store:
         missing = [a for a in addresses if a not in store.state.tasks and a not in store.state.pending]
         if missing:
             raise UsageError(f"not in the state: {', '.join(missing)}")
@@ -817,8 +819,9 @@ def force_unlock(state_path):
     """
     import socket
 
-    from .state import lock_is_held, lock_path, read_lock_holder
+    from .state import lock_is_held, lock_path, read_lock_holder, resolve_path
 
+    state_path = resolve_path(state_path)
     holder = read_lock_holder(state_path)
     if lock_is_held(state_path):
         who = holder.describe() if holder else "another process"

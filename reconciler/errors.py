@@ -5,6 +5,7 @@ SnapctlError
 │   ├── ManifestError     with file:line:column locations
 │   └── StateError
 ├── LockError             another process holds the state lock
+├── WriteError            a file could not be written (disk full, read-only); what was written before is intact
 └── ApiError              the API answered an error, or could not be reached
     ├── AuthError         signature, access key, timestamp, permission
     ├── InvalidParameterError
@@ -32,6 +33,16 @@ class StateError(UsageError):
 
 class LockError(SnapctlError):
     """The state is locked by another process."""
+
+
+class WriteError(SnapctlError):
+    """A file could not be written completely (disk full, read-only directory,
+    permissions). Whatever was written before is intact; nothing was left half written."""
+
+    def __init__(self, message: str, *, path: str = "", errno: int = 0):
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
 
 
 class ApiError(SnapctlError):

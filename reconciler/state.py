@@ -14,6 +14,12 @@ may not have been done by the API, and there is no read action to ask: its
 intent stays in the state (``pending``) until a later call settles the task,
 and the plan treats such a task as possibly running (see ``engine.plan``).
 
+Every write is complete or raises :class:`~reconciler.errors.WriteError` (a
+full disk included): the journal is removed only once the new document is
+durably in place, so a failed write leaves the last good document and journal.
+A symlinked state path is resolved once: document, backup, journal and lock sit
+beside the real file.
+
 Secrets never reach the disk: the fields of :data:`SECRET_FIELDS` are replaced
 by a keyed fingerprint (HMAC-SHA256 under a random per-lineage key), enough to
 notice a change and useless for recovering the value.
@@ -41,7 +47,7 @@ from typing import Any
 import orjson
 
 from . import __version__
-from .errors import LockError, StateError
+from .errors import LockError, StateError, WriteError
 
 FORMAT_VERSION = 1
 DEFAULT_STATE_PATH = Path("state/snapctl.state.json")
@@ -54,6 +60,11 @@ FINGERPRINT_PREFIX = "hmac-sha256:"
 #: A new holder writes its record just after taking the lock: how long a refused
 #: process waits for that record, to name the holder rather than "another process".
 HOLDER_RECORD_WAIT_S = 2.0
+#: Added to the message of a failed state write.
+_KEPT = (
+    "nothing more was sent; every completed call is kept in the last good state and its journal. "
+    "Free space (or fix the directory) and run the command again"
+)
 
 
 def is_fingerprint(value: Any) -> bool:
@@ -198,6 +209,31 @@ class State:
         self.serial = entry["serial"]
 
 
+def resolve_path(path: Path | str) -> Path:
+    """The real file behind a state path (symlinks resolved), so that every
+    process, whichever path it was given, uses the same document, journal and lock."""
+    return Path(os.path.realpath(path))
+
+
+def write_error(exc: OSError, path: Path | str, what: str = "") -> WriteError:
+    """One line for a failed write: the disk is full, or why else ``path`` could not be written."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        message = f"the disk is full: cannot write {path} ({exc.strerror})"
+    else:
+        message = f"cannot write {path}: {exc.strerror or exc}"
+    return WriteError(message + (f"; {what}" if what else ""), path=str(path), errno=exc.errno or 0)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` (``os.write`` may write fewer), or raise OSError."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # pragma: no cover - os.write raises rather than return 0 for regular files
+            raise OSError(errno.EIO, "short write")
+        view = view[written:]
+
+
 def journal_path(path: Path) -> Path:
     return path.with_name(path.name + ".journal")
 
@@ -323,7 +359,7 @@ def _replay_journal(path: Path, state: State) -> bool:
 def read_state(path: Path) -> State:
     """The state as of every completed call (document plus journal); a new empty
     state if there is no file. Takes no lock: writers replace files atomically."""
-    path = Path(path)
+    path = resolve_path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -348,16 +384,26 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename (mode 0600)."""
+def atomic_write(path: Path, data: bytes, what: str = "") -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename (mode 0600).
+
+    Either ``path`` then holds all of ``data`` or it is unchanged, no temporary
+    file is left, and :class:`WriteError` says why (``what`` is added to its message).
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise write_error(exc, path, what) from None
     _fsync_dir(path.parent)
 
 
@@ -385,6 +431,7 @@ class LockHolder:
 
 
 def read_lock_holder(path: Path) -> LockHolder | None:
+    path = resolve_path(path)
     try:
         info = orjson.loads(lock_path(path).read_bytes())
         return LockHolder(info["host"], int(info["pid"]), info["started_at"], info.get("command", "?"))
@@ -395,7 +442,7 @@ def read_lock_holder(path: Path) -> LockHolder | None:
 def lock_is_held(path: Path) -> bool:
     """True while some process holds the state's lock."""
     try:
-        fd = os.open(lock_path(path), os.O_RDWR)
+        fd = os.open(lock_path(resolve_path(path)), os.O_RDWR)
     except FileNotFoundError:
         return False
     try:
@@ -412,14 +459,23 @@ class StateStore:
 
     The lock is an OS ``flock`` on ``….lock``: the kernel drops it when the
     holder exits or is killed, so a dead run never blocks the next one.
+
+    ``create`` makes the state's directory (mode 0700) when it is missing.
+    After a failed write (see :attr:`write_failure`) the store writes nothing
+    more that could leave a file cut short, and closing keeps the journal.
     """
 
-    def __init__(self, path: Path, *, lock_timeout_s: float = 0.0, command: str = "snapctl"):
-        self.path = Path(path)
+    def __init__(self, path: Path, *, lock_timeout_s: float = 0.0, command: str = "snapctl", create: bool = True):
+        self.given_path = Path(path)
+        self.path = resolve_path(path)
         self._lock_timeout_s = lock_timeout_s
         self._command = command
+        self._create = create
         self._lock_fd: int | None = None
         self._journal_fd: int | None = None
+        #: The first write that failed; the last good document and journal are then kept as they are.
+        self.write_failure: WriteError | None = None
+        self._journal_torn = False
         self.state: State = State.new()
 
     def __enter__(self) -> StateStore:
@@ -432,7 +488,12 @@ class StateStore:
     def open(self) -> None:
         """Take the lock, then read the state and fold in any journal left by a killed run."""
         if not self.path.parent.is_dir():
-            raise StateError(f"state directory {self.path.parent} does not exist")
+            if not self._create or self.path.parent.exists():
+                raise StateError(f"state directory {self.path.parent} does not exist")
+            try:
+                os.makedirs(self.path.parent, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise write_error(exc, self.path.parent, "cannot create the state directory") from None
         self._acquire_lock()
         try:
             self.state = read_state(self.path)
@@ -445,7 +506,11 @@ class StateStore:
     def close(self) -> None:
         try:
             if self._journal_fd is not None:
-                self.checkpoint()
+                if self.write_failure is None:
+                    self.checkpoint()
+                else:  # keep the last good document and the journal: readers replay it
+                    os.close(self._journal_fd)
+                    self._journal_fd = None
         finally:
             self._release_lock()
 
@@ -476,31 +541,67 @@ class StateStore:
         self._append({"op": "intent", "address": address, "intent": previous})
 
     def _append(self, entry: dict[str, Any]) -> None:
+        """Journal ``entry`` durably, then apply it in memory; on a failed write
+        neither happens and :class:`WriteError` is raised."""
         if self._lock_fd is None:
             raise RuntimeError("state store is not open")
+        if self._journal_torn:
+            assert self.write_failure is not None
+            raise self.write_failure
         if self._journal_fd is None:
             if not self.state.exists:
                 self.checkpoint()
-            self._journal_fd = os.open(journal_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            jpath = journal_path(self.path)
+            try:
+                self._journal_fd = os.open(jpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            except OSError as exc:
+                raise self._failed(write_error(exc, jpath, _KEPT)) from None
             self._write_journal({"lineage": self.state.lineage, "base_serial": self.state.serial})
         entry["serial"] = self.state.serial + 1
         self._write_journal(entry)
         self.state.apply_entry(entry)
 
     def _write_journal(self, entry: dict[str, Any]) -> None:
+        """Append one line, whole and fsynced; a line cut short by a full disk is cut off again."""
         assert self._journal_fd is not None
-        os.write(self._journal_fd, orjson.dumps(entry) + b"\n")
-        os.fdatasync(self._journal_fd)
+        fd = self._journal_fd
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as exc:  # pragma: no cover - lseek on a regular file does not fail
+            raise self._failed(write_error(exc, journal_path(self.path), _KEPT)) from None
+        try:
+            write_all(fd, orjson.dumps(entry) + b"\n")
+            os.fdatasync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                self._journal_torn = True  # its last line may be partial: append nothing after it
+            raise self._failed(write_error(exc, journal_path(self.path), _KEPT)) from None
+
+    def _failed(self, error: WriteError) -> WriteError:
+        if self.write_failure is None:
+            self.write_failure = error
+        return error
 
     def checkpoint(self) -> None:
-        """Write the whole state atomically, keep the previous document as the backup, drop the journal."""
+        """Write the whole state atomically, keep the previous document as the backup, drop the journal.
+
+        The journal is removed only after the new document is durably in place:
+        if any write fails, the previous document, backup and journal stay as they were.
+        """
         try:
             previous = self.path.read_bytes()
         except FileNotFoundError:
             previous = None
-        if previous is not None:
-            atomic_write(backup_path(self.path), previous)
-        atomic_write(self.path, self.state.encode())
+        except OSError as exc:
+            raise StateError(f"cannot read {self.path}: {exc.strerror}") from None
+        try:
+            if previous is not None:
+                atomic_write(backup_path(self.path), previous, _KEPT)
+            atomic_write(self.path, self.state.encode(), _KEPT)
+        except WriteError as exc:
+            raise self._failed(exc) from None
         self.state.exists = True
         if self._journal_fd is not None:
             os.close(self._journal_fd)
@@ -519,7 +620,10 @@ class StateStore:
 
     def _acquire_lock(self) -> None:
         lpath = lock_path(self.path)
-        fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise write_error(exc, lpath, "cannot create the state's lock file") from None
         deadline = time.monotonic() + self._lock_timeout_s
         while True:
             try:
@@ -549,8 +653,9 @@ class StateStore:
             "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": self._command,
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, orjson.dumps(holder), 0)
+        with contextlib.suppress(OSError):  # the record only names the holder; the flock is the lock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, orjson.dumps(holder), 0)
         self._lock_fd = fd
 
     def _release_lock(self) -> None:

@@ -1,0 +1,199 @@
+"""Hardening (issue 9): a full disk, odd inputs and hostile environments never
+lose data, never send a wrong call and never crash.
+
+Every test drives the ``snapctl`` command against the emulator and checks what
+the Guarantees section promises: the exit status, one clear line, no traceback,
+nothing sent that should not be, and the state and its journal intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from snapctl_testing import Run, calls, new_project, run_snapctl, snapctl_env, stats, tasks
+
+APP = "diskapp"
+
+
+def many_tasks(rooms: int, per_room: int, app: str = APP) -> str:
+    lines = [
+        f"app_id: {app}",
+        "storage:",
+        '  archive: {type: tos, account_id: "2100000990", bucket: snaps}',
+        "defaults: {storage: archive}",
+        "rooms:",
+    ]
+    for room in range(rooms):
+        lines += [f"  R{room}:", "    tasks:"]
+        lines += [f"      T{task}: {{image: {{interval: {task + 1}}}}}" for task in range(per_room)]
+    return "\n".join(lines) + "\n"
+
+
+def project(tmp_path: Path, url: str, manifests: dict[str, str]) -> Path:
+    """A working directory ``tmp_path/work`` (see ``new_project``)."""
+    (tmp_path / "work").mkdir()
+    return new_project(tmp_path / "work", url, manifests)
+
+
+def assert_one_error_line(run: Run, fragment: str) -> str:
+    """Exit 1, no traceback, and exactly one line on stderr: ``Error: …fragment…``."""
+    assert run.code == 1, run.output
+    assert "Traceback" not in run.output and 'File "' not in run.output, run.output
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), run.stderr
+    assert fragment in lines[0], run.stderr
+    return lines[0]
+
+
+def state_listing(work: Path, env: dict, state: str) -> dict:
+    run = run_snapctl(["state", "list", "--json", "--state", state], cwd=work, env=env)
+    assert run.code == 0, run.output
+    return json.loads(run.stdout)
+
+
+# -- a full disk ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 128 KiB tmpfs, unmounted after the test."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def test_full_disk_stops_the_apply_and_loses_nothing(small_disk, emulator, tmp_path):
+    """On a full disk apply stops starting calls, keeps the last good document and
+    journal (every task the API started is in one of them), exits 1 with one line
+    naming the file; once there is space again, apply converges, starting no task twice."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(6, 10)})
+    env = snapctl_env(emulator.url, work)
+    state = str(small_disk / "state" / "s.json")
+    # Leave about 24 KiB: room for the first few dozen journal lines, not for 60 tasks.
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (free_bytes(small_disk) - 24 * 1024))
+
+    run = run_snapctl(["apply", "--auto-approve", "--parallelism", "4", "--state", state], cwd=work, env=env)
+    line = assert_one_error_line(run, "the disk is full")
+    assert str(small_disk / "state" / "s.json") in line
+    assert "Apply complete" not in run.output
+    started = set(tasks(emulator.url))
+    assert 0 < len(started) < 60, "the disk must fill mid-run for this test to mean anything"
+    assert calls(emulator.url, "StartSnapshot") < 60  # no new call once the disk was full
+    # No temporary file left; the document parses; every started task is recorded.
+    leftovers = sorted(p.name for p in (small_disk / "state").iterdir())
+    assert not [name for name in leftovers if name.endswith(".tmp")], leftovers
+    json.loads((small_disk / "state" / "s.json").read_bytes())
+    listing = state_listing(work, env, state)
+    assert started <= set(listing["tasks"]) | set(listing["pending"]), started - set(listing["tasks"])
+
+    filler.unlink()
+    run = run_snapctl(["apply", "--auto-approve", "--state", state], cwd=work, env=env)
+    assert run.code == 0, run.output
+    assert len(tasks(emulator.url)) == 60
+    starts = stats(emulator.url)["by_action"]["StartSnapshot"]["outcomes"]
+    assert starts.get("ok") == 60, starts  # each task started exactly once over both runs
+    assert run_snapctl(["plan", "--detailed-exitcode", "--state", state], cwd=work, env=env).code == 0
+    assert not (small_disk / "state" / "s.json.journal").exists()
+
+
+def test_full_disk_before_the_first_call_sends_nothing(small_disk, emulator, tmp_path):
+    """A disk too full for the first state document: one line, nothing sent, no file left."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
+    env = snapctl_env(emulator.url, work)
+    (small_disk / "state").mkdir()
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    state = small_disk / "state" / "s.json"
+    run = run_snapctl(["apply", "--auto-approve", "--state", str(state)], cwd=work, env=env)
+    assert_one_error_line(run, "the disk is full")
+    assert stats(emulator.url)["total"] == 0
+    assert sorted(p.name for p in state.parent.iterdir()) in ([], ["s.json.lock"])
+
+
+# -- a symlinked state -------------------------------------------------------------------
+
+
+def test_symlinked_state_writes_the_real_file_and_shares_its_lock(emulator, tmp_path):
+    """Through a symlink, apply updates the real file (the link stays a link) and the
+    journal, backup and lock sit beside the real file, so both paths take one lock."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 2)})
+    env = snapctl_env(emulator.url, work)
+    real = work / "real"
+    real.mkdir()
+    link = work / "state" / "snapctl.state.json"
+    link.symlink_to("../real/snapctl.state.json")
+
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    assert link.is_symlink()
+    assert set(json.loads((real / "snapctl.state.json").read_bytes())["tasks"]) == {
+        f"{APP}/R0/T0",
+        f"{APP}/R0/T1",
+    }
+    (work / "manifests" / "app.yaml").write_text(many_tasks(1, 1))
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    assert link.is_symlink()
+    assert (real / "snapctl.state.json.backup").exists() and (real / "snapctl.state.json.lock").exists()
+    assert sorted(p.name for p in link.parent.iterdir()) == ["snapctl.state.json"]
+    assert set(tasks(emulator.url)) == {f"{APP}/R0/T0"}
+    # A run holding the lock through the real path refuses a run through the link.
+    holder = subprocess.Popen(
+        [
+            "python3",
+            "-c",
+            "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR);fcntl.flock(fd,fcntl.LOCK_EX);"
+            "print('locked',flush=True);time.sleep(60)",
+            str(real / "snapctl.state.json.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        run = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
+        assert_one_error_line(run, "is locked by")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- a new project directory (issue 11.1) ---------------------------------------------------
+
+
+def test_state_directory_is_created_0700_and_plan_says_there_is_no_state(emulator, tmp_path):
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 2)})
+    env = snapctl_env(emulator.url, work)
+    run = run_snapctl(["plan", "--state", "new/dir/s.json"], cwd=work, env=env)
+    assert run.code == 0, run.output
+    assert run.stderr.strip().splitlines() == ["no state yet at new/dir/s.json: everything is planned as new"]
+    assert "2 to add" in run.stdout
+    assert not (work / "new").exists()  # plan writes nothing
+    run = run_snapctl(["apply", "--auto-approve", "--state", "new/dir/s.json"], cwd=work, env=env)
+    assert run.code == 0, run.output
+    assert (work / "new" / "dir").stat().st_mode & 0o777 == 0o700
+    assert set(json.loads((work / "new" / "dir" / "s.json").read_bytes())["tasks"]) == set(tasks(emulator.url))
+    run = run_snapctl(["plan", "--state", "new/dir/s.json"], cwd=work, env=env)
+    assert "no state yet" not in run.output
