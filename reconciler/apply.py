@@ -20,7 +20,7 @@ from typing import Any
 
 from . import api
 from .client import CallResult, Outcome, SnapshotClient
-from .errors import ApiError, WriteError
+from .errors import ApiError, RunStoppedError, WriteError
 from .plan import ActionKind, Plan
 from .state import StateStore
 
@@ -51,6 +51,10 @@ class ApplyReport:
     results: list[ActionResult]
     elapsed_s: float
     interrupted: bool = False
+    #: The error that concerns every call (credentials, an unreachable endpoint) and stopped the run.
+    stopped_by: ApiError | None = None
+    #: Tasks never attempted because the run stopped.
+    not_attempted: int = 0
 
     @property
     def failures(self) -> list[ActionResult]:
@@ -62,7 +66,16 @@ class ApplyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.interrupted
+        return not self.failures and not self.interrupted and self.stopped_by is None
+
+    @property
+    def worth_retrying(self) -> bool:
+        """Whether running the command again may finish the job without changing anything."""
+        if self.interrupted:
+            return True
+        if self.stopped_by is not None:
+            return self.stopped_by.retryable
+        return any(r.error is not None and r.error.retryable for r in self.failures)
 
 
 def stop_request(body: Mapping) -> api.StopSnapshotRequest:
@@ -111,19 +124,28 @@ class Applier:
         results: list[ActionResult] = []
         skipped = False
         write_failure: WriteError | None = None
+        not_attempted = 0
 
         async def run_one(address: str, kind: str) -> None:
-            nonlocal skipped, write_failure
+            nonlocal skipped, write_failure, not_attempted
             async with semaphore:
                 if write_failure is not None:
                     return
                 if self.stop_event is not None and self.stop_event.is_set():
                     skipped = True
                     return
+                if self.client.stopped_by is not None:
+                    not_attempted += 1
+                    return
                 result = ActionResult(address=address, kind=kind)
                 try:
                     await self._perform(result, plan_actions.get(address))
                     result.ok = True
+                except RunStoppedError as exc:
+                    if not result.calls:
+                        not_attempted += 1
+                        return
+                    result.error = exc  # e.g. a replace stopped the task, then could not start it
                 except ApiError as exc:
                     result.error = exc
                 except WriteError as exc:
@@ -131,14 +153,21 @@ class Applier:
                     return
                 results.append(result)
                 _log_result(result)
-                if self.on_result is not None:
+                # An error of the whole run is named once, in the summary, not per task.
+                if self.on_result is not None and not (result.error is not None and result.error.stops_run):
                     self.on_result(result)
 
         await asyncio.gather(*(run_one(address, kind) for address, kind in jobs))
         if write_failure is not None:
             raise write_failure
         results.sort(key=lambda r: r.address)
-        return ApplyReport(results=results, elapsed_s=time.monotonic() - began, interrupted=skipped)
+        return ApplyReport(
+            results=results,
+            elapsed_s=time.monotonic() - began,
+            interrupted=skipped,
+            stopped_by=self.client.stopped_by,
+            not_attempted=not_attempted,
+        )
 
     async def _call(
         self, address: str, action: str, running_if_done: dict, call: Coroutine[Any, Any, CallResult]
@@ -154,8 +183,9 @@ class Applier:
         try:
             return await call
         except ApiError as exc:
-            if not exc.retryable and getattr(exc, "attempts", 1) == 1:
-                self.store.record_not_done(address, previous)  # refused: the API did nothing
+            if not exc.may_have_run:
+                # Refused, or never sent: the API did nothing, so no intent is left open.
+                self.store.record_not_done(address, previous)
             raise
 
     async def _perform(self, result: ActionResult, action) -> None:

@@ -5,6 +5,7 @@ Subcommands are imported only when invoked, so ``snapctl --version`` stays fast.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -39,6 +40,14 @@ class LazyGroup(click.Group):
         module, _, attr = target.partition(":")
         return getattr(importlib.import_module(module), attr)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS:
+            matches = difflib.get_close_matches(name, list(COMMANDS), n=2, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(matches)}?" if matches else " See snapctl --help."
+            ctx.fail(f"No such command '{name}'.{hint}")
+        return super().resolve_command(ctx, args)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="snapctl", message="%(prog)s %(version)s")
@@ -62,9 +71,14 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. Exit 0 success, 1 any error (bad flags included), 2 only for
     ``plan --detailed-exitcode`` with changes, 130 on Ctrl-C."""
+    from .errors import UsageError
     from .logs import configure
 
-    configure()
+    try:
+        configure()
+    except UsageError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return 1
     try:
         cli.main(args=argv, prog_name="snapctl", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -23,7 +23,11 @@ from . import api
 from .errors import (
     ApiError,
     AuthError,
+    CredentialsError,
+    EndpointError,
     InvalidParameterError,
+    NotSentError,
+    RunStoppedError,
     ServerError,
     TaskNotRunningError,
     ThrottledError,
@@ -41,7 +45,8 @@ if TYPE_CHECKING:
 # httpx (and what it imports) is loaded when a client is made, not when this
 # module is: `snapctl plan` and `validate` import the engine but never send.
 
-AUTH_CODES = frozenset(
+#: Answers about the credentials or the clock: the same for every call of the account.
+CREDENTIAL_CODES = frozenset(
     {
         "MissingAuthenticationToken",
         "MissingRequestInfo",
@@ -49,9 +54,10 @@ AUTH_CODES = frozenset(
         "InvalidTimestamp",
         "InvalidAccessKey",
         "SignatureDoesNotMatch",
-        "AccessDenied",
     }
 )
+#: AccessDenied is per app (an IAM policy), so it fails that app's tasks only.
+AUTH_CODES = CREDENTIAL_CODES | {"AccessDenied"}
 
 
 class Outcome(str, enum.Enum):
@@ -80,6 +86,8 @@ class RetryPolicy:
     base_s: float = 0.1
     cap_s: float = 5.0
     total_s: float = 120.0
+    #: A refused connection: a few quick tries (a server restarting), not the full budget.
+    connect_attempts: int = 3
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.cap_s, self.base_s * (2 ** (attempt - 1))))
@@ -121,14 +129,17 @@ class SnapshotClient:
         self.region = region
         self.retry = retry
         self.stats = ClientStats()
+        #: The first error that concerns every call (credentials, an unreachable endpoint):
+        #: once set, calls in flight stop retrying and the applier starts no new ones.
+        self.stopped_by: ApiError | None = None
         self._key = key
         self._rng = rng or random.Random()
         self._on_event = on_event
         self._limiters = {action: RateLimiter(qps) for action in api.WRITE_ACTIONS}
         self._limiters[api.READ_ACTION] = RateLimiter(read_qps)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # No base_url: the endpoint's own path is where requests go (and what is signed).
         self._http = httpx.AsyncClient(
-            base_url=self.endpoint,
             timeout=httpx.Timeout(timeout_s),
             limits=limits,
             transport=transport,
@@ -138,6 +149,7 @@ class SnapshotClient:
         url = httpx.URL(self.endpoint)
         self._host = url.netloc.decode("ascii")
         self._path = url.path or "/"
+        self._url = url.copy_with(path=self._path)
 
     async def __aenter__(self) -> SnapshotClient:
         return self
@@ -206,6 +218,7 @@ class SnapshotClient:
         payload = orjson.dumps(body) if body is not None else None
         deadline = time.monotonic() + self.retry.total_s
         attempt = 0
+        may_have_run = False
         while True:
             attempt += 1
             try:
@@ -215,13 +228,24 @@ class SnapshotClient:
             except ApiError as exc:
                 exc.action = action
                 exc.attempts = attempt  # type: ignore[attr-defined]
+                # Whether any attempt of this call may have acted (not only this one).
+                may_have_run = may_have_run or exc.may_have_run
+                exc.may_have_run = may_have_run
+                if isinstance(exc, RunStoppedError):
+                    raise
                 self.stats.record(action, exc.code or type(exc).__name__)
                 if isinstance(exc, ThrottledError):
                     self.stats.throttled += 1
-                if not exc.retryable or attempt >= self.retry.max_attempts:
-                    raise
+                limit = self.retry.connect_attempts if isinstance(exc, NotSentError) else self.retry.max_attempts
                 delay = self.retry.delay(attempt, self._rng)
-                if time.monotonic() + delay > deadline:
+                if (
+                    not exc.retryable
+                    or attempt >= limit
+                    or self.stopped_by is not None
+                    or time.monotonic() + delay > deadline
+                ):
+                    if exc.stops_run and self.stopped_by is None:
+                        self.stopped_by = exc
                     raise
                 self.stats.retries += 1
                 self._emit("retry", action=action, attempt=attempt, error=str(exc), delay_s=round(delay, 3))
@@ -230,13 +254,15 @@ class SnapshotClient:
     async def _send_once(self, action: str, payload: bytes | None, query: dict[str, str] | None) -> tuple[Any, str]:
         """One request: a POST with a JSON body, or (``payload`` None) a GET of ``query``."""
         await self._limiters[action].acquire()
+        if self.stopped_by is not None:
+            raise RunStoppedError(self.stopped_by)
         import httpx
 
         try:
             if payload is None:
                 query = query or {"Action": action, "Version": api.API_VERSION}
                 headers = read_request_headers(self._key, self._host, self._path, query, self.region)
-                response = await self._http.get(self._path, params=query, headers=headers)
+                response = await self._http.get(self._url, params=query, headers=headers)
             else:
                 query = {"Action": action, "Version": api.API_VERSION}
                 headers = sign_request(
@@ -250,12 +276,51 @@ class SnapshotClient:
                     region=self.region,
                 )
                 headers["Content-Type"] = "application/json"
-                response = await self._http.post(self._path, params=query, content=payload, headers=headers)
+                response = await self._http.post(self._url, params=query, content=payload, headers=headers)
+        except httpx.ConnectTimeout:
+            raise NotSentError(
+                f"cannot reach the API at {self.endpoint}: no connection within {self._http.timeout.connect}s",
+                retryable=True,
+                endpoint=self.endpoint,
+            ) from None
         except httpx.TimeoutException as exc:
             raise TransportError(f"timed out ({type(exc).__name__})") from None
+        except httpx.ConnectError as exc:
+            raise self._not_connected(exc) from None
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, UnicodeEncodeError) as exc:
+            # Never the exception's text: it may quote a header value (a token).
+            raise NotSentError(
+                f"the request could not be built ({type(exc).__name__})", endpoint=self.endpoint
+            ) from None
         except httpx.TransportError as exc:
             raise TransportError(f"connection failed ({type(exc).__name__}: {exc})") from None
         return self._interpret(response)
+
+    def _not_connected(self, exc: Exception) -> NotSentError:
+        """What stopped a connection, in words, with what to do about it."""
+        import socket
+        import ssl
+
+        from .runenv import is_loopback
+
+        cause = _cause(exc, (socket.gaierror, ssl.SSLError))
+        where = f"cannot reach the API at {self.endpoint}"
+        host = self._host.rsplit(":", 1)[0] if not self._host.endswith("]") else self._host
+        if isinstance(cause, socket.gaierror):
+            return NotSentError(f"{where}: the host name {host} does not resolve", endpoint=self.endpoint)
+        if isinstance(cause, ssl.SSLError):
+            reason = getattr(cause, "reason", None) or type(cause).__name__
+            return NotSentError(
+                f"{where}: the TLS handshake failed ({reason}); if the endpoint serves plain HTTP, use http://",
+                endpoint=self.endpoint,
+            )
+        hint = ""
+        if is_loopback(self.endpoint):
+            from urllib.parse import urlsplit
+
+            port = urlsplit(self.endpoint).port or (443 if self.endpoint.startswith("https") else 80)
+            hint = f"; to use the local emulator, start it with: snapctl emulator --port {port}"
+        return NotSentError(f"{where}: the connection was refused{hint}", retryable=True, endpoint=self.endpoint)
 
     def _interpret(self, response: httpx.Response) -> tuple[Any, str]:
         status = response.status_code
@@ -267,7 +332,11 @@ class SnapshotClient:
                 raise ThrottledError(message, status=status) from None
             if status >= 500:
                 raise ServerError(message, status=status) from None
-            raise ApiError(message, status=status) from None
+            raise EndpointError(
+                f"the endpoint {self.endpoint} does not serve the snapshot API ({message}); "
+                "check --endpoint or SNAPCTL_ENDPOINT",
+                status=status,
+            ) from None
         meta = envelope.ResponseMetadata
         error = meta.Error
         if error is None and status == 200:
@@ -286,6 +355,14 @@ class SnapshotClient:
             raise ServerError(message, **kwargs)
         if code == api.TASK_NOT_RUNNING:
             raise TaskNotRunningError(message, **kwargs)
+        if code == "InvalidActionOrVersion":
+            raise EndpointError(
+                f"the endpoint {self.endpoint} does not serve the snapshot API here ({message}); "
+                "check the path of --endpoint or SNAPCTL_ENDPOINT",
+                **kwargs,
+            )
+        if code in CREDENTIAL_CODES:
+            raise CredentialsError(message, **kwargs)
         if code in AUTH_CODES:
             raise AuthError(message, **kwargs)
         if code.startswith("InvalidParameter"):
@@ -325,3 +402,15 @@ def _ephemeral_fingerprint() -> Fingerprint:
 
         _EPHEMERAL.append(State.new().fingerprint)
     return _EPHEMERAL[0]
+
+
+def _cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in the chain of causes of ``exc``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, types):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

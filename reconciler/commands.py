@@ -74,9 +74,9 @@ def output_options(f):
 
 
 def api_options(f):
+    """The options of every command that can call the API (the same everywhere)."""
     f = click.option(
         "--endpoint",
-        envvar="SNAPCTL_ENDPOINT",
         help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).",
     )(f)
     f = click.option(
@@ -97,7 +97,11 @@ def api_options(f):
         show_default=True,
         help="Seconds to wait for one answer.",
     )(f)
-    f = click.option(
+    return f
+
+
+def lock_option(f):
+    return click.option(
         "--lock-timeout",
         "lock_timeout_s",
         type=click.FloatRange(min=0),
@@ -105,7 +109,6 @@ def api_options(f):
         show_default=True,
         help="Seconds to wait for the state lock.",
     )(f)
-    return f
 
 
 def scope_options(f):
@@ -178,10 +181,14 @@ def handle_errors(f: Callable) -> Callable:
     return wrapper
 
 
-def _settings(endpoint, qps, parallelism, timeout_s):
+def _settings(endpoint, qps, parallelism, timeout_s, *, credentials: bool = True):
+    """The run's settings with its environment checked (credentials, endpoint, region,
+    proxies): a bad input is one line before any output and before any request."""
     from .engine import Settings
 
-    return Settings(endpoint=endpoint, qps=qps, parallelism=parallelism, timeout_s=timeout_s)
+    settings = Settings(endpoint=endpoint, qps=qps, parallelism=parallelism, timeout_s=timeout_s)
+    settings.resolve(credentials=credentials)
+    return settings
 
 
 def _load(paths) -> Any:
@@ -227,6 +234,7 @@ def validate(paths, as_json, no_color):
 @paths_argument
 @state_option
 @scope_options
+@api_options
 @output_options
 @format_option
 @click.option(
@@ -235,10 +243,26 @@ def validate(paths, as_json, no_color):
 @click.option("--destroy", is_flag=True, help="Plan the destruction of every task in the state.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 1 on error, 2 with changes.")
 @handle_errors
-def plan(paths, state_path, targets, replace, as_json, no_color, fmt, out_file, destroy, detailed_exitcode):
+def plan(
+    paths,
+    state_path,
+    targets,
+    replace,
+    endpoint,
+    qps,
+    parallelism,
+    timeout_s,
+    as_json,
+    no_color,
+    fmt,
+    out_file,
+    destroy,
+    detailed_exitcode,
+):
     """Show what apply would change. Reads manifests and the state; sends nothing."""
     from . import engine
 
+    _settings(endpoint, qps, parallelism, timeout_s, credentials=False)
     manifests = _load(paths) if not destroy or paths else _empty()
     state = engine.read_state(state_path)
     if not state.exists:
@@ -365,8 +389,10 @@ def _execute(the_plan, manifests, store, settings, *, as_json: bool, no_color: b
         progress.close()
     if as_json:
         print_json(render.apply_document(report, the_plan, command=command.lower()))
-    else:
+    elif report.stopped_by is None:
         out("\n" + render.apply_summary(report, the_plan, style, command=command))
+    if report.stopped_by is not None:
+        err(Style(colour_enabled(sys.stderr, no_color))(f"Error: {render.stopped_line(report)}\n", "red", "bold"))
     if not report.ok:
         sys.exit(EXIT_ERROR)
     return report
@@ -381,6 +407,7 @@ def _looks_like_plan_file(paths) -> bool:
 @state_option
 @scope_options
 @api_options
+@lock_option
 @output_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
@@ -474,6 +501,7 @@ def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, aut
     help="Destroy only APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.",
 )
 @api_options
+@lock_option
 @output_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
@@ -533,6 +561,7 @@ def schema():
 @paths_argument
 @state_option
 @api_options
+@lock_option
 @output_options
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until SIGTERM/SIGINT.")
 @click.option(
@@ -573,8 +602,11 @@ def reconcile(
     controller; a failed round is reported and the loop goes on.
     """
     from . import controller, render
+    from .runenv import check_metrics_address
 
     settings = _settings(endpoint, qps, parallelism, timeout_s)
+    if metrics_port is not None:
+        check_metrics_address(metrics_host, metrics_port)
     paths = list(paths) or [Path("manifests")]
     style = Style(colour_enabled(sys.stdout, no_color))
     stream = sys.stderr if as_json else sys.stdout
@@ -604,6 +636,9 @@ def reconcile(
             err(style(f"Error: reconcile round failed: {round_.error}\n", "red"))
             return
         report = round_.report
+        if report.stopped_by is not None:
+            err(style(f"Error: reconcile round stopped: {render.stopped_line(report)}\n", "red"))
+            return
         healed = len(report.healed)
         changed = round_.plan.summary.total
         failed = len(report.failures)
@@ -625,7 +660,10 @@ def reconcile(
         if not round_.ok:
             sys.exit(EXIT_ERROR)
         return
-    metrics = controller.Metrics(metrics_port, metrics_host) if metrics_port is not None else None
+    try:
+        metrics = controller.Metrics(metrics_port, metrics_host) if metrics_port is not None else None
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}") from None
     if metrics is not None:
         err(f"Serving metrics on http://{metrics_host}:{metrics.server.server_port}/metrics\n")
     with controller.graceful_stop() as stop:
@@ -655,6 +693,7 @@ def reconcile(
 @paths_argument
 @state_option
 @api_options
+@lock_option
 @output_options
 @handle_errors
 def import_(address, paths, state_path, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color):
@@ -668,11 +707,11 @@ def import_(address, paths, state_path, endpoint, qps, parallelism, timeout_s, l
     from .client import Outcome
     from .state import StateStore
 
+    settings = _settings(endpoint, qps, parallelism, timeout_s)
     manifests = _load(paths)
     task = manifests.tasks.get(address)
     if task is None:
         raise UsageError(f"{address} is not declared in the manifests; declare it first, then import it")
-    settings = _settings(endpoint, qps, parallelism, timeout_s)
     with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl import") as store:
         if address in store.state.tasks:
             raise UsageError(f"{address} is already in the state; nothing to import")
@@ -777,14 +816,7 @@ def state_show(address, state_path, as_json, no_color):
 @state.command(name="rm")
 @click.argument("addresses", nargs=-1, required=True)
 @state_option
-@click.option(
-    "--lock-timeout",
-    "lock_timeout_s",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Seconds to wait for the state lock.",
-)
+@lock_option
 @handle_errors
 def state_rm(addresses, state_path, lock_timeout_s):
     """Forget tasks without stopping them (they keep running, unmanaged)."""

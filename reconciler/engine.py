@@ -15,10 +15,10 @@ from pathlib import Path
 from . import api
 from .apply import ActionResult, Applier, ApplyReport
 from .client import RetryPolicy, SnapshotClient
-from .credentials import load_credentials, resolve_endpoint, resolve_region
 from .errors import UsageError
 from .manifest import ManifestSet, load_manifests
 from .plan import ActionKind, Plan, check_plan_current, make_plan
+from .runenv import RunEnv, resolve
 from .signing import SigningKey
 from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, read_state
 
@@ -33,15 +33,24 @@ class Settings:
     timeout_s: float = 10.0
     max_attempts: int = 8
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    _env: RunEnv | None = field(default=None, init=False, repr=False)
+
+    def resolve(self, *, credentials: bool = True) -> RunEnv:
+        """The endpoint, region, proxies and (with ``credentials``) the access key, checked:
+        a UsageError names the first bad input. Call it before any output."""
+        if self._env is None or (credentials and self._env.key is None):
+            self._env = resolve(self.endpoint, self.environ, credentials=credentials)
+        return self._env
 
     def client(self, key: SigningKey | None = None, **kwargs) -> SnapshotClient:
         from .logs import client_event
 
+        env = self.resolve(credentials=key is None)
         kwargs.setdefault("on_event", client_event)
         return SnapshotClient(
-            resolve_endpoint(self.endpoint, self.environ),
-            key or load_credentials(self.environ),
-            region=resolve_region(self.environ),
+            env.endpoint,
+            key or env.key,  # type: ignore[arg-type]
+            region=env.region,
             qps=self.qps,
             timeout_s=self.timeout_s,
             max_connections=max(self.parallelism, 10),

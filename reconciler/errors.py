@@ -8,12 +8,20 @@ SnapctlError
 ├── WriteError            a file could not be written (disk full, read-only); what was written before is intact
 └── ApiError              the API answered an error, or could not be reached
     ├── AuthError         signature, access key, timestamp, permission
+    │   └── CredentialsError  the account's credentials or clock: every call would fail (stops the run)
+    ├── EndpointError     the endpoint does not serve this API (stops the run)
     ├── InvalidParameterError
     ├── TaskNotRunningError
     └── RetryableError    worth retrying with backoff
         ├── ThrottledError    429 FlowLimitExceeded
         ├── ServerError       5xx
         └── TransportError    timeout, dropped connection
+            └── NotSentError  provably never left: refused, no such host, TLS refused, unbuildable
+                └── RunStoppedError  not sent because an earlier error stopped the run
+
+``stops_run`` marks the errors that concern every call of a run, not one task:
+the run stops at the first one and names it once. ``may_have_run`` says whether
+the API may have acted on the call (only then is an intent left open).
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ class ApiError(SnapctlError):
     """An answer of the API that is not success, or no answer at all."""
 
     retryable = False
+    #: Every further call of the run would fail the same way.
+    stops_run = False
+    #: The API may have acted on the request (no answer, or a server fault).
+    may_have_run = False
 
     def __init__(
         self, message: str, *, code: str = "", code_n: int = 0, request_id: str = "", status: int = 0, action: str = ""
@@ -71,6 +83,20 @@ class AuthError(ApiError):
     """Credentials, signature, clock or permission: fix the setup, do not retry."""
 
 
+class CredentialsError(AuthError):
+    """The API refused the credentials themselves (signature, access key, token, clock):
+    the same for every call of the account, so the run stops at the first one."""
+
+    stops_run = True
+
+
+class EndpointError(ApiError):
+    """What answers at the endpoint is not the snapshot API (no such action there, or
+    not the API's envelope): every call would fail the same way, so the run stops."""
+
+    stops_run = True
+
+
 class InvalidParameterError(ApiError):
     """The API refused a field of the request."""
 
@@ -90,6 +116,33 @@ class ThrottledError(RetryableError):
 class ServerError(RetryableError):
     """A 5xx answer."""
 
+    may_have_run = True
+
 
 class TransportError(RetryableError):
-    """Timeout, refused or dropped connection: the request may or may not have run."""
+    """Timeout or dropped connection: the request may or may not have run."""
+
+    may_have_run = True
+
+
+class NotSentError(TransportError):
+    """The request provably never reached the API: the connection was refused, the host
+    name does not resolve, the TLS handshake failed, or the request could not be built.
+    It concerns the endpoint, not a task, so it stops the run; it is retried only where
+    waiting can help (a refused connection)."""
+
+    may_have_run = False
+    stops_run = True
+
+    def __init__(self, message: str, *, retryable: bool = False, endpoint: str = "", **kwargs):
+        super().__init__(message, **kwargs)
+        self.retryable = retryable
+        self.endpoint = endpoint
+
+
+class RunStoppedError(NotSentError):
+    """Not sent: an earlier answer (credentials, an unreachable endpoint) stopped the run."""
+
+    def __init__(self, cause: ApiError):
+        super().__init__(f"not sent: the run stopped ({cause})", endpoint=getattr(cause, "endpoint", ""))
+        self.cause = cause

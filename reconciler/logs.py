@@ -18,14 +18,29 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def configure(environ: Mapping[str, str] | None = None) -> None:
+    """Set up the diagnostic log from ``SNAPCTL_LOG``/``SNAPCTL_LOG_PATH``; a UsageError
+    names a log file that cannot be written."""
     env = os.environ if environ is None else environ
     name = env.get("SNAPCTL_LOG", "").strip().lower()
     if not name or name in ("0", "off", "false"):
+        # Off means off: without a handler, Python's last resort would print warnings on stderr.
+        if not LOGGER.handlers:
+            LOGGER.addHandler(logging.NullHandler())
+        LOGGER.propagate = False
         return
     path = env.get("SNAPCTL_LOG_PATH", "")
-    handler: logging.Handler = (
-        logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
-    )
+    handler: logging.Handler
+    if path:
+        from .errors import UsageError
+        from .runenv import check_log_path
+
+        check_log_path(path)
+        try:
+            handler = logging.FileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"SNAPCTL_LOG_PATH {path}: cannot append to it ({exc.strerror})") from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     LOGGER.addHandler(handler)
     LOGGER.setLevel(LEVELS.get(name, logging.DEBUG))

@@ -193,6 +193,18 @@ def _error_fields(result: ActionResult) -> dict[str, Any]:
     }
 
 
+def _stop_fields(report: ApplyReport) -> dict[str, Any] | None:
+    err = report.stopped_by
+    if err is None:
+        return None
+    return {
+        "code": err.code or type(err).__name__,
+        "code_n": err.code_n or None,
+        "message": stopped_line(report),
+        "request_id": err.request_id or None,
+    }
+
+
 def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -> dict[str, Any]:
     """The ``--json`` result of apply, destroy and reconcile."""
     return {
@@ -200,6 +212,8 @@ def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -
         "type": command,
         "ok": report.ok,
         "interrupted": report.interrupted,
+        "stopped_by": _stop_fields(report),
+        "not_attempted": report.not_attempted,
         "elapsed_s": round(report.elapsed_s, 3),
         "summary": plan.summary.model_dump()
         | {
@@ -238,9 +252,39 @@ def result_line(result: ActionResult, style: Style) -> str:
     return f"{result.address}: {word} ({calls})"
 
 
+_CREDENTIAL_HINTS = {
+    "SignatureDoesNotMatch": "check the secret key (VOLC_SECRETKEY or ~/.volc/credentials) and VOLC_REGION",
+    "InvalidAccessKey": "check the access key (VOLC_ACCESSKEY or ~/.volc/credentials)",
+    "InvalidTimestamp": "this machine's clock is more than 15 minutes off: set it right (NTP) and run again",
+    "MissingAuthenticationToken": "the request carried no credentials the API accepts; check the session token (VOLC_SESSION_TOKEN)",
+}
+
+
+def stopped_line(report: ApplyReport) -> str:
+    """The one line that names the error that stopped a run (credentials, an unreachable endpoint)."""
+    from .errors import CredentialsError
+
+    error = report.stopped_by
+    assert error is not None
+    if isinstance(error, CredentialsError):
+        hint = _CREDENTIAL_HINTS.get(error.code, "check the credentials and this machine's clock")
+        rid = f" [RequestId {error.request_id}]" if error.request_id else ""
+        text = f"the API refused the credentials: {error}{rid}; {hint}. The run stopped at the first such answer"
+    else:
+        text = str(error)
+    done = sum(r.ok for r in report.results)
+    if done:
+        text += f"; {done} task(s) done before that are recorded in the state"
+    elif not isinstance(error, CredentialsError):
+        text += "; nothing was sent"
+    return text
+
+
 def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str = "Apply") -> str:
     s = plan.summary
     lines = []
+    if report.stopped_by is not None:
+        return ""  # the one line that names it is the error line (see stopped_line)
     if report.failures:
         lines.append(
             style(f"{command} failed for {len(report.failures)} of {len(report.results)} task(s):", "red", "bold")
@@ -253,7 +297,11 @@ def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str
                     "red",
                 )
             )
-        lines.append("Every success is recorded in the state; run the command again to finish the job.")
+        lines.append(
+            "Every success is recorded in the state; run the command again to finish the job."
+            if report.worth_retrying
+            else "Every success is recorded in the state; fix the failures above, then run the command again."
+        )
     elif report.interrupted:
         lines.append(
             style(

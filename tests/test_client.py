@@ -11,11 +11,12 @@ from snapctl_testing import stats
 
 from reconciler import api
 from reconciler.client import Outcome, RetryPolicy, SnapshotClient
-from reconciler.credentials import load_credentials, resolve_endpoint, resolve_region
+from reconciler.credentials import load_credentials
 from reconciler.emulator.config import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, EmulatorConfig
 from reconciler.emulator.server import EmulatorServer
 from reconciler.errors import AuthError, InvalidParameterError, ServerError, ThrottledError, TransportError, UsageError
 from reconciler.ratelimit import RateLimiter
+from reconciler.runenv import resolve_endpoint, resolve_region
 from reconciler.signing import SigningKey
 
 KEY = SigningKey(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY)

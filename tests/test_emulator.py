@@ -692,7 +692,7 @@ def test_command_serves_until_sigterm(tmp_path):
     assert process.returncode == 0, err
     assert (
         out.strip()
-        == f"snapctl emulator listening on {url} (access key AKLTsnapctlemulator, secret key from --secret-key)"
+        == f"snapctl emulator listening on {url} (access key AKLTsnapctlemulator, secret key from SNAPCTL_EMULATOR_SECRET_KEY)"
     )
     assert secret not in out + err
     assert [t["TaskId"] for t in json.loads(data.read_text())["tasks"]] == ["task1"]

@@ -175,7 +175,7 @@ class EmulatorApp:
         kind = scope["type"]
         if kind == "http":
             try:
-                if scope["path"] == "/" and scope["method"] in ("POST", "GET"):
+                if scope["path"] == self.config.api_path and scope["method"] in ("POST", "GET"):
                     await self._api(scope, receive, send)
                 else:
                     await self._introspect(scope, receive, send)

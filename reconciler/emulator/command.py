@@ -84,6 +84,12 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
 )
 @click.option("--seed", type=int, default=None, help="Seed of the fault and jitter draws, for repeatable runs.")
 @click.option(
+    "--api-path",
+    default="/",
+    show_default=True,
+    help="Path the API is served at (e.g. /api, to rehearse an endpoint behind a gateway prefix).",
+)
+@click.option(
     "--deny-app",
     "deny_apps",
     multiple=True,
@@ -116,8 +122,13 @@ def emulator(**options) -> None:
         )
     except ValidationError as exc:
         raise click.ClickException(f"invalid settings: {describe_validation_error(exc)}") from None
+    source = click.get_current_context().get_parameter_source("secret_key")
+    secret_key_source = {
+        click.core.ParameterSource.COMMANDLINE: "from --secret-key",
+        click.core.ParameterSource.ENVIRONMENT: "from SNAPCTL_EMULATOR_SECRET_KEY",
+    }.get(source, "default")  # type: ignore[arg-type]
     try:
-        run_forever(config)
+        run_forever(config, secret_key_source)
     except DataFileError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

@@ -26,6 +26,7 @@ RUNTIME_FIELDS = (
     "read_window_s",
     "deny_apps",
     "unwritable_buckets",
+    "api_path",
 )
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -60,6 +61,15 @@ class EmulatorConfig(BaseModel):
     #: Buckets the emulator cannot write to: a task storing there fails to start
     #: (GetSnapshotTask: Status 4, StartTaskFailed) although StartSnapshot answered "ok".
     unwritable_buckets: list[str] = Field(default_factory=list)
+    #: Where the API is served: "/" as the real one, or a prefix such as "/api"
+    #: to rehearse an endpoint behind a gateway that adds one.
+    api_path: str = Field("/", pattern=r"^/[A-Za-z0-9._~/-]*$")
+
+    @model_validator(mode="after")
+    def _api_path_apart(self) -> EmulatorConfig:
+        if self.api_path.startswith("/_emulator"):
+            raise ValueError("api_path must not be under /_emulator")
+        return self
 
     @model_validator(mode="after")
     def _rates_share_one_draw(self) -> EmulatorConfig:

@@ -100,7 +100,7 @@ class EmulatorServer:
         self.stop()
 
 
-def run_forever(config: EmulatorConfig) -> None:
+def run_forever(config: EmulatorConfig, secret_key_source: str = "default") -> None:
     """Serve in the foreground until SIGINT or SIGTERM, then shut down cleanly (tasks written)."""
     import uvicorn.config
 
@@ -108,7 +108,8 @@ def run_forever(config: EmulatorConfig) -> None:
     sock = _bind(config.host, config.port)
     server = _uvicorn_server(app, log_config=uvicorn.config.LOGGING_CONFIG)
     print(
-        f"snapctl emulator listening on {_url(sock)} (access key {config.access_key}, secret key from --secret-key)",
+        f"snapctl emulator listening on {_url(sock)}{config.api_path.rstrip('/')} "
+        f"(access key {config.access_key}, secret key {secret_key_source})",
         flush=True,
     )
     # uvicorn re-raises the signal that stopped it once it is done; a no-op handler
