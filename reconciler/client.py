@@ -86,7 +86,8 @@ class RetryPolicy:
     base_s: float = 0.1
     cap_s: float = 5.0
     total_s: float = 120.0
-    #: A refused connection: a few quick tries (a server restarting), not the full budget.
+    #: Refused connections in a row (from any call of the run) before the endpoint counts
+    #: as unreachable: a few quick tries for a server restarting, not the full budget.
     connect_attempts: int = 3
 
     def delay(self, attempt: int, rng: random.Random) -> float:
@@ -132,6 +133,7 @@ class SnapshotClient:
         #: The first error that concerns every call (credentials, an unreachable endpoint):
         #: once set, calls in flight stop retrying and the applier starts no new ones.
         self.stopped_by: ApiError | None = None
+        self._refused_in_a_row = 0
         self._key = key
         self._rng = rng or random.Random()
         self._on_event = on_event
@@ -236,11 +238,13 @@ class SnapshotClient:
                 self.stats.record(action, exc.code or type(exc).__name__)
                 if isinstance(exc, ThrottledError):
                     self.stats.throttled += 1
-                limit = self.retry.connect_attempts if isinstance(exc, NotSentError) else self.retry.max_attempts
+                if isinstance(exc, NotSentError):
+                    self._refused_in_a_row += 1
                 delay = self.retry.delay(attempt, self._rng)
                 if (
                     not exc.retryable
-                    or attempt >= limit
+                    or attempt >= self.retry.max_attempts
+                    or self._refused_in_a_row >= self.retry.connect_attempts
                     or self.stopped_by is not None
                     or time.monotonic() + delay > deadline
                 ):
@@ -294,6 +298,7 @@ class SnapshotClient:
             ) from None
         except httpx.TransportError as exc:
             raise TransportError(f"connection failed ({type(exc).__name__}: {exc})") from None
+        self._refused_in_a_row = 0
         return self._interpret(response)
 
     def _not_connected(self, exc: Exception) -> NotSentError:

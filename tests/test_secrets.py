@@ -34,7 +34,21 @@ PLAIN_AK = "plainAKu3Jy7BeGs5"
 PLAIN_SK = "plainSKk2Vf4XaQm9"
 WRONG_SK = "wrongSKp5Lc8NtHr1"
 FILE_SK = "fileSKd9Gw2MsUe6Ty"
-SECRETS = [VOLC_SECRET, SESSION_TOKEN, ENV_AK, ENV_SK, ROTATED_SK, PLAIN_AK, PLAIN_SK, WRONG_SK, FILE_SK]
+PERCENT_SK = "pctSK%(home)s%%Wq7"  # configparser interpolation would choke on it, or print it
+PROXY_PASSWORD = "proxyPWt4Ke9Lz"
+SECRETS = [
+    VOLC_SECRET,
+    SESSION_TOKEN,
+    ENV_AK,
+    ENV_SK,
+    ROTATED_SK,
+    PLAIN_AK,
+    PLAIN_SK,
+    WRONG_SK,
+    FILE_SK,
+    PERCENT_SK,
+    PROXY_PASSWORD,
+]
 
 MANIFEST = """\
 app_id: app1
@@ -201,7 +215,7 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     # bad manifests around secrets, a broken credentials file.
     manifest.write_text(MANIFEST.replace("INTERVAL", "5"))
     wrong = env | {"VOLC_SECRETKEY": WRONG_SK}
-    assert "SignatureDoesNotMatch" in scan.run(wrong, "apply", "--auto-approve", expect=1).stdout
+    assert "SignatureDoesNotMatch" in scan.run(wrong, "apply", "--auto-approve", expect=1).stderr
     scan.run(wrong, "apply", "--auto-approve", "--json", expect=1)
     scan.run(wrong, "reconcile", "--json", expect=1)
     scan.run(env, "state", "rm", "app1/R/Tos")
@@ -212,7 +226,16 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     scan.run(env, "destroy", "--auto-approve", "--json", expect=1)
     admin("config", {"deny_apps": []})
     unreachable = env | {"SNAPCTL_ENDPOINT": "http://127.0.0.1:9"}
-    assert "connection failed" in scan.run(unreachable, "apply", "--auto-approve", "--timeout", "0.5", expect=1).stdout
+    refused = scan.run(unreachable, "apply", "--auto-approve", "--parallelism", "1", expect=1)
+    assert "cannot reach the API at http://127.0.0.1:9" in refused.stderr
+    # Hostile environments: a token with a line break, proxies snapctl cannot use (with a password).
+    for hostile in (
+        {"VOLC_SESSION_TOKEN": SESSION_TOKEN + "\n"},
+        {"HTTP_PROXY": f"ftp://user:{PROXY_PASSWORD}@proxy:21"},
+        {"HTTPS_PROXY": f"http://user:{PROXY_PASSWORD}@proxy:99999"},
+        {"ALL_PROXY": f"socks4://user:{PROXY_PASSWORD}@proxy:1080"},
+    ):
+        assert scan.run(env | hostile, "apply", "--auto-approve", expect=1).stderr.startswith("Error: ")
     broken = work / "broken"
     broken.mkdir()
     (broken / "syntax.yaml").write_text(
@@ -241,6 +264,12 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
         scan.run(no_env_keys, "reconcile", expect=1)
     home_file.write_text(f"[default]\naccess_key_id = {DEFAULT_ACCESS_KEY}\nsecret_access_key = {WRONG_SK}\n")
     scan.run(no_env_keys, "destroy", "--auto-approve", expect=1)
+    home_file.write_text(f"[default]\naccess_key_id = {DEFAULT_ACCESS_KEY}\nsecret_access_key = {PERCENT_SK}\n")
+    assert "SignatureDoesNotMatch" in scan.run(no_env_keys, "destroy", "--auto-approve", expect=1).stderr
+    home_file.write_text(
+        f"[default]\naccess_key_id = {DEFAULT_ACCESS_KEY}\nsecret_access_key = {FILE_SK}\n  {PERCENT_SK}\n"
+    )
+    assert "line 3" in scan.run(no_env_keys, "destroy", "--auto-approve", expect=1).stderr
 
     scan.run(env, "destroy", "--auto-approve", "--json")
     assert httpx.get(f"{url}/_emulator/tasks").json()["tasks"] == []
