@@ -47,11 +47,13 @@ ID_PATTERN = r"^[a-zA-Z0-9_@\-\.]{1,128}$"
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
+#: The vendor's models declare every integer field int32: nothing larger can be sent.
+INT32_MAX = 2**31 - 1
 MaxIdleTime = Annotated[StrictInt, Field(ge=1, le=86400)]
 Dimension = Annotated[StrictInt, Field(ge=0, le=1920)]
 Interval = Annotated[StrictInt, Field(ge=1, le=600)]
-Region = Annotated[StrictInt, Field(ge=0)]
-StreamIndex = Annotated[StrictInt, Field(ge=0)]
+Region = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+StreamIndex = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 
 DEFAULT_MAX_IDLE_TIME = 180
 DEFAULT_INTERVAL = 2

@@ -12,15 +12,18 @@ the :class:`~reconciler.errors.WriteError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from . import api
 from .client import CallResult, Outcome, SnapshotClient
-from .errors import ApiError, RunStoppedError, WriteError
+from .errors import ApiError, InvalidParameterError, RunStoppedError, WriteError
 from .plan import ActionKind, Plan
 from .state import StateStore
 
@@ -190,43 +193,54 @@ class Applier:
 
     async def _perform(self, result: ActionResult, action) -> None:
         address, kind = result.address, result.kind
-        if kind == ActionKind.delete.value:
-            result.calls.append(
-                await self._call(
-                    address, "StopSnapshot", action.current, self.client.stop(stop_request(action.current))
-                )
-            )
+        # Every request of the action is built and serialised before its first call:
+        # a task is never stopped for a Start that could not be sent.
+        stop = start = update = None
+        with _building(address):
+            if kind in (ActionKind.delete.value, ActionKind.replace.value):
+                stop = stop_request(action.current)
+                orjson.dumps(stop.wire())
+            if kind != ActionKind.delete.value:
+                start = self.requests[address]
+                desired = start.wire()
+                orjson.dumps(desired)
+            if kind == ActionKind.update.value:
+                update = update_request(start)
+        if stop is not None:
+            result.calls.append(await self._call(address, "StopSnapshot", action.current, self.client.stop(stop)))
             self.store.record_delete(address)
+        if start is None:
             return
-        request = self.requests[address]
-        if kind == ActionKind.replace.value:
-            result.calls.append(
-                await self._call(
-                    address, "StopSnapshot", action.current, self.client.stop(stop_request(action.current))
-                )
-            )
-            self.store.record_delete(address)
-        elif kind == ActionKind.update.value:
-            call = await self._call(
-                address, "UpdateSnapshot", request.wire(), self.client.update(update_request(request))
-            )
+        if update is not None:
+            call = await self._call(address, "UpdateSnapshot", desired, self.client.update(update))
             result.calls.append(call)
             if call.outcome is not Outcome.not_running:
-                self.store.record_put(address, request.wire(), call.request_id)
+                self.store.record_put(address, desired, call.request_id)
                 return
             # The task idled out: bring it back with the whole desired request.
         if kind == "reassert":
             # The state already says the task runs this request: whatever becomes of this
             # call, that stays the best knowledge there is, so no intent is needed.
-            call = await self.client.start(request)
+            call = await self.client.start(start)
         else:
-            call = await self._call(address, "StartSnapshot", request.wire(), self.client.start(request))
+            call = await self._call(address, "StartSnapshot", desired, self.client.start(start))
         result.calls.append(call)
         if kind == "reassert":
             if call.outcome is Outcome.already_started:
                 return  # running as recorded: nothing new to remember
             result.healed = True
-        self.store.record_put(address, request.wire(), call.request_id)
+        self.store.record_put(address, desired, call.request_id)
+
+
+@contextlib.contextmanager
+def _building(address: str) -> Iterator[None]:
+    """A request that cannot be built or serialised fails its task before anything is sent."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as exc:  # orjson.JSONEncodeError is a TypeError
+        raise InvalidParameterError(
+            f"the request cannot be sent ({type(exc).__name__}: {exc}); nothing was called for {address}"
+        ) from None
 
 
 def _log_result(result: ActionResult) -> None:

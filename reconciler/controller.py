@@ -4,6 +4,7 @@ as a long-running GitOps controller with Prometheus metrics."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -17,6 +18,8 @@ from .errors import SnapctlError
 from .plan import Plan
 from .state import StateStore
 
+log = logging.getLogger("snapctl.controller")
+
 
 @dataclass
 class Round:
@@ -24,6 +27,7 @@ class Round:
 
     plan: Plan | None
     report: ApplyReport | None
+    #: Why the round failed: a SnapctlError, or an unexpected error wrapped in one.
     error: SnapctlError | None
     declared: int
     started_at: float
@@ -113,6 +117,10 @@ def reconcile_once(
         error, declared = None, len(manifests.tasks)
     except SnapctlError as exc:
         plan, report, error, declared = None, None, exc, 0
+    except Exception as exc:  # a round must never end the controller: report it and go on
+        log.error("reconcile round failed unexpectedly", exc_info=True)
+        plan, report, declared = None, None, 0
+        error = SnapctlError(f"unexpected {type(exc).__name__}: {exc}")
     requests = dict(client.stats.requests) if client else {}
     throttled = client.stats.throttled if client else 0
     return Round(plan, report, error, declared, started, time.monotonic() - t0, requests, throttled)

@@ -27,6 +27,8 @@ def configure(environ: Mapping[str, str] | None = None) -> None:
         if not LOGGER.handlers:
             LOGGER.addHandler(logging.NullHandler())
         LOGGER.propagate = False
+        # Nor for libraries' loggers (asyncio, httpx): they would reach the last resort too.
+        logging.getLogger().addHandler(logging.NullHandler())
         return
     path = env.get("SNAPCTL_LOG_PATH", "")
     handler: logging.Handler

@@ -197,3 +197,99 @@ def test_state_directory_is_created_0700_and_plan_says_there_is_no_state(emulato
     assert set(json.loads((work / "new" / "dir" / "s.json").read_bytes())["tasks"]) == set(tasks(emulator.url))
     run = run_snapctl(["plan", "--state", "new/dir/s.json"], cwd=work, env=env)
     assert "no state yet" not in run.output
+
+
+# -- values the API cannot take ----------------------------------------------------------
+
+OUT_OF_RANGE = """\
+app_id: app1
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps, region: 99999999999999999999}
+defaults: {storage: archive}
+rooms:
+  Room1:
+    tasks:
+      T1:
+        streams:
+          - {user_id: u, index: 18446744073709551616}
+      T2: {}
+"""
+
+
+def test_integers_the_api_cannot_take_are_refused_offline(emulator, tmp_path):
+    """Every integer field has the API's int32 range: anything larger is a located
+    error of validate, plan and apply, and nothing is sent or written."""
+    work = project(tmp_path, emulator.url, {"app.yaml": OUT_OF_RANGE})
+    env = snapctl_env(emulator.url, work)
+    for args in (["validate"], ["plan"], ["apply", "--auto-approve"]):
+        run = run_snapctl(args, cwd=work, env=env)
+        assert run.code == 1 and run.stdout == "" and "Traceback" not in run.stderr, run.output
+        assert "manifests/app.yaml:3:73: error: storage.archive.region: must be between 0 and 2147483647" in run.stderr
+        assert "manifests/app.yaml:10:33: error: rooms.Room1.tasks.T1.streams[0].index: must be between 0" in run.stderr
+    assert stats(emulator.url)["total"] == 0
+    assert list((work / "state").iterdir()) == []
+    at_limit = OUT_OF_RANGE.replace("99999999999999999999", "2147483647").replace("18446744073709551616", "2147483647")
+    (work / "manifests" / "app.yaml").write_text(at_limit)
+    assert run_snapctl(["validate"], cwd=work, env=env).code == 0
+
+
+def test_a_request_that_cannot_be_sent_never_stops_its_task(emulator, tmp_path):
+    """Apply builds and serialises every request of an action before its first call:
+    a replace whose StartSnapshot cannot be sent fails without sending the Stop."""
+    from reconciler import engine
+
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 2)})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    state_file = work / "state" / "snapctl.state.json"
+    before = state_file.read_bytes()
+    manifests = engine.load_manifests([work / "manifests"])
+    address = f"{APP}/R0/T0"
+    good = manifests.tasks[address]
+    # A value that got past validation (as a library caller can build one): 2**70 fits no integer the API has.
+    storage = good.request.storage_config
+    bad_tos = storage.tos_config.model_construct(**{**dict(storage.tos_config), "region": 2**70})
+    bad = good.request.model_copy(update={"storage_config": storage.model_copy(update={"tos_config": bad_tos})})
+    manifests.tasks[address] = type(good)(address=address, request=bad, location=good.location)
+    settings = engine.Settings(endpoint=emulator.url, environ=env)
+    with engine.StateStore(state_file) as store:
+        the_plan = engine.plan(manifests, store.state, replace=[address])
+        report = engine.run_apply(the_plan, manifests, store, settings.client())
+    (result,) = report.results
+    assert not result.ok and "cannot be sent" in str(result.error) and result.calls == []
+    assert calls(emulator.url, "StopSnapshot") == 0 and calls(emulator.url, "StartSnapshot") == 2
+    assert set(tasks(emulator.url)) == {f"{APP}/R0/T0", f"{APP}/R0/T1"}
+    assert state_file.read_bytes() == before  # no intent, no change: nothing was sent
+
+
+def test_watch_survives_an_unexpected_error_in_a_round(emulator, tmp_path):
+    """A round that fails with an error snapctl did not foresee is reported, and the next round runs."""
+    import threading
+
+    from reconciler import controller, engine
+
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 2)})
+    env = snapctl_env(emulator.url, work)
+    seen: list[str] = []
+
+    def on_result(result):
+        seen.append(result.address)
+        if len(seen) == 1:
+            raise RuntimeError("a result printer broke")
+
+    rounds: list = []
+    count = controller.watch(
+        [work / "manifests"],
+        work / "state" / "snapctl.state.json",
+        engine.Settings(endpoint=emulator.url, environ=env),
+        interval_s=0.01,
+        stop=threading.Event(),
+        on_round=rounds.append,
+        on_result=on_result,
+        max_rounds=2,
+    )
+    assert count == 2
+    assert rounds[0].error is not None and "unexpected RuntimeError: a result printer broke" in str(rounds[0].error)
+    assert rounds[1].ok, rounds[1].error
+    assert set(tasks(emulator.url)) == {f"{APP}/R0/T0", f"{APP}/R0/T1"}
+    assert set(state_listing(work, env, "state/snapctl.state.json")["tasks"]) == set(tasks(emulator.url))
