@@ -273,9 +273,10 @@ def plan(
         targets=targets,
         replace=replace,
         destroy=destroy,
-        manifest_paths=[str(p) for p in (paths or [Path("manifests")])],
+        manifest_paths=[str(p.absolute()) for p in (paths or [Path("manifests")])],
     )
     if out_file:
+        the_plan.state_path = str(Path(state_path).absolute())
         engine.save_plan(the_plan, out_file)
     fmt = "json" if as_json else fmt
     if fmt == "text":

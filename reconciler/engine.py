@@ -17,10 +17,10 @@ from .apply import ActionResult, Applier, ApplyReport
 from .client import RetryPolicy, SnapshotClient
 from .errors import UsageError
 from .manifest import ManifestSet, load_manifests
-from .plan import ActionKind, Plan, check_plan_current, make_plan
+from .plan import Plan, check_plan_current, check_plan_unchanged, make_plan
 from .runenv import RunEnv, resolve
 from .signing import SigningKey
-from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, read_state
+from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, read_state, resolve_path
 
 
 @dataclass
@@ -125,17 +125,23 @@ def load_plan(path: Path) -> Plan:
 
 def verify_saved_plan(saved: Plan, store: StateStore, manifests: ManifestSet) -> None:
     """A saved plan applies only to the state it was made against, with the manifests it was made from."""
-    check_plan_current(saved, store.state, str(store.path))
+    try:
+        check_plan_current(saved, store.state, str(store.path))
+    except UsageError as exc:
+        if saved.state_path and resolve_path(saved.state_path) != store.path:
+            raise UsageError(
+                f"{exc} (it was made against {saved.state_path}: pass --state to apply it there)"
+            ) from None
+        raise
     if not store.state.exists and saved.new_state_key:
         store.state.lineage, store.state.fingerprint_key = saved.state_lineage, saved.new_state_key
-    for action in saved.actions:
-        if action.kind is ActionKind.delete:
-            continue
-        task = manifests.tasks.get(action.address)
-        if task is None or store.state.fingerprint(task.request.wire()) != action.desired:
-            raise UsageError(
-                f"{action.address}: the manifests changed since the plan was saved; run snapctl plan again"
-            )
+    try:
+        fresh = plan(manifests, store.state, targets=saved.targets, replace=saved.replace, destroy=saved.destroy)
+    except UsageError as exc:  # a target or replacement that no longer exists
+        raise UsageError(
+            f"the saved plan is stale: the manifests changed since it was saved: {exc}; run snapctl plan again"
+        ) from None
+    check_plan_unchanged(saved, fresh)
 
 
 def run_apply(

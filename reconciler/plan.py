@@ -95,7 +95,13 @@ class Plan(BaseModel):
     #: Only for a plan made before any state existed: apply creates the state
     #: with this lineage and fingerprint key, so the plan's fingerprints hold.
     new_state_key: str | None = None
+    #: Absolute paths, so the plan applies from any directory.
     manifest_paths: list[str] = Field(default_factory=list)
+    #: The state file the plan was made against (absolute), named when apply finds another.
+    state_path: str | None = None
+    #: The scope it was made with: apply plans again with them to check that nothing changed.
+    targets: list[str] = Field(default_factory=list)
+    replace: list[str] = Field(default_factory=list)
     destroy: bool = False
     actions: list[PlannedAction] = Field(default_factory=list)
     summary: PlanSummary = Field(default_factory=PlanSummary)
@@ -336,6 +342,8 @@ def make_plan(
         state_exists=state.exists,
         new_state_key=None if state.exists else state.fingerprint_key,
         manifest_paths=list(manifest_paths),
+        targets=list(targets),
+        replace=list(replace),
         destroy=destroy,
         actions=actions,
         summary=PlanSummary.of(actions),
@@ -400,6 +408,52 @@ def check_plan_current(plan: Plan, state: State, state_path: str) -> None:
         )
     if plan.state_exists != state.exists or plan.state_serial != state.serial:
         raise UsageError(
-            f"the saved plan is stale: it was made against serial {plan.state_serial} and "
-            f"{state_path} is now at serial {state.serial if state.exists else 'none (no state)'}; run snapctl plan again"
+            f"the saved plan is stale: the state moved on since it was saved (made against serial {plan.state_serial}, "
+            f"{state_path} is now at serial {state.serial if state.exists else 'none (no state)'}); run snapctl plan again"
         )
+
+
+def check_plan_unchanged(saved: Plan, fresh: Plan) -> None:
+    """Refuse a saved plan that differs from ``fresh``, the plan the same state and the
+    current manifests give (same scope): a changed secret, or a changed manifest,
+    anywhere in scope, not only in the tasks the saved plan acts on."""
+    old = {a.address: a for a in saved.actions}
+    new = {a.address: a for a in fresh.actions}
+    for address in sorted(old.keys() | new.keys()):
+        before, after = old.get(address), new.get(address)
+        if before is not None and after is not None and _same_action(before, after):
+            continue
+        same_but_secrets = (
+            before is not None
+            and after is not None
+            and before.kind is after.kind
+            and mask_secrets(before.desired) == mask_secrets(after.desired)
+            and mask_secrets(before.current) == mask_secrets(after.current)
+        )
+        only_secrets = (
+            before is None and after is not None and bool(after.changes) and all(c.sensitive for c in after.changes)
+        )
+        if same_but_secrets or only_secrets:
+            raise UsageError(
+                f"the saved plan is stale: a secret changed since it was saved: the storage credentials of {address} "
+                "are not those it was planned with; run snapctl plan again"
+            )
+        if after is None:
+            what = f"the saved plan would {before.kind.value} it, and now it needs no change" if before else "changed"
+        elif before is None:
+            what = f"it now needs {_article(after.kind)} (not in the saved plan)"
+        elif before.kind is not after.kind:
+            what = f"it now needs {_article(after.kind)}, the saved plan has {_article(before.kind)}"
+        else:
+            what = f"its declaration changed ({before.kind.value} to another request)"
+        raise UsageError(
+            f"the saved plan is stale: the manifests changed since it was saved: {address}: {what}; run snapctl plan again"
+        )
+
+
+def _same_action(a: PlannedAction, b: PlannedAction) -> bool:
+    return a.kind is b.kind and a.desired == b.desired and a.current == b.current
+
+
+def _article(kind: ActionKind) -> str:
+    return {"create": "a create", "update": "an update", "replace": "a replace", "delete": "a delete"}[kind.value]

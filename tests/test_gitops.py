@@ -106,7 +106,7 @@ def test_saved_plan_is_refused_when_manifests_changed(work, env):
 def test_saved_plan_is_refused_when_a_secret_changed(work, env, server):
     assert snap(work, env, "plan", "--out", "p.plan").code == 0
     refused = snap(work, env | {"OFF_SK": "SK-rotated"}, "apply", "p.plan")
-    assert refused.code == 1 and "manifests changed" in refused.stderr
+    assert refused.code == 1 and "a secret changed" in refused.stderr
     assert stats(server.url)["total"] == 0
 
 

@@ -293,3 +293,77 @@ def test_watch_survives_an_unexpected_error_in_a_round(emulator, tmp_path):
     assert rounds[1].ok, rounds[1].error
     assert set(tasks(emulator.url)) == {f"{APP}/R0/T0", f"{APP}/R0/T1"}
     assert set(state_listing(work, env, "state/snapctl.state.json")["tasks"]) == set(tasks(emulator.url))
+
+
+# -- saved plans ---------------------------------------------------------------------------
+
+SECRET_APP = """\
+app_id: app2
+storage:
+  offsite: {type: custom, vendor: oss, bucket: offsite, access_key: "${env:H_AK}", secret_key: "${env:H_SK}"}
+defaults: {storage: offsite}
+rooms:
+  Room9:
+    tasks:
+      S1: {}
+"""
+
+
+def test_saved_plan_is_refused_when_anything_in_scope_changed(emulator, tmp_path):
+    """A saved plan applies only if planning again would give the same plan: a task
+    declared again, a task edited outside the plan and a secret rotated outside the
+    plan are each refused with one line naming the cause, and nothing is sent."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 2), "secret.yaml": SECRET_APP})
+    env = snapctl_env(emulator.url, work, H_AK="AK-hardening-1", H_SK="SK-hardening-1")
+    manifest = work / "manifests" / "app.yaml"
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    started = set(tasks(emulator.url))
+    state_before = (work / "state" / "snapctl.state.json").read_bytes()
+    sent = stats(emulator.url)["total"]
+
+    manifest.write_text(many_tasks(1, 1))
+    assert run_snapctl(["plan", "--out", "del.plan"], cwd=work, env=env).code == 0
+    manifest.write_text(many_tasks(1, 2))  # T1 declared again
+    run = run_snapctl(["apply", "del.plan"], cwd=work, env=env)
+    assert_one_error_line(run, f"the manifests changed since it was saved: {APP}/R0/T1")
+
+    manifest.write_text(many_tasks(1, 2).replace("T0: {image: {interval: 1}}", "T0: {image: {interval: 7}}"))
+    assert run_snapctl(["plan", "--out", "upd.plan"], cwd=work, env=env).code == 0
+    edited = many_tasks(1, 2).replace("T0: {image: {interval: 1}}", "T0: {image: {interval: 7}}")
+    manifest.write_text(edited.replace("T1: {image: {interval: 2}}", "T1: {image: {interval: 2, width: 320}}"))
+    run = run_snapctl(["apply", "upd.plan"], cwd=work, env=env)
+    assert_one_error_line(run, f"the manifests changed since it was saved: {APP}/R0/T1")
+
+    manifest.write_text(edited)
+    rotated = env | {"H_SK": "SK-hardening-2"}
+    run = run_snapctl(["apply", "upd.plan"], cwd=work, env=rotated)
+    line = assert_one_error_line(run, "a secret changed since it was saved: the storage credentials of app2/Room9/S1")
+    assert "SK-hardening" not in run.output and "SK-hardening" not in line
+
+    assert stats(emulator.url)["total"] == sent and set(tasks(emulator.url)) == started
+    assert (work / "state" / "snapctl.state.json").read_bytes() == state_before
+    # Unchanged since: it applies, and a second time the state has moved on.
+    assert run_snapctl(["apply", "upd.plan"], cwd=work, env=env).code == 0
+    run = run_snapctl(["apply", "upd.plan"], cwd=work, env=env)
+    assert_one_error_line(run, "the state moved on since it was saved")
+
+
+def test_saved_plan_applies_from_another_directory(emulator, tmp_path):
+    """A plan saved with relative manifest paths applies from anywhere; given another
+    state, the refusal names the state the plan was made against."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 1)})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    (work / "manifests" / "app.yaml").write_text(many_tasks(1, 2))
+    assert run_snapctl(["plan", "--out", "p.plan", "manifests"], cwd=work, env=env).code == 0
+    sent = stats(emulator.url)["total"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = run_snapctl(["apply", str(work / "p.plan")], cwd=elsewhere, env=env)
+    assert_one_error_line(run, f"it was made against {work / 'state' / 'snapctl.state.json'}: pass --state")
+    assert not (elsewhere / "state" / "snapctl.state.json").exists() and stats(emulator.url)["total"] == sent
+    state = str(work / "state" / "snapctl.state.json")
+    run = run_snapctl(["apply", str(work / "p.plan"), "--state", state], cwd=elsewhere, env=env)
+    assert run.code == 0, run.output
+    assert set(tasks(emulator.url)) == {f"{APP}/R0/T0", f"{APP}/R0/T1"}
+    assert set(json.loads((work / "state" / "snapctl.state.json").read_bytes())["tasks"]) == set(tasks(emulator.url))
