@@ -18,6 +18,7 @@ import difflib
 import gc
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,6 +386,10 @@ def discover(paths: Sequence[str | Path]) -> list[Path]:
             missing.append(Diagnostic(None, f"{path}: no such file or directory"))
             continue
         for file in files:
+            if path.is_dir() and _special(file):
+                # Reading a FIFO would block for ever; a device is no manifest either.
+                missing.append(Diagnostic(Location(str(file), 1, 1), "not a regular file (a FIFO, socket or device)"))
+                continue
             key = file.resolve()
             if key not in seen:
                 seen.add(key)
@@ -392,6 +397,14 @@ def discover(paths: Sequence[str | Path]) -> list[Path]:
     if missing:
         raise ManifestError(missing)
     return found
+
+
+def _special(file: Path) -> bool:
+    try:
+        mode = file.stat().st_mode
+    except OSError:
+        return False  # reading it reports the problem
+    return not stat.S_ISREG(mode)
 
 
 def load_manifests(

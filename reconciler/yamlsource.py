@@ -161,8 +161,7 @@ def read_documents(
 ) -> tuple[list[Document], list[Diagnostic]]:
     """The mapping documents of one YAML file, and the problems found in it.
 
-    Empty documents are skipped; a file with no document at all gives a
-    warning. A problem that stops parsing (size, encoding, syntax) ends the
+    Empty documents are skipped; a file with no document at all is an error. A problem that stops parsing (size, encoding, syntax) ends the
     file, keeping the documents before it; others are reported and loading
     continues so that every problem is seen in one run.
     """
@@ -204,7 +203,15 @@ def _parse_text(name: str, text: str, environ: Mapping[str, str], diagnostics: l
     finally:
         loader.dispose()
     if not documents and not diagnostics:
-        diagnostics.append(Diagnostic(Location(name, 1, 1), "the file holds no YAML document; skipped", "warning"))
+        # An error, not a warning: a manifest emptied by mistake (or caught half
+        # written by a generator) would otherwise stop every task it declared.
+        diagnostics.append(
+            Diagnostic(
+                Location(name, 1, 1),
+                "the file holds no YAML document (it is empty or only comments); "
+                "delete the file to remove the tasks it declared",
+            )
+        )
     return documents
 
 

@@ -367,3 +367,31 @@ def test_saved_plan_applies_from_another_directory(emulator, tmp_path):
     assert run.code == 0, run.output
     assert set(tasks(emulator.url)) == {f"{APP}/R0/T0", f"{APP}/R0/T1"}
     assert set(json.loads((work / "state" / "snapctl.state.json").read_bytes())["tasks"]) == set(tasks(emulator.url))
+
+
+# -- manifests that hold nothing ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("emptied", ["", "# regenerated below\n", "---\n...\n"])
+def test_an_emptied_manifest_file_is_an_error_not_a_destroy(emulator, tmp_path, emptied):
+    """A manifest file truncated to nothing, only comments or empty documents is a
+    located error: apply stops nothing, and the state is left as it was."""
+    work = project(tmp_path, emulator.url, {"a.yaml": many_tasks(1, 2), "b.yaml": many_tasks(1, 2, app="other")})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    before = (work / "state" / "snapctl.state.json").read_bytes()
+    sent = stats(emulator.url)["total"]
+    (work / "manifests" / "b.yaml").write_text(emptied)
+    for args in (["validate"], ["plan"], ["apply", "--auto-approve"], ["reconcile"]):
+        run = run_snapctl(args, cwd=work, env=env)
+        assert run.code == 1 and run.stdout == "" and "Traceback" not in run.stderr, run.output
+        assert "manifests/b.yaml:1:1: error: the file holds no YAML document" in run.stderr
+    assert stats(emulator.url)["total"] == sent and len(tasks(emulator.url)) == 4
+    assert (work / "state" / "snapctl.state.json").read_bytes() == before
+
+
+def test_a_fifo_among_the_manifests_is_an_error_not_a_hang(emulator, tmp_path):
+    work = project(tmp_path, emulator.url, {"a.yaml": many_tasks(1, 1)})
+    os.mkfifo(work / "manifests" / "pipe.yaml")
+    run = run_snapctl(["validate"], cwd=work, env=snapctl_env(emulator.url, work), timeout=30)
+    assert run.code == 1 and "manifests/pipe.yaml:1:1: error: not a regular file" in run.stderr, run.output

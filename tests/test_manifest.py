@@ -530,17 +530,19 @@ def test_duplicate_yaml_key_names_both_lines(tmp_path):
 # -- YAML source ---------------------------------------------------------------------------
 
 
-def test_empty_file_and_empty_documents_are_skipped(tmp_path):
-    write(tmp_path, "empty.yaml", "")
-    write(tmp_path, "comments.yml", "# nothing yet\n")
+def test_empty_documents_are_skipped_and_a_file_without_any_is_an_error(tmp_path):
     write(tmp_path, "docs.yaml", "---\n" + PROFILE + "rooms: {R: {tasks: {T: {storage: archive}}}}\n---\n---\n")
     m = load_manifests([tmp_path], environ={})
-    assert list(m.tasks) == ["app1/R/T"]
-    assert [(Path(w.location.file).name, w.severity) for w in m.warnings] == [
-        ("comments.yml", "warning"),
-        ("empty.yaml", "warning"),
+    assert list(m.tasks) == ["app1/R/T"] and m.warnings == []
+    write(tmp_path, "empty.yaml", "")
+    write(tmp_path, "comments.yml", "# nothing yet\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifests([tmp_path], environ={})
+    assert [(Path(d.location.file).name, d.location.line, d.severity) for d in caught.value.diagnostics] == [
+        ("comments.yml", 1, "error"),
+        ("empty.yaml", 1, "error"),
     ]
-    assert all("no YAML document" in w.message for w in m.warnings)
+    assert all("no YAML document" in d.message for d in caught.value.diagnostics)
 
 
 def test_positions_of_keys_values_and_items(tmp_path):
