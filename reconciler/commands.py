@@ -191,10 +191,20 @@ def _settings(endpoint, qps, parallelism, timeout_s, *, credentials: bool = True
     return settings
 
 
-def _load(paths) -> Any:
-    from .manifest import load_manifests
+def _load(paths, *, as_json: bool = False, command: str = "", **options) -> Any:
+    """The manifests under ``paths``; with ``as_json``, manifests that cannot be used are
+    a JSON document on stdout (``valid: false`` and every diagnostic) and exit 1."""
+    from .manifest import ManifestError, load_manifests
 
-    return load_manifests(list(paths) or ["manifests"])
+    try:
+        return load_manifests(list(paths) or ["manifests"], **options)
+    except ManifestError as exc:
+        if not as_json:
+            raise
+        from .render import invalid_document
+
+        print_json(invalid_document(exc.diagnostics, command))
+        sys.exit(EXIT_ERROR)
 
 
 # validate --------------------------------------------------------------------
@@ -209,8 +219,10 @@ def validate(paths, as_json, no_color):
 
     PATHS are files or directories of *.yaml / *.yml (default: manifests/).
     """
+    from .render import diagnostic_document
+
     style = Style(colour_enabled(sys.stdout, no_color))
-    manifests = _load(paths)
+    manifests = _load(paths, as_json=as_json, command="validate")
     if as_json:
         print_json(
             {
@@ -220,6 +232,7 @@ def validate(paths, as_json, no_color):
                 "tasks": len(manifests.tasks),
                 "files": manifests.files,
                 "warnings": [str(w) for w in manifests.warnings],
+                "diagnostics": [diagnostic_document(w) for w in manifests.warnings],
             }
         )
         return
@@ -263,7 +276,7 @@ def plan(
     from . import engine
 
     _settings(endpoint, qps, parallelism, timeout_s, credentials=False)
-    manifests = _load(paths) if not destroy or paths else _empty()
+    manifests = _load(paths, as_json=as_json or fmt == "json", command="plan") if not destroy or paths else _empty()
     state = engine.read_state(state_path)
     if not state.exists:
         err(f"no state yet at {state_path}: everything is planned as new\n")

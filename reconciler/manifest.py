@@ -162,6 +162,9 @@ def _refuse_storage_type(value: Any) -> Any:
     if (type(value) is str and value == "vod") or (type(value) is int and value == api.StorageType.vod):
         raise ValueError("storage type vod (1) is not supported for snapshots; use tos, custom or veimagex (0, 2 or 3)")
     hint = _did_you_mean(value.lower(), _STORAGE_NAMES) if isinstance(value, str) else ""
+    if isinstance(value, str) and value.lower() in api.Vendor.__members__:
+        vendor = value.lower()
+        hint = f"; {vendor.upper()}-compatible storage is `type: custom` with `vendor: {vendor}`"
     raise ValueError(f"must be one of tos, custom, veimagex (or 0, 2, 3), got {_describe(value)}{hint}")
 
 

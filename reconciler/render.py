@@ -47,10 +47,39 @@ class Style:
         return f"\x1b[{codes}m{text}\x1b[0m"
 
 
-def _value(value: Any) -> str:
+def _value(value: Any, path: str = "") -> str:
     if value is None:
         return "(none)"
-    return json.dumps(mask_secrets(value), ensure_ascii=False, sort_keys=False)
+    text = json.dumps(mask_secrets(value), ensure_ascii=False, sort_keys=False)
+    name = code_name(path, value)
+    return f"{text} ({name})" if name else text
+
+
+def code_name(path: str, value: Any) -> str | None:
+    """The manifest's word for an API code at ``path`` (``ImageConfig.Format`` 1 -> ``png``)."""
+    if type(value) is not int:
+        return None
+    enum = _CODES.get(path.rsplit(".", 1)[-1] if path.endswith(".StreamType") else path)
+    if enum is None:
+        return None
+    try:
+        return enum(value).name
+    except ValueError:
+        return None
+
+
+def _code_enums() -> dict[str, Any]:
+    from . import api
+
+    return {
+        "ImageConfig.Format": api.Format,
+        "StreamType": api.StreamType,
+        "StorageConfig.Type": api.StorageType,
+        "StorageConfig.CustomConfig.Vendor": api.Vendor,
+    }
+
+
+_CODES = _code_enums()
 
 
 def flatten(body: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, Any]]:
@@ -100,16 +129,19 @@ def plan_text(plan: Plan, style: Style) -> str:
         width = max((len(c.path) for c in changes), default=0)
         for change in changes:
             if action.kind is ActionKind.create:
-                lines.append(style(f"      + {change.path.ljust(width)} = {_value(change.new)}", "green"))
+                lines.append(style(f"      + {change.path.ljust(width)} = {_value(change.new, change.path)}", "green"))
             elif action.kind is ActionKind.delete:
-                lines.append(style(f"      - {change.path.ljust(width)} = {_value(change.old)}", "red"))
+                lines.append(style(f"      - {change.path.ljust(width)} = {_value(change.old, change.path)}", "red"))
             else:
                 mark = (
                     style("  # forces replacement", "magenta")
                     if change.forces_replacement and action.kind is ActionKind.replace
                     else ""
                 )
-                lines.append(f"      ~ {change.path.ljust(width)} = {_value(change.old)} -> {_value(change.new)}{mark}")
+                lines.append(
+                    f"      ~ {change.path.ljust(width)} = {_value(change.old, change.path)} -> "
+                    f"{_value(change.new, change.path)}{mark}"
+                )
         lines.append("")
     lines.append(style(plan.summary.line(), "bold"))
     return "\n".join(lines) + "\n"
@@ -134,16 +166,18 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
             body.append(f"{prefix} {action.symbol} {action.address} ({_HEADLINES[action.kind]})")
             for change in action_changes(action):
                 if action.kind is ActionKind.create:
-                    body.append(f"+     {change.path} = {_value(change.new)}")
+                    body.append(f"+     {change.path} = {_value(change.new, change.path)}")
                 elif action.kind is ActionKind.delete:
-                    body.append(f"-     {change.path} = {_value(change.old)}")
+                    body.append(f"-     {change.path} = {_value(change.old, change.path)}")
                 else:
                     note = (
                         "  # forces replacement"
                         if change.forces_replacement and action.kind is ActionKind.replace
                         else ""
                     )
-                    body.append(f"!     {change.path}: {_value(change.old)} -> {_value(change.new)}{note}")
+                    body.append(
+                        f"!     {change.path}: {_value(change.old, change.path)} -> {_value(change.new, change.path)}{note}"
+                    )
         body.append("```")
         title = f"Room `{room}`: {len(actions)} action(s)"
         if len(actions) > collapse_over:
@@ -169,10 +203,42 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                 "action": a.kind.value,
                 "symbol": a.symbol,
                 "reason": a.reason,
-                "changes": [c.model_dump() for c in action_changes(a)],
+                "changes": [_change_document(c) for c in action_changes(a)],
             }
             for a in plan.actions
         ],
+    }
+
+
+def diagnostic_document(diagnostic: Any) -> dict[str, Any]:
+    """One manifest diagnostic as JSON: where (file, line, column; null when it concerns no
+    place in a file), how bad, and what."""
+    location = diagnostic.location
+    return {
+        "file": location.file if location else None,
+        "line": location.line if location else None,
+        "column": location.column if location else None,
+        "severity": diagnostic.severity,
+        "message": diagnostic.message,
+    }
+
+
+def invalid_document(diagnostics: Iterable[Any], command: str) -> dict[str, Any]:
+    """``validate --json`` and ``plan --json`` on manifests that cannot be used."""
+    diagnostics = list(diagnostics)
+    return {
+        "format_version": OUTPUT_FORMAT_VERSION,
+        "type": command,
+        "valid": False,
+        "diagnostics": [diagnostic_document(d) for d in diagnostics],
+    }
+
+
+def _change_document(change: FieldChange) -> dict[str, Any]:
+    """A field change as JSON: the API's values, and the manifest's names of codes beside them."""
+    return change.model_dump() | {
+        "old_name": code_name(change.path, change.old),
+        "new_name": code_name(change.path, change.new),
     }
 
 

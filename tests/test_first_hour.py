@@ -194,3 +194,73 @@ def test_emulator_started_by_hand_behind_a_path_prefix(tmp_path, emulator):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+CODES = """\
+app_id: app1
+storage:
+  remote: {type: custom, vendor: oss, bucket: b, access_key: "${env:AK}", secret_key: "${env:SK}"}
+defaults: {storage: remote, image: {format: png}}
+rooms:
+  R:
+    tasks:
+      T: {streams: [{user_id: u1, stream_type: screen}]}
+"""
+
+
+def test_the_plan_speaks_the_manifests_words(tmp_path, emulator):
+    project = new_project(tmp_path, emulator.url, {"app.yaml": CODES})
+    env = snapctl_env(emulator.url, project, AK="ak-value", SK="sk-value")
+    text = run_snapctl(["plan", "--no-color"], cwd=project, env=env).stdout
+    for line in (
+        "ImageConfig.Format = 1 (png)",
+        "StorageConfig.Type = 2 (custom)",
+        "StorageConfig.CustomConfig.Vendor = 1 (oss)",
+        "TargetStreams.StreamList[0].StreamType = 1 (screen)",
+    ):
+        assert line in " ".join(text.split()), line
+    markdown = run_snapctl(["plan", "--format", "markdown"], cwd=project, env=env).stdout
+    assert "ImageConfig.Format = 1 (png)" in markdown and "StorageConfig.Type = 2 (custom)" in markdown
+    document = json.loads(run_snapctl(["plan", "--json"], cwd=project, env=env).stdout)
+    changes = {c["path"]: c for c in document["actions"][0]["changes"]}
+    assert changes["ImageConfig.Format"]["new"] == 1 and changes["ImageConfig.Format"]["new_name"] == "png"
+    assert changes["StorageConfig.CustomConfig.Vendor"]["new_name"] == "oss"
+    assert changes["ImageConfig.Width"]["new_name"] is None and changes["ImageConfig.Format"]["old_name"] is None
+    # A change of a code names both sides.
+    assert run_snapctl(["apply", "--auto-approve"], cwd=project, env=env).code == 0
+    (project / "manifests" / "app.yaml").write_text(CODES.replace("format: png", "format: jpeg"))
+    changed = run_snapctl(["plan", "--no-color"], cwd=project, env=env).stdout
+    assert "ImageConfig.Format = 1 (png) -> 0 (jpeg)" in " ".join(changed.split())
+
+
+def test_s3_as_a_storage_type_points_to_custom(tmp_path, emulator):
+    project = new_project(tmp_path, emulator.url, {"app.yaml": CODES.replace("type: custom, vendor: oss", "type: s3")})
+    result = run_snapctl(["validate"], cwd=project, env=snapctl_env(None, project, AK="a", SK="s"))
+    assert result.code == 1
+    assert "manifests/app.yaml:3:18: error: storage.remote.type: must be one of tos, custom, veimagex" in result.stderr
+    assert "S3-compatible storage is `type: custom` with `vendor: s3`" in result.stderr
+
+
+def test_bad_manifests_as_json(tmp_path, emulator):
+    bad = CODES.replace("format: png", "format: gif").replace("user_id: u1", "user_id: u1, colour: red")
+    project = new_project(tmp_path, emulator.url, {"app.yaml": bad})
+    env = snapctl_env(None, project, AK="a", SK="s")
+    for command in (["validate", "--json"], ["plan", "--json"], ["plan", "--format", "json"]):
+        result = run_snapctl(command, cwd=project, env=env)
+        assert result.code == 1 and "Traceback" not in result.output
+        document = json.loads(result.stdout)
+        assert document["format_version"] == 1 and document["type"] == command[0]
+        assert document["valid"] is False
+        assert [(d["file"], d["line"], d["severity"]) for d in document["diagnostics"]] == [
+            ("manifests/app.yaml", 4, "error"),
+            ("manifests/app.yaml", 8, "error"),
+        ]
+        for diagnostic in document["diagnostics"]:
+            assert set(diagnostic) == {"file", "line", "column", "severity", "message"}
+            assert isinstance(diagnostic["column"], int) and diagnostic["message"]
+        assert "gif" in document["diagnostics"][0]["message"] and "colour" in document["diagnostics"][1]["message"]
+    (tmp_path / "empty").mkdir()
+    empty = new_project(tmp_path / "empty", emulator.url, {})
+    (empty / "manifests" / "notes.txt").write_text("not yaml")
+    nothing = json.loads(run_snapctl(["validate", "--json"], cwd=empty, env=env).stdout)
+    assert nothing["valid"] is False and nothing["diagnostics"][0]["file"] is None
