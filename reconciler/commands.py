@@ -217,12 +217,16 @@ def _load(paths, *, as_json: bool = False, command: str = "", **options) -> Any:
 def validate(paths, as_json, no_color):
     """Check manifests offline: syntax, every API rule, duplicates, environment variables.
 
+    Needs no secret values: a `${env:NAME}` whose variable is not set is a
+    warning here (plan and apply need it where a task uses it).
+
     PATHS are files or directories of *.yaml / *.yml (default: manifests/).
     """
+    from .manifest import SECRETS_OPTIONAL
     from .render import diagnostic_document
 
     style = Style(colour_enabled(sys.stdout, no_color))
-    manifests = _load(paths, as_json=as_json, command="validate")
+    manifests = _load(paths, as_json=as_json, command="validate", secrets=SECRETS_OPTIONAL)
     if as_json:
         print_json(
             {
@@ -255,6 +259,12 @@ def validate(paths, as_json, no_color):
 )
 @click.option("--destroy", is_flag=True, help="Plan the destruction of every task in the state.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 1 on error, 2 with changes.")
+@click.option(
+    "--no-secrets",
+    is_flag=True,
+    help="Plan without secret values (pull requests): secret fields are unknown, never a change; "
+    "such a plan cannot be applied.",
+)
 @handle_errors
 def plan(
     paths,
@@ -271,12 +281,19 @@ def plan(
     out_file,
     destroy,
     detailed_exitcode,
+    no_secrets,
 ):
     """Show what apply would change. Reads manifests and the state; sends nothing."""
     from . import engine
+    from .manifest import SECRETS_REQUIRED, SECRETS_UNKNOWN
 
     _settings(endpoint, qps, parallelism, timeout_s, credentials=False)
-    manifests = _load(paths, as_json=as_json or fmt == "json", command="plan") if not destroy or paths else _empty()
+    secrets = SECRETS_UNKNOWN if no_secrets else SECRETS_REQUIRED
+    manifests = (
+        _load(paths, as_json=as_json or fmt == "json", command="plan", secrets=secrets)
+        if not destroy or paths
+        else _empty()
+    )
     state = engine.read_state(state_path)
     if not state.exists:
         err(f"no state yet at {state_path}: everything is planned as new\n")
@@ -287,6 +304,7 @@ def plan(
         replace=replace,
         destroy=destroy,
         manifest_paths=[str(p.absolute()) for p in (paths or [Path("manifests")])],
+        secrets_unknown=no_secrets,
     )
     if out_file:
         the_plan.state_path = str(Path(state_path).absolute())
@@ -453,6 +471,11 @@ def apply(
         if targets or replace:
             raise UsageError("--target and --replace belong to `snapctl plan` when applying a saved plan")
         saved = engine.load_plan(paths[0])
+        if saved.secrets_unknown:
+            raise UsageError(
+                f"{paths[0]} was planned with --no-secrets: its secret fields are unknown, so it cannot be "
+                "applied; save a plan with the secrets set (snapctl plan --out FILE), or apply the manifests"
+            )
         manifests = _load([Path(p) for p in saved.manifest_paths]) if not saved.destroy else _empty()
         with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
             engine.verify_saved_plan(saved, store, manifests)

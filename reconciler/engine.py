@@ -95,6 +95,7 @@ def plan(
     replace: Sequence[str] = (),
     destroy: bool = False,
     manifest_paths: Sequence[str] = (),
+    secrets_unknown: bool = False,
 ) -> Plan:
     """The plan that would make ``state`` match ``manifests`` (see :func:`plan.make_plan`)."""
     return make_plan(
@@ -104,6 +105,7 @@ def plan(
         replace=replace,
         destroy=destroy,
         manifest_paths=manifest_paths,
+        secrets_unknown=secrets_unknown,
     )
 
 

@@ -19,7 +19,7 @@ import gc
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -41,7 +41,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from . import api
 from .errors import UsageError
-from .yamlsource import Diagnostic, Document, Location, read_documents, read_documents_fast
+from .yamlsource import DeferredEnviron, Diagnostic, Document, Location, read_documents, read_documents_fast
 
 __all__ = [
     "SECRET_FIELDS",
@@ -410,17 +410,89 @@ def _special(file: Path) -> bool:
     return not stat.S_ISREG(mode)
 
 
+#: How ``load_manifests`` treats a ``${env:NAME}`` whose variable is not set.
+SECRETS_REQUIRED = "required"  # plan, apply: an error where a task uses it
+SECRETS_OPTIONAL = "optional"  # validate: a warning (well-formedness is still checked)
+SECRETS_UNKNOWN = "unknown"  # plan --no-secrets: fine in secret fields, an error where a task uses it elsewhere
+#: The wire paths of secret fields, as in the state.
+_SECRET_PATHS = frozenset(
+    {("StorageConfig", "CustomConfig", "SecretKey"), ("StorageConfig", "CustomConfig", "AccessKey")}
+)
+
+
 def load_manifests(
-    paths: Sequence[str | Path] = ("manifests",), environ: Mapping[str, str] | None = None
+    paths: Sequence[str | Path] = ("manifests",),
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: str = SECRETS_REQUIRED,
 ) -> ManifestSet:
     """Load, validate and resolve the manifests under ``paths``.
 
-    ``environ`` (default ``os.environ``) feeds ``${env:NAME}``. Raises
-    ManifestError with every error (and warning) of every file, sorted by
-    file and position, if there is any error.
+    ``environ`` (default ``os.environ``) feeds ``${env:NAME}``. A variable that
+    is not set is judged by ``secrets`` (see ``SECRETS_*``); in every mode a
+    storage profile no task uses needs nothing. Raises ManifestError with every
+    error (and warning) of every file, sorted by file and position, if there is
+    any error.
     """
+    return _load_manifests(paths, DeferredEnviron(os.environ if environ is None else environ), secrets)
+
+
+def _judge_unset(collector: _Collector, unset: list[tuple[str, Location]], secrets: str) -> None:
+    """Diagnostics for the ``${env:NAME}`` references whose variable is not set.
+
+    Where the reference text broke a rule of its field, that error is replaced:
+    the value is unknown, not wrong, and without it no task could be made there.
+    """
+    places = {location for _, location in unset}
+    broken = {d.location for d in collector.diagnostics if d.severity == "error" and d.location in places}
+    collector.diagnostics = [d for d in collector.diagnostics if d.location not in broken or d.severity != "error"]
+    collector.diagnostics.extend(_unset_diagnostics(unset, collector.tasks, secrets, broken))
+
+
+def _unset_diagnostics(
+    unset: list[tuple[str, Location]], tasks: Mapping[str, DesiredTask], secrets: str, broken: set
+) -> list[Diagnostic]:
+    if secrets == SECRETS_OPTIONAL:
+        return [
+            Diagnostic(
+                location,
+                f"environment variable {name} is not set (referenced as ${{env:{name}}}); plan and apply need it",
+                "warning",
+            )
+            for name, location in unset
+        ]
+    names = {name for name, _ in unset}
+    needles = {name: f"${{env:{name}}}" for name in names}
+    used: set[str] = set()
+    for task in tasks.values():
+        for path, value in _strings(task.request.wire(), ()):
+            if "${env:" not in value:
+                continue
+            for name in names - used:
+                if needles[name] in value and not (secrets == SECRETS_UNKNOWN and path in _SECRET_PATHS):
+                    used.add(name)
+        if used == names:
+            break
+    return [
+        Diagnostic(location, f"environment variable {name} is not set (referenced as ${{env:{name}}})")
+        for name, location in unset
+        if name in used or location in broken
+    ]
+
+
+def _strings(value: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, (*path, key))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, path)
+
+
+def _load_manifests(paths: Sequence[str | Path], environ: DeferredEnviron, secrets: str) -> ManifestSet:
     files = discover(paths)
-    environ = os.environ if environ is None else environ
     if files and FAST_PATH:
         # Well-formed manifests take the fast path; the first problem (or doubt)
         # anywhere starts over on the PyYAML path, which reports every problem
@@ -434,8 +506,10 @@ def load_manifests(
         except _Fallback:
             pass
         else:
-            tasks = dict(sorted(collector.tasks.items()))
-            return ManifestSet(tasks=tasks, warnings=[], files=[str(f) for f in files])
+            if not environ.unset:
+                tasks = dict(sorted(collector.tasks.items()))
+                return ManifestSet(tasks=tasks, warnings=[], files=[str(f) for f in files])
+        environ.unset.clear()  # variables not set are judged on the PyYAML path, with their places
     collector = _Collector(environ)
     if not files:
         shown = ", ".join(str(p) for p in paths)
@@ -446,6 +520,8 @@ def load_manifests(
         for file in files:
             collector.load_file(file)
         pause.settled = len(collector.tasks)
+    if environ.unset:
+        _judge_unset(collector, environ.unset, secrets)
     errors = [d for d in collector.diagnostics if d.severity == "error"]
     if errors:
         raise ManifestError(collector.diagnostics)

@@ -20,6 +20,8 @@ from .state import SECRET_FIELDS, State, is_fingerprint
 PLAN_FORMAT_VERSION = 1
 #: The reasons of plain creates and deletes (renderers leave these unsaid).
 CREATE_REASON, DELETE_REASON = "not in the state", "not in the manifests"
+#: A secret's value in a plan made without secret values (``plan --no-secrets``).
+UNKNOWN_SECRET = "(unknown)"
 #: The only field UpdateSnapshot can change in place.
 IN_PLACE_FIELDS = frozenset({"ImageConfig.Interval"})
 
@@ -103,6 +105,9 @@ class Plan(BaseModel):
     targets: list[str] = Field(default_factory=list)
     replace: list[str] = Field(default_factory=list)
     destroy: bool = False
+    #: Made without secret values (``plan --no-secrets``): secret fields are unknown,
+    #: never planned as changed, and the plan cannot be applied.
+    secrets_unknown: bool = False
     actions: list[PlannedAction] = Field(default_factory=list)
     summary: PlanSummary = Field(default_factory=PlanSummary)
     unchanged: int = 0
@@ -239,8 +244,13 @@ def make_plan(
     replace: Sequence[str] = (),
     destroy: bool = False,
     manifest_paths: Sequence[str] = (),
+    secrets_unknown: bool = False,
 ) -> Plan:
     """Diff desired wire requests (by address, secrets in clear) against ``state``.
+
+    With ``secrets_unknown`` the desired secret values are not known: each
+    secret field is taken as the state has it (never a change), or shown as
+    ``UNKNOWN_SECRET`` for a task the state does not hold.
 
     ``targets`` limits the plan to those addresses (or their rooms/apps);
     ``replace`` forces a replacement; ``destroy`` plans the deletion of everything in scope.
@@ -282,6 +292,8 @@ def make_plan(
         have = entry.get("request") if entry is not None else None
         if want is not None:
             want = fingerprint(want)
+            if secrets_unknown:
+                want = _secrets_as_known(want, have)
         if have is None:
             actions.append(PlannedAction(address=address, kind=ActionKind.create, desired=want, reason=CREATE_REASON))
         elif want is None:
@@ -345,10 +357,33 @@ def make_plan(
         targets=list(targets),
         replace=list(replace),
         destroy=destroy,
+        secrets_unknown=secrets_unknown,
         actions=actions,
         summary=PlanSummary.of(actions),
         unchanged=unchanged,
     )
+
+
+def _secrets_as_known(want: dict[str, Any], have: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``want`` with each secret field as ``have`` holds it, else ``UNKNOWN_SECRET``."""
+    out = dict(want)
+    for path in SECRET_FIELDS:
+        parent: Any = out
+        ok = True
+        for part in path[:-1]:
+            child = parent.get(part) if isinstance(parent, dict) else None
+            if not isinstance(child, dict):
+                ok = False
+                break
+            parent[part] = child = dict(child)  # copied: the desired body may be shared
+            parent = child
+        if not ok or path[-1] not in parent:
+            continue
+        known: Any = have
+        for part in path:
+            known = known.get(part) if isinstance(known, Mapping) else None
+        parent[path[-1]] = known if known is not None else UNKNOWN_SECRET
+    return out
 
 
 class _Fingerprints:

@@ -12,7 +12,16 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .plan import CREATE_REASON, DELETE_REASON, ActionKind, FieldChange, Plan, PlannedAction, mask_secrets
+from .plan import (
+    CREATE_REASON,
+    DELETE_REASON,
+    UNKNOWN_SECRET,
+    ActionKind,
+    FieldChange,
+    Plan,
+    PlannedAction,
+    mask_secrets,
+)
 
 if TYPE_CHECKING:  # only annotations: rendering a plan does not load the apply machinery
     from .apply import ActionResult, ApplyReport
@@ -50,6 +59,8 @@ class Style:
 def _value(value: Any, path: str = "") -> str:
     if value is None:
         return "(none)"
+    if value == UNKNOWN_SECRET:
+        return UNKNOWN_SECRET
     text = json.dumps(mask_secrets(value), ensure_ascii=False, sort_keys=False)
     name = code_name(path, value)
     return f"{text} ({name})" if name else text
@@ -99,7 +110,9 @@ def action_changes(action: PlannedAction) -> list[FieldChange]:
     """The field changes of an action; creates and deletes list every field."""
     if action.kind is ActionKind.create:
         return [
-            FieldChange(path=p, old=None, new=v, forces_replacement=False, sensitive=v == "(sensitive)")
+            FieldChange(
+                path=p, old=None, new=v, forces_replacement=False, sensitive=v in ("(sensitive)", UNKNOWN_SECRET)
+            )
             for p, v in flatten(action.desired)
         ]
     if action.kind is ActionKind.delete:
@@ -117,7 +130,7 @@ def plan_text(plan: Plan, style: Style) -> str:
             f"No changes. {plan.unchanged} task(s) match the state.\n"
             if not plan.destroy
             else "No changes. Nothing to destroy.\n"
-        )
+        ) + (_NO_SECRETS_NOTE + "\n" if plan.secrets_unknown else "")
     lines = ["snapctl will perform the following actions:", ""]
     for action in plan.actions:
         colour = _COLOURS[action.kind]
@@ -144,7 +157,14 @@ def plan_text(plan: Plan, style: Style) -> str:
                 )
         lines.append("")
     lines.append(style(plan.summary.line(), "bold"))
+    if plan.secrets_unknown:
+        lines.append(_NO_SECRETS_NOTE)
     return "\n".join(lines) + "\n"
+
+
+_NO_SECRETS_NOTE = (
+    "Planned with --no-secrets: secret fields are (unknown) and never planned as changed; this plan cannot be applied."
+)
 
 
 def _room_of(address: str) -> str:
@@ -155,6 +175,8 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
     """Markdown for a pull-request comment or job summary; rooms with many
     actions fold into ``<details>`` blocks."""
     lines = ["### snapctl plan", "", f"**{plan.summary.line()}**", ""]
+    if plan.secrets_unknown:
+        lines += [f"_{_NO_SECRETS_NOTE}_", ""]
     if not plan.actions:
         lines.append(f"No changes. {plan.unchanged} task(s) match the state.")
         return "\n".join(lines) + "\n"
@@ -195,6 +217,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "created_at": plan.created_at,
         "state": {"lineage": plan.state_lineage, "serial": plan.state_serial},
         "destroy": plan.destroy,
+        "secrets_unknown": plan.secrets_unknown,
         "summary": plan.summary.model_dump() | {"unchanged": plan.unchanged},
         "has_changes": plan.has_changes,
         "actions": [
@@ -328,7 +351,7 @@ _CREDENTIAL_HINTS = {
 
 def stopped_line(report: ApplyReport) -> str:
     """The one line that names the error that stopped a run (credentials, an unreachable endpoint)."""
-    from .errors import CredentialsError
+    from .errors import CredentialsError, NotSentError
 
     error = report.stopped_by
     assert error is not None
@@ -338,10 +361,12 @@ def stopped_line(report: ApplyReport) -> str:
         text = f"the API refused the credentials: {error}{rid}; {hint}. The run stopped at the first such answer"
     else:
         text = str(error)
+    if not isinstance(error, (CredentialsError, NotSentError)):
+        text += "; the run stopped at the first such answer"
     done = sum(r.ok for r in report.results)
     if done:
         text += f"; {done} task(s) done before that are recorded in the state"
-    elif not isinstance(error, CredentialsError):
+    elif isinstance(error, NotSentError):
         text += "; nothing was sent"
     return text
 

@@ -92,6 +92,25 @@ class Location:
         return f"{self.file}:{self.line}:{self.column}"
 
 
+class DeferredEnviron(Mapping[str, str]):
+    """An environment in which a variable that is not set is not an error at once:
+    ``${env:NAME}`` then stays as written and ``(NAME, location)`` is recorded in
+    ``unset``, for the caller to judge (an unused storage profile needs nothing)."""
+
+    def __init__(self, base: Mapping[str, str]):
+        self.base = base
+        self.unset: list[tuple[str, Location]] = []
+
+    def __getitem__(self, name: str) -> str:
+        return self.base[name]
+
+    def __iter__(self):
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     """One problem (or warning) found in the manifests."""
@@ -316,6 +335,11 @@ class _Builder:
             try:
                 return self.environ[ref.group(1)]
             except KeyError:
+                unset = getattr(self.environ, "unset", None)
+                if unset is not None:
+                    # The caller decides: the reference stands for the unknown value.
+                    unset.append((ref.group(1), Location(self.file, *_position(node))))
+                    return match.group(0)
                 problems.append(
                     f"environment variable {ref.group(1)} is not set (referenced as ${{env:{ref.group(1)}}})"
                 )
