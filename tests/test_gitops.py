@@ -121,7 +121,7 @@ def test_plan_json_shape(work, env):
         assert set(action) == {"address", "action", "symbol", "reason", "changes"}
         assert action["action"] == "create" and action["symbol"] == "+"
         for change in action["changes"]:
-            assert set(change) == {"path", "old", "new", "forces_replacement", "sensitive"}
+            assert set(change) == {"path", "old", "new", "forces_replacement", "sensitive", "old_name", "new_name"}
     secrets = [c for a in doc["actions"] for c in a["changes"] if c["sensitive"]]
     assert {c["path"] for c in secrets} == {
         "StorageConfig.CustomConfig.AccessKey",
