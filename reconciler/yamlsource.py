@@ -77,6 +77,14 @@ _NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd
 # `$${` escapes a literal `${`; anything else in `${...}` must be `env:NAME`.
 _REFERENCE = re.compile(r"\$(\$?)\{([^}]*)\}")
 _ENV_NAME = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _unclosed(text: str) -> bool:
+    """Whether ``text`` holds a ``${`` that no ``}`` closes (kept as literal text, it would
+    name a bucket ``${env:BUCKET``)."""
+    return "${" in _REFERENCE.sub("", text)
+
+
 _ALIAS = re.compile(r"\*([^\s,\[\]{}]+)")
 
 
@@ -346,6 +354,10 @@ class _Builder:
                 return match.group(0)
 
         result = _REFERENCE.sub(replace, text)
+        if _unclosed(text):
+            problems.append(
+                "unclosed ${ (no closing brace): write ${env:NAME}, or $${ for a literal ${ followed by a closing }"
+            )
         for problem in problems:
             self.error(node, problem)
         if referenced:
@@ -575,7 +587,7 @@ def read_documents_fast(path: str | Path, environ: Mapping[str, str] | None = No
     environ = os.environ if environ is None else environ
     diagnostics: list[Diagnostic] = []
     text = _read_text(Path(path), name, diagnostics)
-    if text is None or diagnostics or _doubtful_text(text):
+    if text is None or diagnostics or _doubtful_text(text) or _too_deep(text):
         return None
     try:
         values = _fast.loads_all(text)
@@ -598,6 +610,33 @@ def read_documents_fast(path: str | Path, environ: Mapping[str, str] | None = No
             return None
         documents.append(FastDocument(name, data, 0, 0, {}, set(), source, index, checker.interpolated))
     return documents
+
+
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+_OPENERS = re.compile(r"[\[{]{%d}" % (MAX_DEPTH + 1))
+
+
+def _too_deep(text: str) -> bool:
+    """Whether flow collections in ``text`` may nest deeper than :data:`MAX_DEPTH`.
+
+    ryaml takes time quadratic in the nesting depth (25,000 levels: a second;
+    100,000: 18 s), so such a file goes to PyYAML, which refuses it at once
+    with its location. Each pass strips the innermost bracket pairs, so the
+    passes count the depth; brackets inside strings or comments can only
+    make this decline a file the fast path would have read.
+    """
+    brackets = _NOT_BRACKET.sub("", text)
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return False
+        if _OPENERS.search(brackets):  # that many openers in a row: no need to count further
+            return True
+        stripped = _INNERMOST.sub("", brackets)
+        if stripped == brackets:  # unbalanced (brackets in strings): decline if many are left
+            return len(brackets) > MAX_DEPTH
+        brackets = stripped
+    return bool(brackets)
 
 
 def _doubtful_text(text: str) -> bool:
@@ -719,6 +758,8 @@ class _FastChecker:
                 raise _Declined from None
 
         result = _REFERENCE.sub(replace, text)
+        if _unclosed(text):
+            raise _Declined  # reported by the PyYAML path
         if referenced:
             self.interpolated.add((*self.path, step))
         return result

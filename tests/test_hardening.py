@@ -395,3 +395,38 @@ def test_a_fifo_among_the_manifests_is_an_error_not_a_hang(emulator, tmp_path):
     os.mkfifo(work / "manifests" / "pipe.yaml")
     run = run_snapctl(["validate"], cwd=work, env=snapctl_env(emulator.url, work), timeout=30)
     assert run.code == 1 and "manifests/pipe.yaml:1:1: error: not a regular file" in run.stderr, run.output
+
+
+# -- hostile YAML ---------------------------------------------------------------------------
+
+
+def test_an_unclosed_env_reference_is_a_located_error(emulator, tmp_path):
+    text = many_tasks(1, 1).replace("bucket: snaps", 'bucket: "${env:BUCKET"')
+    text += "  R9:\n    tasks:\n      T9:\n        storage:\n          type: tos\n          account_id: '1'\n"
+    text += "          bucket: x-${env:HOME}-${env:HOME\n"
+    work = project(tmp_path, emulator.url, {"app.yaml": text})
+    env = snapctl_env(emulator.url, work, BUCKET="snaps")
+    for args in (["validate"], ["plan"], ["apply", "--auto-approve"]):
+        run = run_snapctl(args, cwd=work, env=env)
+        assert run.code == 1 and run.stdout == "" and "Traceback" not in run.stderr, run.output
+        assert "manifests/app.yaml:3:58: error: unclosed ${" in run.stderr
+        assert "manifests/app.yaml:15:19: error: unclosed ${" in run.stderr and run.stderr.count("unclosed ${") == 2
+    assert stats(emulator.url)["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "nesting",
+    [
+        "[" * 200_000 + "]" * 200_000,
+        "[[], " * 100_000 + "]" * 100_000,
+        "{a: " * 100_000 + "1" + "}" * 100_000,
+    ],
+    ids=["brackets", "interleaved", "mappings"],
+)
+def test_deep_nesting_is_refused_at_once_with_its_location(emulator, tmp_path, nesting):
+    """Nesting far past the limit never reaches the fast parser (quadratic in the
+    depth): it is a located error of validate, as PyYAML reports it."""
+    work = project(tmp_path, emulator.url, {"app.yaml": f"app_id: app1\nrooms: {nesting}\n"})
+    run = run_snapctl(["validate"], cwd=work, env=snapctl_env(emulator.url, work), timeout=60)
+    assert run.code == 1 and "Traceback" not in run.stderr, run.output
+    assert run.stderr.startswith("manifests/app.yaml:2:") and "nesting" in run.stderr.splitlines()[0], run.stderr
