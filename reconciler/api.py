@@ -368,6 +368,8 @@ class Observation:
     #: Why the task is unknown: the API's answer.
     detail: str = ""
     request_id: str = ""
+    #: The read itself failed (after its retries), as opposed to "not found".
+    read_error: bool = False
 
     @classmethod
     def of(cls, address: str, task: SnapshotTask, key: TaskKey, request_id: str = "") -> Observation:

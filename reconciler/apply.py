@@ -229,6 +229,8 @@ class Applier:
             if call.outcome is Outcome.already_started:
                 return  # running as recorded: nothing new to remember
             result.healed = True
+        elif action is not None and action.observed in ("ended", "failed"):
+            result.healed = True  # a refresh found it stopped: started again
         self.store.record_put(address, desired, call.request_id)
 
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "state": "reconciler.commands:state",
     "force-unlock": "reconciler.commands:force_unlock",
     "show": "reconciler.commands:show",
+    "status": "reconciler.status:status",
     "schema": "reconciler.commands:schema",
     "emulator": "reconciler.emulator.command:emulator",
 }
@@ -59,9 +60,11 @@ def cli() -> None:
       snapctl validate manifests/        check offline
       snapctl plan manifests/            see what would change
       snapctl apply manifests/           make it so, recorded in state/
+      snapctl status manifests/          what really runs (GetSnapshotTask)
 
     \b
-    Exit status: 0 success, 1 error, 2 changes (plan --detailed-exitcode), 130 interrupted.
+    Exit status: 0 success, 1 error, 2 changes (plan --detailed-exitcode) or tasks not
+    running (status), 130 interrupted.
     Environment: VOLC_ACCESSKEY, VOLC_SECRETKEY, VOLC_SESSION_TOKEN (or ~/.volc/credentials),
     VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, NO_COLOR,
     SNAPCTL_LOG=debug|info|warning (diagnostic log; SNAPCTL_LOG_PATH=FILE to append to a file).

@@ -84,7 +84,14 @@ def api_options(f):
         type=click.FloatRange(min=0),
         default=float(api.DOCUMENTED_QPS),
         show_default=True,
-        help="Requests per second per action (0: no limit).",
+        help="Requests per second per write action (0: no limit).",
+    )(f)
+    f = click.option(
+        "--read-qps",
+        type=click.FloatRange(min=0),
+        default=float(api.DOCUMENTED_READ_QPS),
+        show_default=True,
+        help="GetSnapshotTask reads per second (0: no limit).",
     )(f)
     f = click.option(
         "--parallelism", type=click.IntRange(min=1), default=64, show_default=True, help="Tasks in flight at once."
@@ -181,14 +188,32 @@ def handle_errors(f: Callable) -> Callable:
     return wrapper
 
 
-def _settings(endpoint, qps, parallelism, timeout_s, *, credentials: bool = True):
+def refresh_option(f):
+    return click.option(
+        "--refresh",
+        is_flag=True,
+        help="Read every task concerned with GetSnapshotTask (60/s) and plan against what runs.",
+    )(f)
+
+
+def _settings(
+    endpoint, qps, parallelism, timeout_s, read_qps=float(api.DOCUMENTED_READ_QPS), *, credentials: bool = True
+):
     """The run's settings with its environment checked (credentials, endpoint, region,
     proxies): a bad input is one line before any output and before any request."""
     from .engine import Settings
 
-    settings = Settings(endpoint=endpoint, qps=qps, parallelism=parallelism, timeout_s=timeout_s)
+    settings = Settings(endpoint=endpoint, qps=qps, read_qps=read_qps, parallelism=parallelism, timeout_s=timeout_s)
     settings.resolve(credentials=credentials)
     return settings
+
+
+def _observe(manifests, state, settings, targets=()):
+    """Read the tasks in scope (every declared one and every one in the state)."""
+    from . import engine
+
+    scope = engine.refresh_scope(manifests, state, targets)
+    return engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
 
 
 def _load(paths, *, as_json: bool = False, command: str = "", **options) -> Any:
@@ -265,6 +290,7 @@ def validate(paths, as_json, no_color):
     help="Plan without secret values (pull requests): secret fields are unknown, never a change; "
     "such a plan cannot be applied.",
 )
+@refresh_option
 @handle_errors
 def plan(
     paths,
@@ -273,6 +299,7 @@ def plan(
     replace,
     endpoint,
     qps,
+    read_qps,
     parallelism,
     timeout_s,
     as_json,
@@ -282,12 +309,19 @@ def plan(
     destroy,
     detailed_exitcode,
     no_secrets,
+    refresh,
 ):
-    """Show what apply would change. Reads manifests and the state; sends nothing."""
+    """Show what apply would change. Reads manifests and the state; sends nothing.
+
+    With --refresh it first reads every task concerned (GetSnapshotTask, one
+    read per task at --read-qps) and plans against what runs: ended and failed
+    tasks are started again, tasks changed outside snapctl are corrected.
+    """
     from . import engine
     from .manifest import SECRETS_REQUIRED, SECRETS_UNKNOWN
 
-    _settings(endpoint, qps, parallelism, timeout_s, credentials=False)
+    refresh = refresh and not destroy
+    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps, credentials=refresh)
     secrets = SECRETS_UNKNOWN if no_secrets else SECRETS_REQUIRED
     manifests = (
         _load(paths, as_json=as_json or fmt == "json", command="plan", secrets=secrets)
@@ -297,6 +331,7 @@ def plan(
     state = engine.read_state(state_path)
     if not state.exists:
         err(f"no state yet at {state_path}: everything is planned as new\n")
+    observations = _observe(manifests, state, settings, targets) if refresh else None
     the_plan = engine.plan(
         manifests,
         state,
@@ -305,6 +340,7 @@ def plan(
         destroy=destroy,
         manifest_paths=[str(p.absolute()) for p in (paths or [Path("manifests")])],
         secrets_unknown=no_secrets,
+        observations=observations,
     )
     if out_file:
         the_plan.state_path = str(Path(state_path).absolute())
@@ -441,6 +477,7 @@ def _looks_like_plan_file(paths) -> bool:
 @api_options
 @lock_option
 @output_options
+@refresh_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
 def apply(
@@ -450,26 +487,29 @@ def apply(
     replace,
     endpoint,
     qps,
+    read_qps,
     parallelism,
     timeout_s,
     lock_timeout_s,
     as_json,
     no_color,
+    refresh,
     auto_approve,
 ):
     """Make the API match the manifests, then record it in the state.
 
     PATHS are manifest files or directories (default: manifests/), or one plan
     file saved by `snapctl plan --out FILE`, which is applied exactly as saved
-    (and refused if the state or the manifests moved on since).
+    (and refused if the state or the manifests moved on since). With --refresh
+    it plans against what runs, as `snapctl plan --refresh` does.
     """
     from . import engine, render
     from .state import StateStore
 
-    settings = _settings(endpoint, qps, parallelism, timeout_s)
+    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     if _looks_like_plan_file(paths):
-        if targets or replace:
-            raise UsageError("--target and --replace belong to `snapctl plan` when applying a saved plan")
+        if targets or replace or refresh:
+            raise UsageError("--target, --replace and --refresh belong to `snapctl plan` when applying a saved plan")
         saved = engine.load_plan(paths[0])
         if saved.secrets_unknown:
             raise UsageError(
@@ -490,7 +530,8 @@ def apply(
     manifests = _load(paths)
     print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
     with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
-        the_plan = engine.plan(manifests, store.state, targets=targets, replace=replace)
+        observations = _observe(manifests, store.state, settings, targets) if refresh else None
+        the_plan = engine.plan(manifests, store.state, targets=targets, replace=replace, observations=observations)
         _run_planned(
             the_plan,
             manifests,
@@ -543,13 +584,23 @@ def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, aut
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
 def destroy(
-    state_path, targets, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color, auto_approve
+    state_path,
+    targets,
+    endpoint,
+    qps,
+    read_qps,
+    parallelism,
+    timeout_s,
+    lock_timeout_s,
+    as_json,
+    no_color,
+    auto_approve,
 ):
     """Stop every task in the state (StopSnapshot) and forget it."""
     from . import engine
     from .state import StateStore
 
-    settings = _settings(endpoint, qps, parallelism, timeout_s)
+    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl destroy") as store:
         the_plan = engine.plan(_empty(), store.state, targets=targets, destroy=True)
         _run_planned(
@@ -594,7 +645,7 @@ def schema():
 # reconcile -------------------------------------------------------------------------
 
 
-@click.command(short_help="Start every declared task again and apply changes (--watch: keep doing it).")
+@click.command(short_help="Read every declared task, fix what is not as declared (--watch: keep doing it).")
 @paths_argument
 @state_option
 @api_options
@@ -615,12 +666,18 @@ def schema():
     help="With --watch: serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+@click.option(
+    "--no-refresh",
+    is_flag=True,
+    help="Do not read the tasks: StartSnapshot every declared one instead (the blind re-assert).",
+)
 @handle_errors
 def reconcile(
     paths,
     state_path,
     endpoint,
     qps,
+    read_qps,
     parallelism,
     timeout_s,
     lock_timeout_s,
@@ -630,18 +687,22 @@ def reconcile(
     interval_s,
     metrics_port,
     metrics_host,
+    no_refresh,
 ):
-    """Re-assert every declared task and apply pending changes, without asking.
+    """Observe every declared task, then fix what is not as declared, without asking.
 
-    Each declared task is started again (StartSnapshot): a task that idled out
-    comes back ("healed"), a running one answers "already started". Changes in
-    the manifests are applied as `apply` would. With --watch this runs as a
+    Each round reads every declared task (GetSnapshotTask, at --read-qps), starts
+    the ones that ended or failed ("healed"), corrects tasks changed outside
+    snapctl, applies pending manifest changes as `apply` would, and confirms the
+    tasks it cannot see with StartSnapshot ("already started" = running). A round
+    over tasks that all run as declared sends no write call. --no-refresh instead
+    sends StartSnapshot for every declared task. With --watch this runs as a
     controller; a failed round is reported and the loop goes on.
     """
     from . import controller, render
     from .runenv import check_metrics_address
 
-    settings = _settings(endpoint, qps, parallelism, timeout_s)
+    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     if metrics_port is not None:
         check_metrics_address(metrics_host, metrics_port)
     paths = list(paths) or [Path("manifests")]
@@ -661,6 +722,9 @@ def reconcile(
                 "error": str(round_.error) if round_.error else None,
                 "declared": round_.declared,
                 "duration_s": round(round_.duration_s, 3),
+                "refreshed": round_.refreshed,
+                "reads": round_.reads,
+                "observed": round_.observed_counts,
             }
             if round_.report is not None:
                 document |= {"result": render.apply_document(round_.report, round_.plan, command="reconcile")}
@@ -679,8 +743,9 @@ def reconcile(
         healed = len(report.healed)
         changed = round_.plan.summary.total
         failed = len(report.failures)
+        read = f"{round_.reads} read, " if round_.refreshed else ""
         line = (
-            f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {changed} change(s) applied, "
+            f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {read}{changed} change(s) applied, "
             f"{healed} healed, {failed} failed."
         )
         out(style(line + "\n", "red" if failed else "green"))
@@ -689,7 +754,7 @@ def reconcile(
 
     if not watch:
         round_ = controller.reconcile_once(
-            paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result
+            paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result, refresh=not no_refresh
         )
         if round_.error is not None and not as_json:
             raise round_.error
@@ -715,6 +780,7 @@ def reconcile(
                 metrics=metrics,
                 on_round=report_round,
                 on_result=on_result,
+                refresh=not no_refresh,
             )
         finally:
             if metrics is not None:
@@ -733,7 +799,9 @@ def reconcile(
 @lock_option
 @output_options
 @handle_errors
-def import_(address, paths, state_path, endpoint, qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color):
+def import_(
+    address, paths, state_path, endpoint, qps, read_qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color
+):
     """Adopt a running task APP/ROOM/TASK into the state.
 
     The task must be declared in the manifests. StartSnapshot answered "already
@@ -744,7 +812,7 @@ def import_(address, paths, state_path, endpoint, qps, parallelism, timeout_s, l
     from .client import Outcome
     from .state import StateStore
 
-    settings = _settings(endpoint, qps, parallelism, timeout_s)
+    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     manifests = _load(paths)
     task = manifests.tasks.get(address)
     if task is None:

@@ -1,5 +1,7 @@
-"""Reconcile: re-assert every declared task and apply pending changes, once or
-as a long-running GitOps controller with Prometheus metrics."""
+"""Reconcile: observe every declared task (GetSnapshotTask), then start what
+ended or failed, correct drift and apply pending changes, once or as a
+long-running GitOps controller with Prometheus metrics. A round over tasks that
+all run as declared sends reads only."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engine
+from . import api, engine
 from .apply import ActionResult, ApplyReport
 from .errors import SnapctlError
 from .plan import Plan
@@ -34,10 +36,33 @@ class Round:
     duration_s: float
     api_requests: dict[tuple[str, str], int]
     throttled: int
+    #: The round read the tasks first (not --no-refresh), and what it saw.
+    refreshed: bool = False
+    observations: dict[str, api.Observation] | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.report is not None and self.report.ok
+
+    @property
+    def reads(self) -> int:
+        return len(self.observations or {})
+
+    @property
+    def observed_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for seen in (self.observations or {}).values():
+            counts[seen.observed.value] = counts.get(seen.observed.value, 0) + 1
+        return dict(sorted(counts.items()))
+
+    @property
+    def changes(self) -> dict[str, int]:
+        """What the round changed: tasks by action kind (restarts are creates), and confirmed unknowns."""
+        counts: dict[str, int] = {}
+        for result in self.report.results if self.report else []:
+            if result.ok and (result.kind != "reassert" or result.healed):
+                counts[result.kind] = counts.get(result.kind, 0) + 1
+        return counts
 
 
 class Metrics:
@@ -59,6 +84,27 @@ class Metrics:
             "snapctl_api_requests", "API requests by action and outcome", ["action", "outcome"], registry=self.registry
         )
         self.throttled = Counter("snapctl_api_throttled", "API answers FlowLimitExceeded", registry=self.registry)
+        self.observed = Gauge(
+            "snapctl_tasks_observed",
+            "Declared tasks by the status GetSnapshotTask showed in the last round",
+            ["status"],
+            registry=self.registry,
+        )
+        self.task_failures = Counter(
+            "snapctl_task_failures",
+            "Tasks found ended or failed, by the API's StopReason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.reads = Gauge(
+            "snapctl_last_round_reads", "GetSnapshotTask reads of the last round", registry=self.registry
+        )
+        self.round_changes = Gauge(
+            "snapctl_last_round_changes",
+            "Tasks the last round changed, by action (create includes restarts)",
+            ["action"],
+            registry=self.registry,
+        )
         self.rounds = Counter("snapctl_rounds", "Reconcile rounds by result", ["result"], registry=self.registry)
         self.last_round = Gauge(
             "snapctl_last_round_timestamp_seconds", "When the last round started", registry=self.registry
@@ -78,6 +124,17 @@ class Metrics:
         for (action, outcome), count in round_.api_requests.items():
             self.requests.labels(action, outcome).inc(count)
         self.throttled.inc(round_.throttled)
+        if round_.refreshed:
+            counts = round_.observed_counts
+            for status in api.Observed:
+                self.observed.labels(status.value).set(counts.get(status.value, 0))
+            for seen in (round_.observations or {}).values():
+                if seen.stopped:
+                    self.task_failures.labels(seen.stop_reason or "none").inc()
+            self.reads.set(round_.reads)
+        changes = round_.changes
+        for kind in ("create", "update", "replace", "delete", "reassert"):
+            self.round_changes.labels(kind).set(changes.get(kind, 0))
         self.rounds.labels("ok" if round_.ok else "failed").inc()
         self.last_round.set(round_.started_at)
         self.last_duration.set(round_.duration_s)
@@ -94,16 +151,28 @@ def reconcile_once(
     lock_timeout_s: float = 0.0,
     on_result: Callable[[ActionResult], None] | None = None,
     stop_event: threading.Event | None = None,
+    refresh: bool = True,
 ) -> Round:
-    """One round: load, plan, apply changes and StartSnapshot every unchanged task."""
+    """One round: load, read every declared task (``refresh``), plan against what
+    runs and apply; StartSnapshot only the tasks the read could not see. Without
+    ``refresh``, StartSnapshot every unchanged task (the blind re-assert)."""
     started, t0 = time.time(), time.monotonic()
-    client = None
+    client = reader = None
+    observations = None
     try:
         manifests = engine.load_manifests(list(paths))
         with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl reconcile") as store:
+            if refresh:
+                reader = settings.client()
+                observations = engine.refresh(
+                    reader, sorted(manifests.tasks), store.state, parallelism=settings.parallelism
+                )
             client = settings.client()
-            plan = engine.plan(manifests, store.state)
+            plan = engine.plan(manifests, store.state, observations=observations)
             reassert = engine.unchanged_addresses(plan, manifests, store.state)
+            if observations is not None:
+                # Only what could not be seen needs StartSnapshot to confirm it.
+                reassert = [a for a in reassert if observations[a].live is None]
             report = engine.run_apply(
                 plan,
                 manifests,
@@ -121,9 +190,25 @@ def reconcile_once(
         log.error("reconcile round failed unexpectedly", exc_info=True)
         plan, report, declared = None, None, 0
         error = SnapctlError(f"unexpected {type(exc).__name__}: {exc}")
-    requests = dict(client.stats.requests) if client else {}
-    throttled = client.stats.throttled if client else 0
-    return Round(plan, report, error, declared, started, time.monotonic() - t0, requests, throttled)
+    requests: dict[tuple[str, str], int] = {}
+    throttled = 0
+    for used in (reader, client):
+        if used is not None:
+            for key, count in used.stats.requests.items():
+                requests[key] = requests.get(key, 0) + count
+            throttled += used.stats.throttled
+    return Round(
+        plan,
+        report,
+        error,
+        declared,
+        started,
+        time.monotonic() - t0,
+        requests,
+        throttled,
+        refreshed=refresh,
+        observations=observations,
+    )
 
 
 @contextlib.contextmanager
@@ -159,13 +244,20 @@ def watch(
     on_round: Callable[[Round], None] | None = None,
     on_result: Callable[[ActionResult], None] | None = None,
     max_rounds: int | None = None,
+    refresh: bool = True,
 ) -> int:
     """Reconcile every ``interval_s`` until ``stop`` is set; a failed round never ends the loop.
     Returns the number of rounds run."""
     rounds = 0
     while not stop.is_set():
         round_ = reconcile_once(
-            paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result, stop_event=stop
+            paths,
+            state_path,
+            settings,
+            lock_timeout_s=lock_timeout_s,
+            on_result=on_result,
+            stop_event=stop,
+            refresh=refresh,
         )
         rounds += 1
         if metrics is not None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from . import api
 from .apply import ActionResult, Applier, ApplyReport
 from .client import RetryPolicy, SnapshotClient
-from .errors import UsageError
+from .errors import ApiError, AuthError, UsageError
 from .manifest import ManifestSet, load_manifests
-from .plan import Plan, check_plan_current, check_plan_unchanged, make_plan
+from .plan import Plan, check_plan_current, check_plan_unchanged, in_targets, make_plan, observations_of
 from .runenv import RunEnv, resolve
 from .signing import SigningKey
 from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, read_state, resolve_path
@@ -29,6 +29,7 @@ class Settings:
 
     endpoint: str | None = None
     qps: float = api.DOCUMENTED_QPS
+    read_qps: float = api.DOCUMENTED_READ_QPS
     parallelism: int = 64
     timeout_s: float = 10.0
     max_attempts: int = 8
@@ -52,6 +53,7 @@ class Settings:
             key or env.key,  # type: ignore[arg-type]
             region=env.region,
             qps=self.qps,
+            read_qps=self.read_qps,
             timeout_s=self.timeout_s,
             max_connections=max(self.parallelism, 10),
             retry=RetryPolicy(max_attempts=self.max_attempts),
@@ -96,8 +98,10 @@ def plan(
     destroy: bool = False,
     manifest_paths: Sequence[str] = (),
     secrets_unknown: bool = False,
+    observations: Mapping[str, api.Observation] | None = None,
 ) -> Plan:
-    """The plan that would make ``state`` match ``manifests`` (see :func:`plan.make_plan`)."""
+    """The plan that would make ``state`` match ``manifests`` (see :func:`plan.make_plan`);
+    with ``observations`` (from :func:`refresh`), against what runs."""
     return make_plan(
         desired_bodies(manifests),
         state,
@@ -106,7 +110,68 @@ def plan(
         destroy=destroy,
         manifest_paths=manifest_paths,
         secrets_unknown=secrets_unknown,
+        observations=observations,
     )
+
+
+def refresh_scope(manifests: ManifestSet, state: State, targets: Sequence[str] = ()) -> list[str]:
+    """The addresses a refresh reads: every declared task and every task in the state, within ``targets``."""
+    addresses = set(manifests.tasks) | set(state.tasks)
+    for target in targets:  # refused before any read, as make_plan would refuse it after
+        if not any(in_targets(address, (target,)) for address in addresses):
+            raise UsageError(
+                f"--target {target} matches no task in the manifests or the state (see snapctl state list)"
+            )
+    return sorted(a for a in addresses if not targets or in_targets(a, targets))
+
+
+async def refresh_tasks(
+    client: SnapshotClient,
+    addresses: Sequence[str],
+    state: State,
+    *,
+    parallelism: int = 64,
+    on_observation: Callable[[api.Observation], None] | None = None,
+) -> dict[str, api.Observation]:
+    """Read every task of ``addresses`` with GetSnapshotTask (at the client's read
+    limit, ``parallelism`` in flight). The storage keys of each answer are
+    fingerprinted with the state's key. A read that fails after its retries is
+    an ``unknown`` observation saying why; a credentials or permission error
+    ends the refresh (every other read would fail the same way)."""
+    semaphore = asyncio.Semaphore(max(1, parallelism))
+
+    async def one(address: str) -> api.Observation:
+        app, room, task = address.split("/")
+        async with semaphore:
+            try:
+                seen = await client.get_task(app, room, task, fingerprint=state.fingerprint)
+            except ApiError as exc:
+                if isinstance(exc, AuthError) or getattr(exc, "stops_run", False):
+                    raise  # every other read would fail the same way
+                seen = api.Observation(address, api.Observed.unknown, detail=f"read failed: {exc}", read_error=True)
+        if on_observation is not None:
+            on_observation(seen)
+        return seen
+
+    seen = await asyncio.gather(*(one(address) for address in addresses))
+    return {observation.address: observation for observation in seen}
+
+
+def refresh(
+    client: SnapshotClient,
+    addresses: Sequence[str],
+    state: State,
+    *,
+    parallelism: int = 64,
+    on_observation: Callable[[api.Observation], None] | None = None,
+) -> dict[str, api.Observation]:
+    """:func:`refresh_tasks` on its own event loop; the client is closed after."""
+
+    async def run() -> dict[str, api.Observation]:
+        async with client:
+            return await refresh_tasks(client, addresses, state, parallelism=parallelism, on_observation=on_observation)
+
+    return asyncio.run(run())
 
 
 def save_plan(plan_: Plan, path: Path) -> None:
@@ -138,7 +203,14 @@ def verify_saved_plan(saved: Plan, store: StateStore, manifests: ManifestSet) ->
     if not store.state.exists and saved.new_state_key:
         store.state.lineage, store.state.fingerprint_key = saved.state_lineage, saved.new_state_key
     try:
-        fresh = plan(manifests, store.state, targets=saved.targets, replace=saved.replace, destroy=saved.destroy)
+        fresh = plan(
+            manifests,
+            store.state,
+            targets=saved.targets,
+            replace=saved.replace,
+            destroy=saved.destroy,
+            observations=observations_of(saved) if saved.refreshed else None,
+        )
     except UsageError as exc:  # a target or replacement that no longer exists
         raise UsageError(
             f"the saved plan is stale: the manifests changed since it was saved: {exc}; run snapctl plan again"
@@ -185,6 +257,8 @@ __all__ = [
     "load_plan",
     "plan",
     "read_state",
+    "refresh",
+    "refresh_scope",
     "run_apply",
     "save_plan",
     "unchanged_addresses",

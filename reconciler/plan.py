@@ -1,7 +1,8 @@
 """The plan: what apply would do to make the state match the manifests.
 
-A plan compares the desired requests with the state, never with the network.
-It is a value: printed, saved to a file, and applied later.
+A plan compares the desired requests with the state and, after a refresh, with
+the observations GetSnapshotTask made of the live tasks; it never touches the
+network itself. It is a value: printed, saved to a file, and applied later.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
+from .api import Observation, Observed, comparable
 from .errors import UsageError
 from .state import SECRET_FIELDS, State, is_fingerprint
 
@@ -53,8 +55,15 @@ class PlannedAction(BaseModel):
     changes: list[FieldChange] = Field(default_factory=list)
     #: The desired StartSnapshot body, secrets fingerprinted (None for delete).
     desired: dict[str, Any] | None = None
-    #: What the state holds (None for create).
+    #: What the state holds (None for create); after a refresh, what runs.
     current: dict[str, Any] | None = None
+    #: After a refresh: the task's observed status (running, not_started, ended,
+    #: failed, unknown) and the API's StopReason, when the action is planned for them.
+    observed: str | None = None
+    stop_reason: str | None = None
+    #: The live configuration differs from the state's record: someone changed
+    #: the task outside snapctl (``changes`` go from the live to the declared values).
+    changed_outside: bool = False
 
     @property
     def symbol(self) -> str:
@@ -86,6 +95,13 @@ class PlanSummary(BaseModel):
         )
 
 
+class UnknownTask(BaseModel):
+    """A task a refresh could not see: no change is planned for it."""
+
+    address: str
+    detail: str = ""
+
+
 class Plan(BaseModel):
     """A plan and what it was made against (for refusing it once stale)."""
 
@@ -111,6 +127,12 @@ class Plan(BaseModel):
     actions: list[PlannedAction] = Field(default_factory=list)
     summary: PlanSummary = Field(default_factory=PlanSummary)
     unchanged: int = 0
+    #: Made with --refresh: against what GetSnapshotTask showed of the live tasks.
+    refreshed: bool = False
+    #: Tasks read with --refresh: how many of each observed status.
+    observed: dict[str, int] = Field(default_factory=dict)
+    #: Tasks the refresh could not see (not found, older than the read window).
+    unknown: list[UnknownTask] = Field(default_factory=list)
 
     @property
     def has_changes(self) -> bool:
@@ -227,7 +249,7 @@ def _missing(value: Any) -> bool:
     return type(value).__name__ == "NotPresent"
 
 
-def _matches(address: str, targets: Iterable[str]) -> bool:
+def in_targets(address: str, targets: Iterable[str]) -> bool:
     """A target names a task (APP/ROOM/TASK), a room (APP/ROOM) or an app (APP)."""
     for target in targets:
         target = target.strip("/")
@@ -245,8 +267,10 @@ def make_plan(
     destroy: bool = False,
     manifest_paths: Sequence[str] = (),
     secrets_unknown: bool = False,
+    observations: Mapping[str, Observation] | None = None,
 ) -> Plan:
-    """Diff desired wire requests (by address, secrets in clear) against ``state``.
+    """Diff desired wire requests (by address, secrets in clear) against ``state``
+    and, given ``observations`` (a refresh), against what runs.
 
     With ``secrets_unknown`` the desired secret values are not known: each
     secret field is taken as the state has it (never a change), or shown as
@@ -260,6 +284,13 @@ def make_plan(
     it or updates it, both of which accept "not running". Where the manifests ask
     for exactly that request, the call is made again (StartSnapshot, or
     UpdateSnapshot for an update), since the task may not run it.
+
+    With observations, a declared task that ended or failed is started again
+    (the API's StopReason in the reason); a running (or not yet started) one is
+    compared by its live configuration (:func:`api.comparable` on both sides;
+    BusinessId, which the read does not return, from the state), and marked
+    ``changed_outside`` when that differs from the state's record; an unknown
+    one is planned offline and listed in ``Plan.unknown``.
     """
     for address in replace:
         if address not in desired or address not in state.tasks:
@@ -279,13 +310,15 @@ def make_plan(
     addresses.extend(address for address in tasks if address not in desired)
     addresses.sort()
     for target in targets:
-        if not any(_matches(address, (target,)) for address in addresses):
+        if not any(in_targets(address, (target,)) for address in addresses):
             raise UsageError(
                 f"--target {target} matches no task in the manifests or the state (see snapctl state list)"
             )
     fingerprint = _Fingerprints(state)
+    unknown: list[UnknownTask] = []
+    observed: dict[str, int] = {}
     for address in addresses:
-        if targets and not _matches(address, targets):
+        if targets and not in_targets(address, targets):
             continue
         want = desired.get(address)
         entry = tasks.get(address)
@@ -294,6 +327,18 @@ def make_plan(
             want = fingerprint(want)
             if secrets_unknown:
                 want = _secrets_as_known(want, have)
+        seen = observations.get(address) if observations is not None else None
+        if seen is not None:
+            observed[seen.observed.value] = observed.get(seen.observed.value, 0) + 1
+            if seen.live is None:
+                unknown.append(UnknownTask(address=address, detail=seen.detail))
+            elif want is not None and address not in replace:
+                action = _plan_observed(address, want, have, seen)
+                if action is None:
+                    unchanged += 1
+                else:
+                    actions.append(action)
+                continue
         if have is None:
             actions.append(PlannedAction(address=address, kind=ActionKind.create, desired=want, reason=CREATE_REASON))
         elif want is None:
@@ -325,7 +370,7 @@ def make_plan(
     if state.pending and not destroy:
         planned = {a.address for a in actions}
         for address, intent in sorted(state.pending.items()):
-            if address in planned or address not in desired or (targets and not _matches(address, targets)):
+            if address in planned or address not in desired or (targets and not in_targets(address, targets)):
                 continue
             unchanged -= 1
             if intent["action"] == "UpdateSnapshot":
@@ -361,6 +406,67 @@ def make_plan(
         actions=actions,
         summary=PlanSummary.of(actions),
         unchanged=unchanged,
+        refreshed=observations is not None,
+        observed=dict(sorted(observed.items())),
+        unknown=unknown,
+    )
+
+
+def _plan_observed(address: str, want: dict[str, Any], have: dict[str, Any] | None, seen: Observation):
+    """The action for a declared task that was read (None: it runs as declared)."""
+    if seen.stopped:
+        return PlannedAction(
+            address=address,
+            kind=ActionKind.create,
+            desired=want,
+            current=have,
+            reason=f"{seen.describe()}: started again",
+            observed=seen.observed.value,
+            stop_reason=seen.stop_reason or None,
+        )
+    live = dict(seen.live or {})
+    declared = comparable(want)
+    # BusinessId cannot be read: the state's record stands for the live value.
+    if have is not None and "BusinessId" in have:
+        live["BusinessId"] = have["BusinessId"]
+    if "BusinessId" in want:
+        declared["BusinessId"] = want["BusinessId"]
+    if live == declared:
+        if have is None:
+            return PlannedAction(
+                address=address,
+                kind=ActionKind.create,
+                desired=want,
+                reason="runs as declared but is not in the state: StartSnapshot (already started) adopts it",
+                observed=seen.observed.value,
+            )
+        return None
+    changes = diff_requests(live, declared)
+    outside = have is None or comparable(have) != seen.live
+    kind = ActionKind.replace if any(c.forces_replacement for c in changes) else ActionKind.update
+    how = (
+        "UpdateSnapshot changes it in place"
+        if kind is ActionKind.update
+        else "fields the API cannot update in place differ"
+    )
+    if outside:
+        fields = ", ".join(c.path for c in changes)
+        reason = f"changed outside snapctl: the live {fields} differ from the declared values; {how}"
+    else:
+        reason = (
+            "only ImageConfig.Interval differs: UpdateSnapshot changes it in place"
+            if kind is ActionKind.update
+            else "fields the API cannot update in place differ"
+        )
+    return PlannedAction(
+        address=address,
+        kind=kind,
+        desired=want,
+        current=live,
+        changes=changes,
+        reason=reason,
+        observed=seen.observed.value,
+        changed_outside=outside,
     )
 
 
@@ -446,6 +552,24 @@ def check_plan_current(plan: Plan, state: State, state_path: str) -> None:
             f"the saved plan is stale: the state moved on since it was saved (made against serial {plan.state_serial}, "
             f"{state_path} is now at serial {state.serial if state.exists else 'none (no state)'}); run snapctl plan again"
         )
+
+
+def observations_of(saved: Plan) -> dict[str, Observation]:
+    """The observations a saved ``--refresh`` plan acted on, as its actions record them,
+    so that planning again offline gives the same plan while nothing else moved.
+    (Tasks it found running as declared are planned offline, against the state.)"""
+    seen: dict[str, Observation] = {}
+    for action in saved.actions:
+        if action.observed is None:
+            continue
+        if action.current is not None and action.kind is not ActionKind.create:
+            live = {k: v for k, v in action.current.items() if k != "BusinessId"}
+        else:  # a restart (the live configuration is not used) or an adoption (it was the declared one)
+            live = comparable(action.desired or {})
+        seen[action.address] = Observation(
+            action.address, Observed(action.observed), stop_reason=action.stop_reason or "", live=live
+        )
+    return seen
 
 
 def check_plan_unchanged(saved: Plan, fresh: Plan) -> None:

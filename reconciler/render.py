@@ -123,20 +123,44 @@ def action_changes(action: PlannedAction) -> list[FieldChange]:
     return action.changes
 
 
+def _refresh_lines(plan: Plan) -> list[str]:
+    """What a refresh saw, and the tasks it could not see."""
+    if not plan.refreshed:
+        return []
+    counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in plan.observed.items()) or "no task"
+    lines = [f"Refreshed {sum(plan.observed.values())} task(s) with GetSnapshotTask: {counts}."]
+    if plan.unknown:
+        lines.append(
+            f"{len(plan.unknown)} task(s) could not be seen (no change planned; "
+            "apply and reconcile confirm them with StartSnapshot):"
+        )
+        lines += [f"  ? {u.address}: {u.detail}" for u in plan.unknown]
+    return lines
+
+
+def _no_changes(plan: Plan) -> str:
+    if plan.destroy:
+        return "No changes. Nothing to destroy."
+    if plan.refreshed:
+        return f"No changes. {plan.unchanged} task(s) run as declared."
+    return f"No changes. {plan.unchanged} task(s) match the state."
+
+
 def plan_text(plan: Plan, style: Style) -> str:
     """The human plan: every action with its field diff, then the summary line."""
+    refresh = _refresh_lines(plan)
     if not plan.actions:
         return (
-            f"No changes. {plan.unchanged} task(s) match the state.\n"
-            if not plan.destroy
-            else "No changes. Nothing to destroy.\n"
-        ) + (_NO_SECRETS_NOTE + "\n" if plan.secrets_unknown else "")
-    lines = ["snapctl will perform the following actions:", ""]
+            "\n".join([*refresh, _no_changes(plan)]) + "\n" + (_NO_SECRETS_NOTE + "\n" if plan.secrets_unknown else "")
+        )
+    lines = [*refresh, *([""] if refresh else []), "snapctl will perform the following actions:", ""]
     for action in plan.actions:
         colour = _COLOURS[action.kind]
         lines.append(style(f"  # {action.address} {_HEADLINES[action.kind]}", "bold"))
         if action.reason not in ("", CREATE_REASON, DELETE_REASON):
             lines.append(style(f"  # ({action.reason})", "dim"))
+        if action.changed_outside:
+            lines.append(style("  # changed outside snapctl: live -> declared", "yellow"))
         lines.append(style(f"{action.symbol:>4} {action.address}", colour))
         changes = action_changes(action)
         width = max((len(c.path) for c in changes), default=0)
@@ -177,8 +201,13 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
     lines = ["### snapctl plan", "", f"**{plan.summary.line()}**", ""]
     if plan.secrets_unknown:
         lines += [f"_{_NO_SECRETS_NOTE}_", ""]
+    refresh = _refresh_lines(plan)
+    if refresh:
+        lines += [refresh[0], ""]
+        if plan.unknown:
+            lines += [refresh[1], "", *(f"- `{u.address}`: {u.detail}" for u in plan.unknown), ""]
     if not plan.actions:
-        lines.append(f"No changes. {plan.unchanged} task(s) match the state.")
+        lines.append(_no_changes(plan))
         return "\n".join(lines) + "\n"
     for room, group in itertools.groupby(plan.actions, key=lambda a: _room_of(a.address)):
         actions = list(group)
@@ -186,6 +215,8 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
         for action in actions:
             prefix = {"+": "+", "~": "!", "-/+": "!", "-": "-"}[action.symbol]
             body.append(f"{prefix} {action.symbol} {action.address} ({_HEADLINES[action.kind]})")
+            if action.observed is not None:  # planned from a refresh: say why, in the API's words
+                body.append(f"#     {action.reason}")
             for change in action_changes(action):
                 if action.kind is ActionKind.create:
                     body.append(f"+     {change.path} = {_value(change.new, change.path)}")
@@ -220,12 +251,18 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "secrets_unknown": plan.secrets_unknown,
         "summary": plan.summary.model_dump() | {"unchanged": plan.unchanged},
         "has_changes": plan.has_changes,
+        "refreshed": plan.refreshed,
+        "observed": plan.observed,
+        "unknown": [u.model_dump() for u in plan.unknown],
         "actions": [
             {
                 "address": a.address,
                 "action": a.kind.value,
                 "symbol": a.symbol,
                 "reason": a.reason,
+                "observed": a.observed,
+                "stop_reason": a.stop_reason,
+                "changed_outside": a.changed_outside,
                 "changes": [_change_document(c) for c in action_changes(a)],
             }
             for a in plan.actions

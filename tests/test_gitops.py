@@ -118,7 +118,17 @@ def test_plan_json_shape(work, env):
     assert doc["summary"] == {"add": 3, "change": 0, "replace": 0, "destroy": 0, "unchanged": 0}
     assert {a["address"] for a in doc["actions"]} == ADDRESSES
     for action in doc["actions"]:
-        assert set(action) == {"address", "action", "symbol", "reason", "changes"}
+        assert set(action) == {
+            "address",
+            "action",
+            "symbol",
+            "reason",
+            "changes",
+            "observed",
+            "stop_reason",
+            "changed_outside",
+        }
+        assert action["observed"] is None and action["changed_outside"] is False  # no --refresh
         assert action["action"] == "create" and action["symbol"] == "+"
         for change in action["changes"]:
             assert set(change) == {"path", "old", "new", "forces_replacement", "sensitive", "old_name", "new_name"}
@@ -173,7 +183,8 @@ def test_reconcile_heals_an_idled_out_task(work, env, server):
     again = snap(work, env, "reconcile", "--json")
     doc = json.loads(again.stdout.strip().splitlines()[-1])
     assert doc["ok"] and doc["result"]["summary"]["healed"] == 0
-    assert {r["outcome"] for r in doc["result"]["results"]} == {"already_started"}
+    # The second round read every task and found them running: no write call.
+    assert doc["result"]["results"] == [] and doc["observed"] == {"running": len(ADDRESSES)}
 
 
 def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, server):

@@ -1,0 +1,278 @@
+"""Refresh end to end: `snapctl plan/apply --refresh`, `reconcile` and `status` read the
+live tasks (GetSnapshotTask) from the emulator over HTTP and act on what really runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from snapctl_testing import calls, new_project, run_snapctl, snapctl_env, stats
+
+MANIFEST = """\
+app_id: app1
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+  flaky: {type: tos, account_id: "2100000990", bucket: flaky}
+  offsite: {type: custom, vendor: oss, bucket: offsite, access_key: "${env:OFF_AK}", secret_key: "${env:OFF_SK}"}
+defaults:
+  storage: archive
+  image: {interval: 3}
+rooms:
+  Idle:
+    tasks:
+      T1: {}
+  Main:
+    tasks:
+      Fail: {storage: flaky}
+      Stop: {}
+      Interval: {}
+      Width: {image: {width: 320}}
+      Fine: {storage: offsite}
+"""
+TASKS = ["app1/Idle/T1", "app1/Main/Fail", "app1/Main/Stop", "app1/Main/Interval", "app1/Main/Width", "app1/Main/Fine"]
+SECRET = "SK-refresh-secret-value"
+WRITES = ("StartSnapshot", "UpdateSnapshot", "StopSnapshot")
+
+
+@pytest.fixture
+def work(tmp_path, emulator):
+    return new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
+
+
+@pytest.fixture
+def env(work, emulator):
+    return snapctl_env(emulator.url, work, OFF_AK="AK-refresh-access", OFF_SK=SECRET)
+
+
+def snap(work, env, *args):
+    return run_snapctl(list(args), cwd=work, env=env)
+
+
+def counts(url: str) -> dict[str, int]:
+    return {action: calls(url, action) for action in (*WRITES, "GetSnapshotTask")}
+
+
+def delta(before: dict[str, int], url: str) -> dict[str, int]:
+    after = counts(url)
+    return {action: after[action] - before[action] for action in after if after[action] != before[action]}
+
+
+def key(address: str) -> dict[str, str]:
+    app, room, task = address.split("/")
+    return {"AppId": app, "RoomId": room, "TaskId": task}
+
+
+def converge(work, env, emulator) -> None:
+    applied = snap(work, env, "apply", "--auto-approve")
+    assert applied.code == 0, applied.output
+
+
+def drift(emulator) -> None:
+    """Idle-out, start failure, out-of-band stop, interval and width changes, one task each."""
+    assert emulator.admin("streams-stopped", {"AppId": "app1", "RoomId": "Idle", "Immediate": True}).json()["ended"]
+    emulator.configure(unwritable_buckets=["flaky"])
+    assert emulator.admin("stop-task", key("app1/Main/Fail")).status_code == 200
+    # StartSnapshot answers "ok" but the task fails to start on the unwritable bucket.
+    assert (
+        emulator.signed_post(
+            "StartSnapshot",
+            {
+                **key("app1/Main/Fail"),
+                "StorageConfig": {"Type": 0, "TosConfig": {"AccountId": "2100000990", "Bucket": "flaky"}},
+                "ImageConfig": {"Interval": 3},
+            },
+        ).json()["Result"]
+        == "ok"
+    )
+    emulator.configure(unwritable_buckets=[])
+    assert emulator.admin("stop-task", key("app1/Main/Stop")).status_code == 200
+    assert (
+        emulator.admin("rewrite-task", {**key("app1/Main/Interval"), "ImageConfig": {"Interval": 10}}).status_code
+        == 200
+    )
+    assert (
+        emulator.admin(
+            "rewrite-task", {**key("app1/Main/Width"), "ImageConfig": {"Interval": 3, "Width": 640}}
+        ).status_code
+        == 200
+    )
+
+
+def test_converged_plan_refresh_reads_each_task_once_and_writes_nothing(work, env, emulator):
+    converge(work, env, emulator)
+    before = counts(emulator.url)
+    plan = snap(work, env, "plan", "--refresh", "--detailed-exitcode")
+    assert plan.code == 0, plan.output
+    assert "Refreshed 6 task(s) with GetSnapshotTask: 6 running." in plan.stdout
+    assert "No changes. 6 task(s) run as declared." in plan.stdout
+    assert delta(before, emulator.url) == {"GetSnapshotTask": len(TASKS)}
+    # Without --refresh the plan stays offline.
+    assert snap(work, env, "plan", "--detailed-exitcode").code == 0
+    assert delta(before, emulator.url) == {"GetSnapshotTask": len(TASKS)}
+
+
+def test_drift_is_planned_with_the_api_reasons_and_fixed_exactly(work, env, emulator):
+    converge(work, env, emulator)
+    drift(emulator)
+    # The offline plan cannot see any of it.
+    assert snap(work, env, "plan", "--detailed-exitcode").code == 0
+
+    text = snap(work, env, "plan", "--refresh", "--detailed-exitcode", "--no-color")
+    assert text.code == 2, text.output
+    assert "# (ended (IdleTimeOut): started again)" in text.stdout
+    assert "# (failed (StartTaskFailed): started again)" in text.stdout
+    assert "# (ended (StopByAPI): started again)" in text.stdout
+    assert text.stdout.count("changed outside snapctl: live -> declared") == 2
+    assert "ImageConfig.Interval = 10 -> 3" in text.stdout
+    assert "ImageConfig.Width = 640 -> 320  # forces replacement" in text.stdout
+    assert "Plan: 3 to add, 1 to change, 1 to replace, 0 to destroy." in text.stdout
+
+    document = json.loads(snap(work, env, "plan", "--refresh", "--json").stdout)
+    assert document["refreshed"] and document["observed"] == {"ended": 2, "failed": 1, "running": 3}
+    actions = {a["address"]: a for a in document["actions"]}
+    assert {a: (x["action"], x["observed"], x["stop_reason"], x["changed_outside"]) for a, x in actions.items()} == {
+        "app1/Idle/T1": ("create", "ended", "IdleTimeOut", False),
+        "app1/Main/Fail": ("create", "failed", "StartTaskFailed", False),
+        "app1/Main/Stop": ("create", "ended", "StopByAPI", False),
+        "app1/Main/Interval": ("update", "running", None, True),
+        "app1/Main/Width": ("replace", "running", None, True),
+    }
+    assert [(c["path"], c["old"], c["new"]) for c in actions["app1/Main/Interval"]["changes"]] == [
+        ("ImageConfig.Interval", 10, 3)
+    ]
+    markdown = snap(work, env, "plan", "--refresh", "--format", "markdown").stdout
+    assert "ended (IdleTimeOut): started again" in markdown and "failed (StartTaskFailed)" in markdown
+    assert "changed outside snapctl" in markdown
+
+    before = counts(emulator.url)
+    applied = snap(work, env, "apply", "--refresh", "--auto-approve", "--json")
+    assert applied.code == 0, applied.output
+    assert delta(before, emulator.url) == {
+        "GetSnapshotTask": len(TASKS),
+        "StartSnapshot": 4,
+        "UpdateSnapshot": 1,
+        "StopSnapshot": 1,
+    }
+    results = {r["address"]: [c["action"] for c in r["calls"]] for r in json.loads(applied.stdout)["results"]}
+    assert results == {
+        "app1/Idle/T1": ["StartSnapshot"],
+        "app1/Main/Fail": ["StartSnapshot"],
+        "app1/Main/Stop": ["StartSnapshot"],
+        "app1/Main/Interval": ["UpdateSnapshot"],
+        "app1/Main/Width": ["StopSnapshot", "StartSnapshot"],
+    }
+    for address in TASKS:
+        assert emulator.read(*address.split("/"))["Status"] == 2
+    assert emulator.read("app1", "Main", "Width")["ImageConfig"]["Width"] == 320
+    assert emulator.read("app1", "Main", "Interval")["ImageConfig"]["Interval"] == 3
+    assert snap(work, env, "plan", "--refresh", "--detailed-exitcode").code == 0
+
+
+def test_saved_refresh_plan_applies_and_then_is_stale(work, env, emulator):
+    converge(work, env, emulator)
+    drift(emulator)
+    saved = snap(work, env, "plan", "--refresh", "--out", "fix.plan")
+    assert saved.code == 0, saved.output
+    assert SECRET not in (work / "fix.plan").read_text()
+    applied = snap(work, env, "apply", "fix.plan")
+    assert applied.code == 0, applied.output
+    stale = snap(work, env, "apply", "fix.plan")
+    assert stale.code == 1 and "stale" in stale.stderr
+    assert snap(work, env, "apply", "fix.plan", "--refresh").code == 1
+
+
+def test_converged_reconcile_round_sends_no_start(work, env, emulator):
+    converge(work, env, emulator)
+    before = counts(emulator.url)
+    round_ = snap(work, env, "reconcile", "--json")
+    assert round_.code == 0, round_.output
+    document = json.loads(round_.stdout)
+    assert document["reads"] == len(TASKS) and document["observed"] == {"running": len(TASKS)}
+    assert delta(before, emulator.url) == {"GetSnapshotTask": len(TASKS)}
+    # The blind re-assert is still there on request.
+    before = counts(emulator.url)
+    assert snap(work, env, "reconcile", "--no-refresh").code == 0
+    assert delta(before, emulator.url) == {"StartSnapshot": len(TASKS)}
+
+
+def test_reconcile_fixes_drift_in_one_round(work, env, emulator):
+    converge(work, env, emulator)
+    drift(emulator)
+    before = counts(emulator.url)
+    round_ = snap(work, env, "reconcile")
+    assert round_.code == 0, round_.output
+    assert f"Reconciled {len(TASKS)} task(s)" in round_.stdout and "3 healed" in round_.stdout
+    assert delta(before, emulator.url) == {
+        "GetSnapshotTask": len(TASKS),
+        "StartSnapshot": 4,
+        "UpdateSnapshot": 1,
+        "StopSnapshot": 1,
+    }
+    before = counts(emulator.url)
+    assert snap(work, env, "reconcile").code == 0
+    assert delta(before, emulator.url) == {"GetSnapshotTask": len(TASKS)}
+
+
+def test_tasks_past_the_read_window_are_unknown_and_confirmed_by_start(work, env, emulator):
+    converge(work, env, emulator)
+    emulator.configure(read_window_s=0)
+    plan = snap(work, env, "plan", "--refresh", "--detailed-exitcode")
+    assert plan.code == 0, plan.output
+    assert "6 task(s) could not be seen" in plan.stdout and "? app1/Main/Fine: not found" in plan.stdout
+    document = json.loads(snap(work, env, "plan", "--refresh", "--json").stdout)
+    assert [u["address"] for u in document["unknown"]] == sorted(TASKS) and not document["actions"]
+    before = counts(emulator.url)
+    round_ = json.loads(snap(work, env, "reconcile", "--json").stdout)
+    assert round_["ok"] and round_["observed"] == {"unknown": len(TASKS)}
+    assert delta(before, emulator.url) == {"GetSnapshotTask": len(TASKS), "StartSnapshot": len(TASKS)}
+    starts = stats(emulator.url)["by_action"]["StartSnapshot"]["outcomes"]
+    assert starts.get("already_started", 0) >= len(TASKS)
+    assert round_["result"]["summary"]["healed"] == 0
+
+
+def test_status_exit_codes_and_output(work, env, emulator):
+    converge(work, env, emulator)
+    ok = snap(work, env, "status")
+    assert ok.code == 0, ok.output
+    assert "6 of 6 declared task(s) running" in ok.stdout
+    emulator.admin("stop-task", key("app1/Main/Stop"))
+    stopped = snap(work, env, "status", "--no-color")
+    assert stopped.code == 2
+    line = next(line for line in stopped.stdout.splitlines() if line.startswith("app1/Main/Stop"))
+    assert "ended" in line and "StopByAPI" in line
+    document = json.loads(snap(work, env, "status", "--json", "--target", "app1/Main/Stop").stdout)
+    assert [(t["address"], t["status"], t["stop_reason"]) for t in document["tasks"]] == [
+        ("app1/Main/Stop", "ended", "StopByAPI")
+    ]
+    assert document["tasks"][0]["started"] and document["tasks"][0]["ended"]
+    assert snap(work, env, "status", "--target", "app1/Main/Fine").code == 0
+    wrong = snapctl_env(emulator.url, work, OFF_AK="a", OFF_SK="b", VOLC_SECRETKEY="wrong")
+    failed = run_snapctl(["status"], cwd=work, env=wrong)
+    assert failed.code == 1 and "SignatureDoesNotMatch" in failed.stderr and "Traceback" not in failed.stderr
+    assert snap(work, env, "status", "--target", "app9").code == 1
+
+
+def test_refresh_never_shows_the_storage_secret(work, env, emulator):
+    converge(work, env, emulator)
+    log = work / "snapctl.log"
+    logged = {**env, "SNAPCTL_LOG": "debug", "SNAPCTL_LOG_PATH": str(log)}
+    emulator.admin("rewrite-task", {**key("app1/Main/Fine"), "MaxIdleTime": 60})
+    outputs = [
+        run_snapctl(args, cwd=work, env=logged)
+        for args in (
+            ["plan", "--refresh", "--json"],
+            ["plan", "--refresh", "--format", "markdown"],
+            ["plan", "--refresh", "--out", "p.plan"],
+            ["status", "--json"],
+            ["status"],
+            ["apply", "--refresh", "--auto-approve"],
+            ["reconcile", "--json"],
+        )
+    ]
+    # The read returned the secret: the emulator gives it back as the real API does.
+    assert emulator.read("app1", "Main", "Fine")["StorageConfig"]["CustomConfig"]["SecretKey"] == SECRET
+    assert all(o.code == 0 for o in outputs), [o.output for o in outputs]
+    for run in outputs:
+        assert SECRET not in run.output and "AK-refresh-access" not in run.output
+    for path in [log, work / "p.plan", *work.joinpath("state").iterdir()]:
+        assert SECRET not in path.read_text(errors="replace"), path
