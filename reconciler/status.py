@@ -32,9 +32,7 @@ _COLOURS = {"running": "green", "not_started": "green", "ended": "red", "failed"
 @api_options
 @output_options
 @handle_errors
-def status(
-    paths, state_path, targets, endpoint, qps, read_qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color
-):
+def status(paths, state_path, targets, endpoint, qps, read_qps, parallelism, timeout_s, as_json, no_color):
     """Read every declared task (and every task in the state) with GetSnapshotTask
     and show its status, stop reason, start and end.
 
@@ -44,9 +42,9 @@ def status(
     from . import engine
     from .commands import _load, _settings
 
+    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     manifests = _load(paths)
     state = engine.read_state(state_path)
-    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     scope = engine.refresh_scope(manifests, state, targets)
     observations = engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
     rows = [observations[address] for address in scope]
