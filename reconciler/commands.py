@@ -804,11 +804,16 @@ def import_(
 ):
     """Adopt a running task APP/ROOM/TASK into the state.
 
-    The task must be declared in the manifests. StartSnapshot answered "already
-    started" proves it runs; it is recorded with its declared configuration.
+    The task must be declared in the manifests. It is read first
+    (GetSnapshotTask): when it runs, it is recorded with the configuration it
+    really runs, so the next plan shows where that differs from the declared
+    one. When the read cannot see it running (ended, failed, not found),
+    StartSnapshot settles it: "already started" proves it runs (recorded with its
+    declared configuration), "ok" means it has just been started as declared.
     """
     import asyncio
 
+    from . import api as wire
     from .client import Outcome
     from .state import StateStore
 
@@ -821,33 +826,62 @@ def import_(
         if address in store.state.tasks:
             raise UsageError(f"{address} is already in the state; nothing to import")
         client = settings.client()
+        declared = task.request.wire()
 
-        async def start():
+        async def adopt():
             async with client:
-                return await client.start(task.request)
+                seen = await client.get_task(
+                    task.request.app_id, task.request.room_id, task.request.task_id, fingerprint=store.state.fingerprint
+                )
+                if seen.healthy and seen.live is not None:
+                    return seen, None
+                return seen, await client.start(task.request)
 
-        call = asyncio.run(start())
-        store.record_put(address, task.request.wire(), call.request_id)
-    adopted = call.outcome is Outcome.already_started
+        seen, call = asyncio.run(adopt())
+        differs: list[str] = []
+        if call is None:
+            live = dict(seen.live or {})
+            if live == wire.comparable(store.state.fingerprint(declared)):
+                recorded = declared  # as declared: recorded in the manifests' own form
+            else:
+                from .plan import diff_requests
+
+                if task.request.business_id is not None:
+                    live["BusinessId"] = task.request.business_id  # the read cannot show it
+                differs = [c.path for c in diff_requests(wire.comparable(store.state.fingerprint(declared)), live)]
+                recorded = live
+            store.record_put(address, recorded, seen.request_id)
+        else:
+            store.record_put(address, declared, call.request_id)
+    adopted = call is None or call.outcome is Outcome.already_started
     if as_json:
         print_json(
             {
                 "format_version": 1,
                 "type": "import",
                 "address": address,
-                "outcome": call.outcome.value,
+                "observed": seen.observed.value,
+                "stop_reason": seen.stop_reason or None,
+                "outcome": call.outcome.value if call is not None else "read",
                 "adopted": adopted,
-                "request_id": call.request_id,
+                "live_differs": differs,
+                "request_id": call.request_id if call is not None else seen.request_id,
             }
         )
         return
-    if adopted:
+    if call is None:
+        out(f"Imported {address}: it runs (GetSnapshotTask: {seen.describe()}). Recorded with its live configuration")
+        if differs:
+            out(f", which differs from the declared one in {', '.join(differs)}: snapctl plan shows the change.\n")
+        else:
+            out(", which is the declared one.\n")
+    elif adopted:
         out(
             f"Imported {address}: it was running (StartSnapshot: already started). Recorded with its declared configuration.\n"
         )
     else:
         out(
-            f"{address} was not running: StartSnapshot started it with its declared configuration, and it is now in the state.\n"
+            f"{address} was not running ({seen.describe()}): StartSnapshot started it with its declared configuration, and it is now in the state.\n"
         )
 
 

@@ -276,3 +276,25 @@ def test_refresh_never_shows_the_storage_secret(work, env, emulator):
         assert SECRET not in run.output and "AK-refresh-access" not in run.output
     for path in [log, work / "p.plan", *work.joinpath("state").iterdir()]:
         assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_import_reads_the_live_task_and_adopts_what_runs(work, env, emulator):
+    converge(work, env, emulator)
+    assert snap(work, env, "state", "rm", "app1/Main/Interval", "app1/Main/Stop", "app1/Main/Fine").code == 0
+    emulator.admin("rewrite-task", {**key("app1/Main/Interval"), "ImageConfig": {"Interval": 10}})
+    before = counts(emulator.url)
+    imported = snap(work, env, "import", "app1/Main/Interval")
+    assert imported.code == 0, imported.output
+    assert "it runs (GetSnapshotTask: running)" in imported.stdout and "ImageConfig.Interval" in imported.stdout
+    assert delta(before, emulator.url) == {"GetSnapshotTask": 1}  # read, nothing written
+    plan = snap(work, env, "plan", "--no-color")
+    assert "ImageConfig.Interval = 10 -> 3" in plan.stdout and "1 to change" in plan.stdout
+    # A task that runs as declared (custom storage: secrets compared by fingerprint) is recorded as declared.
+    fine = json.loads(snap(work, env, "import", "app1/Main/Fine", "--json").stdout)
+    assert (fine["outcome"], fine["adopted"], fine["live_differs"]) == ("read", True, [])
+    # One that ended is started again, as declared.
+    emulator.admin("stop-task", key("app1/Main/Stop"))
+    stopped = snap(work, env, "import", "app1/Main/Stop")
+    assert stopped.code == 0 and "was not running (ended (StopByAPI))" in stopped.stdout
+    assert emulator.read("app1", "Main", "Stop")["Status"] == 2
+    assert "1 to change" in snap(work, env, "plan").stdout
