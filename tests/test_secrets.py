@@ -73,6 +73,21 @@ rooms:
 """ % (PLAIN_AK, PLAIN_SK)
 
 
+def read_task(url: str, address: str) -> dict:
+    """GetSnapshotTask's SnapshotTask, signed with the emulator's secret key."""
+    from reconciler.client import read_request_headers
+    from reconciler.signing import SigningKey
+
+    app, room, task = address.split("/")
+    query = {"Action": "GetSnapshotTask", "Version": "2023-11-01", "AppId": app, "RoomId": room, "TaskId": task}
+    headers = read_request_headers(
+        SigningKey(DEFAULT_ACCESS_KEY, VOLC_SECRET), url.split("://", 1)[1], "/", query, "cn-north-1"
+    )
+    answer = httpx.get(f"{url}/", params=query, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["Result"]["SnapshotTask"]
+
+
 def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
@@ -201,6 +216,16 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     # Reconcile, state commands, import, force-unlock.
     scan.run(env, "reconcile")
     scan.run(env, "reconcile", "--json")
+    # GetSnapshotTask returns the storage keys in clear, as the real API does (the
+    # emulator keeps them in memory only); every refresh fingerprints them on arrival.
+    assert read_task(url, "app1/R/Env")["StorageConfig"]["CustomConfig"]["SecretKey"] == ENV_SK
+    scan.run(env, "plan", "--refresh")
+    scan.run(env, "plan", "--refresh", "--json")
+    scan.run(env, "plan", "--refresh", "--format", "markdown")
+    scan.run(env, "plan", "--refresh", "--out", "refreshed.plan")
+    scan.run(env, "apply", "--refresh", "--auto-approve")
+    scan.run(env, "status")
+    scan.run(env, "status", "--json")
     scan.run(env, "state", "list", "--json")
     for address in ("app1/R/Env", "app1/R/Plain"):
         scan.run(env, "state", "show", address)
@@ -295,6 +320,7 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
         "destroy",
         "force-unlock",
         "schema",
+        "status",
     }
     emulator.send_signal(signal.SIGTERM)
     assert emulator.wait(30) == 0
