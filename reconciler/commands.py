@@ -531,6 +531,8 @@ def apply(
     print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
     with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
         observations = _observe(manifests, store.state, settings, targets) if refresh else None
+        if observations is not None:
+            store.record_observations(observations.values())
         the_plan = engine.plan(manifests, store.state, targets=targets, replace=replace, observations=observations)
         _run_planned(
             the_plan,
@@ -838,6 +840,8 @@ def import_(
                 return seen, await client.start(task.request)
 
         seen, call = asyncio.run(adopt())
+        if call is None:  # after a StartSnapshot the observation is out of date already
+            store.record_observations([seen])
         differs: list[str] = []
         if call is None:
             live = dict(seen.live or {})
@@ -932,9 +936,11 @@ def state_show(address, state_path, as_json, no_color):
     from .render import flatten
     from .state import read_state
 
-    entry = read_state(state_path).tasks.get(address)
+    current = read_state(state_path)
+    entry = current.tasks.get(address)
     if entry is None:
         raise UsageError(f"{address} is not in the state (see snapctl state list)")
+    seen = current.observed.get(address)
     if as_json:
         print_json(
             {
@@ -943,6 +949,7 @@ def state_show(address, state_path, as_json, no_color):
                 "request": mask_secrets(entry["request"]),
                 "request_id": entry.get("request_id"),
                 "applied_at": entry.get("applied_at"),
+                "observed": seen,
             }
         )
         return
@@ -950,6 +957,10 @@ def state_show(address, state_path, as_json, no_color):
     for path, value in flatten(entry["request"]):
         out(f"{path} = {orjson.dumps(value).decode()}\n")
     out(f"# applied at {entry.get('applied_at')} (RequestId {entry.get('request_id') or '-'})\n")
+    if seen is not None:
+        reason = f" ({seen['stop_reason']})" if seen.get("stop_reason") else ""
+        times = "".join(f", {k} {seen[k]}" for k in ("started", "ended") if seen.get(k))
+        out(f"# last observed {seen['status']}{reason} since {seen['since']}{times}\n")
 
 
 @state.command(name="rm")
@@ -970,6 +981,7 @@ def state_rm(addresses, state_path, lock_timeout_s):
         updated = copy.copy(store.state)
         updated.tasks = {a: e for a, e in store.state.tasks.items() if a not in addresses}
         updated.pending = {a: i for a, i in store.state.pending.items() if a not in addresses}
+        updated.observed = {a: o for a, o in store.state.observed.items() if a not in addresses}
         store.replace_state(updated)
     out(f"Removed {len(addresses)} task(s) from the state; they were not stopped.\n")
 

@@ -167,6 +167,7 @@ def reconcile_once(
                 observations = engine.refresh(
                     reader, sorted(manifests.tasks), store.state, parallelism=settings.parallelism
                 )
+                store.record_observations(observations.values())
             client = settings.client()
             plan = engine.plan(manifests, store.state, observations=observations)
             reassert = engine.unchanged_addresses(plan, manifests, store.state)

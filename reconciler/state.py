@@ -39,7 +39,7 @@ import secrets as _secrets
 import socket
 import time
 import uuid
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,10 @@ class State:
     #: Calls sent but never settled, by address: ``{"action": <API action>, "request": <StartSnapshot
     #: wire body, secrets fingerprinted, that the task runs if the call was done>}``.
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The last GetSnapshotTask observation of each task read by a refresh that held the lock
+    #: (apply --refresh, reconcile, import): ``{"status", "stop_reason", "started", "ended", "since"}``,
+    #: ``since`` being when snapctl first saw the task in this status and reason.
+    observed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def new(cls) -> State:
@@ -173,6 +177,8 @@ class State:
         }
         if self.pending:
             document["pending"] = dict(sorted(self.pending.items()))
+        if self.observed:
+            document["observed"] = dict(sorted(self.observed.items()))
         return document
 
     def encode(self) -> bytes:
@@ -203,9 +209,16 @@ class State:
         elif op == "put":
             self.tasks[address] = entry["entry"]
             self.pending.pop(address, None)
+        elif op == "observe":
+            for seen_address, seen in entry["observed"].items():
+                if seen is None:
+                    self.observed.pop(seen_address, None)
+                else:
+                    self.observed[seen_address] = seen
         else:
             self.tasks.pop(address, None)
             self.pending.pop(address, None)
+            self.observed.pop(address, None)
         self.serial = entry["serial"]
 
 
@@ -327,7 +340,20 @@ def _parse_document(path: Path, raw: bytes) -> State:
         for i in pending.values()
     ):
         raise StateError(f"{path}: pending has the wrong type")
-    return State(lineage=lineage, serial=serial, fingerprint_key=key, tasks=tasks, exists=True, pending=pending)
+    observed = doc.get("observed", {})
+    if not isinstance(observed, dict) or not all(
+        isinstance(o, dict) and isinstance(o.get("status"), str) for o in observed.values()
+    ):
+        raise StateError(f"{path}: observed has the wrong type")
+    return State(
+        lineage=lineage,
+        serial=serial,
+        fingerprint_key=key,
+        tasks=tasks,
+        exists=True,
+        pending=pending,
+        observed=observed,
+    )
 
 
 def _replay_journal(path: Path, state: State) -> bool:
@@ -524,6 +550,29 @@ class StateStore:
             "applied_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         self._append({"op": "put", "address": address, "entry": entry})
+
+    def record_observations(self, observations: Iterable[Any]) -> int:
+        """Remember what a refresh saw (``api.Observation`` values): one journal entry
+        for every task whose status or stop reason changed since the last one, none
+        when nothing did (a converged controller round writes nothing). Returns how
+        many changed."""
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        changed: dict[str, dict[str, Any]] = {}
+        for seen in observations:
+            summary = seen.summary()
+            record = {
+                "status": summary["status"],
+                "stop_reason": summary["stop_reason"],
+                "started": summary["started"],
+                "ended": summary["ended"],
+            }
+            last = self.state.observed.get(seen.address)
+            if last is not None and {k: last.get(k) for k in record} == record:
+                continue
+            changed[seen.address] = record | {"since": now}
+        if changed:
+            self._append({"op": "observe", "address": "", "observed": changed})
+        return len(changed)
 
     def record_delete(self, address: str) -> None:
         self._append({"op": "delete", "address": address})

@@ -208,9 +208,19 @@ def test_reconcile_fixes_drift_in_one_round(work, env, emulator):
         "UpdateSnapshot": 1,
         "StopSnapshot": 1,
     }
+    # The state keeps the last observation of each task: what the round found.
+    shown = json.loads(snap(work, env, "state", "show", "app1/Idle/T1", "--json").stdout)["observed"]
+    assert (shown["status"], shown["stop_reason"]) == ("ended", "IdleTimeOut") and shown["since"] and shown["ended"]
+    assert "# last observed failed (StartTaskFailed) since" in snap(work, env, "state", "show", "app1/Main/Fail").stdout
     before = counts(emulator.url)
     assert snap(work, env, "reconcile").code == 0
     assert delta(before, emulator.url) == {"GetSnapshotTask": len(TASKS)}
+    shown = json.loads(snap(work, env, "state", "show", "app1/Idle/T1", "--json").stdout)["observed"]
+    assert (shown["status"], shown["stop_reason"], shown["ended"]) == ("running", None, None)
+    # A converged round writes nothing to the state: same serial.
+    serial = json.loads(snap(work, env, "state", "list", "--json").stdout)["serial"]
+    assert snap(work, env, "reconcile").code == 0
+    assert json.loads(snap(work, env, "state", "list", "--json").stdout)["serial"] == serial
 
 
 def test_tasks_past_the_read_window_are_unknown_and_confirmed_by_start(work, env, emulator):
