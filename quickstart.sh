@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install snapctl (with its test dependencies) into .venv, start the bundled emulator on loopback, then plan
-# and apply manifests/ against it. Safe to run again: the second apply is a no-op.
+# manifests/ against it and apply that plan. Safe to run again: the second apply is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -31,8 +31,9 @@ export OFFSITE_ACCESS_KEY="${OFFSITE_ACCESS_KEY:-demo-offsite-access-key}"
 export OFFSITE_SECRET_KEY="${OFFSITE_SECRET_KEY:-demo-offsite-secret-key}"
 
 "$SNAPCTL" validate manifests/
-"$SNAPCTL" plan manifests/
-"$SNAPCTL" apply --auto-approve manifests/
+# The plan is printed once, saved, and exactly that plan is applied (no second printing, no question).
+"$SNAPCTL" plan manifests/ --out state/quickstart.plan
+"$SNAPCTL" apply state/quickstart.plan
 echo
 .venv/bin/python - "$url" <<'PY'
 import sys, httpx

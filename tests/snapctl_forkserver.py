@@ -15,6 +15,9 @@ Tests that use it also run some of the same commands through the real
 from __future__ import annotations
 
 import json
+import os
+import queue
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,8 @@ import reconciler.commands, reconciler.engine, reconciler.manifest, reconciler.r
 for line in sys.stdin:
     request = json.loads(line)
     pid = os.fork()
+    if pid != 0:
+        print(json.dumps({"pid": pid}), flush=True)
     if pid == 0:
         code = 1
         try:
@@ -78,8 +83,22 @@ class ForkServer:
         self._dir = tempfile.TemporaryDirectory(prefix="snapctl-fork-")
         self._lock = threading.Lock()
         self._count = 0
+        # The server's answers, read by a thread so that a command that hangs can be timed out.
+        self._answers: queue.Queue[dict | None] = queue.Queue()
+        threading.Thread(target=self._read_answers, daemon=True).start()
 
-    def run(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> Run:
+    def _read_answers(self) -> None:
+        for line in self._proc.stdout:
+            self._answers.put(json.loads(line))
+        self._answers.put(None)
+
+    def _answer(self, timeout: float | None) -> dict:
+        answer = self._answers.get(timeout=timeout)
+        if answer is None:
+            raise RuntimeError("the snapctl fork server died")
+        return answer
+
+    def run(self, args: list[str], *, cwd: Path, env: dict[str, str], timeout: float | None = None) -> Run:
         with self._lock:
             self._count += 1
             out = Path(self._dir.name) / f"{self._count}.out"
@@ -87,10 +106,13 @@ class ForkServer:
             request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
-            line = self._proc.stdout.readline()
-            if not line:
-                raise RuntimeError("the snapctl fork server died")
-            code = json.loads(line)["code"]
+            pid = self._answer(30)["pid"]
+            try:
+                code = self._answer(timeout)["code"]
+            except queue.Empty:
+                os.kill(pid, signal.SIGKILL)
+                self._answer(30)
+                raise subprocess.TimeoutExpired(["snapctl", *args], timeout or 0) from None
             run = Run(code, out.read_text(errors="replace"), err.read_text(errors="replace"))
             out.unlink()
             err.unlink()

@@ -36,9 +36,31 @@ def snapctl_env(endpoint: str | None, home: Path, **extra: str) -> dict[str, str
     return env
 
 
+_FORKS = None
+
+
+def _fork_server():
+    """One fork server per test process (see snapctl_forkserver), started on first use."""
+    global _FORKS
+    if _FORKS is None:
+        import atexit
+
+        from snapctl_forkserver import ForkServer
+
+        _FORKS = ForkServer()
+        atexit.register(_FORKS.close)
+    return _FORKS
+
+
 def run_snapctl(
     args: list[str], *, cwd: Path, env: dict[str, str], input: str | None = None, timeout: float = 120
 ) -> Run:
+    """Run ``snapctl ARGS`` to completion. Without ``input`` it runs in a process forked from
+    one that imported snapctl once (the same ``main`` the console script runs, in a fresh
+    process with this cwd, environment and /dev/null stdin: start-up is what it saves);
+    ``SNAPCTL_TEST_EXEC=1`` runs the console script every time instead."""
+    if input is None and os.environ.get("SNAPCTL_TEST_EXEC") != "1":
+        return _fork_server().run(list(args), cwd=cwd, env=env, timeout=timeout)
     proc = subprocess.run(
         [SNAPCTL, *args],
         cwd=cwd,

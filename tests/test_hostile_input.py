@@ -95,6 +95,10 @@ def test_bad_manifest_is_refused_by_every_command(name, applied, server, forks):
     before_requests = stats(server.url)["total"]
     for args in (["validate", str(path)], ["plan", str(path)], ["apply", "--auto-approve", str(path)]):
         run = forks.run(args, cwd=applied, env=env)
+        if args[0] == "validate" and "is not set" in expected["contains"]:
+            # validate needs no values: an unset variable is a warning there, at the same place.
+            assert run.code == 0 and f"{where}:{expected['line']}:{expected['column']}: warning: " in run.stderr
+            continue
         assert_clean_failure(run)
         located = [line for line in run.stderr.splitlines() if line.startswith(prefix)]
         assert located, f"{args[0]}: no line starting with {prefix!r}:\n{run.stderr}"
