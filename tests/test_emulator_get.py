@@ -171,3 +171,25 @@ def test_client_fingerprints_the_storage_keys_at_the_edge(emulator):
     declared = state.fingerprint(start_body(StorageConfig={"Type": 2, block: copy.deepcopy(value)}))
     assert api.comparable(declared) == seen.live
     assert value["SecretKey"] not in repr(seen)
+
+
+def test_throttled_reads_are_retried_and_read_qps_is_its_own_limit(emulator):
+    start(emulator)
+    emulator.configure(read_qps=4)
+
+    async def run():
+        client = SnapshotClient(
+            emulator.url,
+            SigningKey(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY),
+            read_qps=0,  # no client-side limit: the emulator's 429s must be retried
+            retry=RetryPolicy(max_attempts=20, base_s=0.05, cap_s=0.5),
+        )
+        async with client:
+            seen = await asyncio.gather(*(client.get_task("app1", "room1", "task1") for _ in range(10)))
+            return seen, client.stats
+
+    seen, stats = asyncio.run(run())
+    assert {s.observed for s in seen} == {api.Observed.running}
+    assert stats.throttled > 0 and stats.requests[("GetSnapshotTask", "ok")] == 10
+    # The write limit is untouched by the reads.
+    assert_ok(emulator.signed_post("StartSnapshot", start_body()), api.ALREADY_STARTED)

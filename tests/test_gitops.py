@@ -208,7 +208,21 @@ def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, se
         assert failed["result"]["summary"]["failed"] == 3
         httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0})
         wait_for(lambda: json.loads(proc.stdout.readline())["ok"], what="a good round after faults")
+        # A task that idles out is seen ended by the next round's read and started again.
+        httpx.post(
+            f"{server.url}/_emulator/streams-stopped", json={"AppId": "app1", "RoomId": "RoomB", "Immediate": True}
+        )
+        wait_for(
+            lambda: (lambda d: d.get("result", {}).get("summary", {}).get("healed") == 1)(
+                json.loads(proc.stdout.readline())
+            ),
+            what="a round that heals the idled-out task",
+        )
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert re.search(r'snapctl_task_failures_total\{reason="IdleTimeOut"\} 1\.0', metrics)
+        assert "snapctl_last_round_reads 3.0" in metrics
+        assert re.search(r'snapctl_tasks_observed\{status="(running|ended)"\} [1-3]\.0', metrics)
+        assert 'snapctl_last_round_changes{action="create"}' in metrics
         assert "snapctl_tasks_declared 3.0" in metrics
         assert re.search(r'snapctl_api_requests_total\{action="StartSnapshot",outcome="ok"\} [1-9]', metrics)
         assert re.search(r'snapctl_rounds_total\{result="failed"\} [1-9]', metrics)

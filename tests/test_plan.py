@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from reconciler import api
 from reconciler.errors import UsageError
 from reconciler.plan import ActionKind, check_plan_current, diff_requests, make_plan
 from reconciler.state import State
@@ -142,3 +143,46 @@ def test_saved_plan_is_refused_when_stale_or_foreign():
     other = state_with(a__r__t=BASE)
     with pytest.raises(UsageError, match="another state"):
         check_plan_current(plan, other, "s.json")
+
+
+# -- planning against observations (a refresh) ------------------------------------------
+
+
+def observed(state: State, body: dict, seen: api.Observed, **fields) -> api.Observation:
+    """What a read of ``body`` running would give: secrets fingerprinted with the state's key."""
+    return api.Observation("a/r/t", seen, live=api.comparable(state.fingerprint(copy.deepcopy(body))), **fields)
+
+
+def test_not_started_is_healthy_and_business_id_is_never_drift():
+    declared = {**BASE, "BusinessId": "biz1"}
+    state = state_with(a__r__t=declared)
+    seen = {"a/r/t": observed(state, declared, api.Observed.not_started, status=1)}
+    plan = make_plan({"a/r/t": declared}, state, observations=seen)
+    assert not plan.actions and plan.unchanged == 1 and plan.observed == {"not_started": 1}
+    # The read never returns BusinessId: a declared change of it is planned against the state.
+    plan = make_plan({"a/r/t": {**declared, "BusinessId": "biz2"}}, state, observations=seen)
+    [action] = plan.actions
+    assert action.kind is ActionKind.replace and not action.changed_outside
+    assert [c.path for c in action.changes] == ["BusinessId"]
+
+
+def test_a_secret_changed_outside_is_compared_by_fingerprint_only():
+    state = state_with(a__r__t=BASE)
+    live = changed(StorageConfig__CustomConfig__SecretKey="SECRET-2")
+    plan = make_plan({"a/r/t": BASE}, state, observations={"a/r/t": observed(state, live, api.Observed.running)})
+    [action] = plan.actions
+    assert action.kind is ActionKind.replace and action.changed_outside
+    [change] = action.changes
+    assert change.sensitive and (change.old, change.new) == ("(sensitive)", "(sensitive)")
+    assert "SECRET" not in action.model_dump_json()
+
+
+def test_ended_and_unknown_tasks():
+    state = state_with(a__r__t=BASE)
+    ended = api.Observation("a/r/t", api.Observed.ended, status=3, stop_reason="IdleTimeOut", live={})
+    [action] = make_plan({"a/r/t": BASE}, state, observations={"a/r/t": ended}).actions
+    assert (action.kind, action.observed, action.stop_reason) == (ActionKind.create, "ended", "IdleTimeOut")
+    assert action.reason == "ended (IdleTimeOut): started again"
+    unknown = api.Observation("a/r/t", api.Observed.unknown, detail="not found: X")
+    plan = make_plan({"a/r/t": BASE}, state, observations={"a/r/t": unknown})
+    assert not plan.actions and [(u.address, u.detail) for u in plan.unknown] == [("a/r/t", "not found: X")]
