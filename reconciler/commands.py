@@ -209,11 +209,16 @@ def _settings(
 
 
 def _observe(manifests, state, settings, targets=()):
-    """Read the tasks in scope (every declared one and every one in the state)."""
+    """Read the tasks in scope (every declared one and every one in the state);
+    the observations, and how long the reads took."""
+    import time
+
     from . import engine
 
     scope = engine.refresh_scope(manifests, state, targets)
-    return engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
+    began = time.monotonic()
+    observations = engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
+    return observations, round(time.monotonic() - began, 3)
 
 
 def _load(paths, *, as_json: bool = False, command: str = "", **options) -> Any:
@@ -331,7 +336,7 @@ def plan(
     state = engine.read_state(state_path)
     if not state.exists:
         err(f"no state yet at {state_path}: everything is planned as new\n")
-    observations = _observe(manifests, state, settings, targets) if refresh else None
+    observations, refresh_s = _observe(manifests, state, settings, targets) if refresh else (None, None)
     the_plan = engine.plan(
         manifests,
         state,
@@ -342,6 +347,7 @@ def plan(
         secrets_unknown=no_secrets,
         observations=observations,
     )
+    the_plan.refresh_s = refresh_s
     if out_file:
         the_plan.state_path = str(Path(state_path).absolute())
         engine.save_plan(the_plan, out_file)
@@ -530,10 +536,11 @@ def apply(
     manifests = _load(paths)
     print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
     with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
-        observations = _observe(manifests, store.state, settings, targets) if refresh else None
+        observations, refresh_s = _observe(manifests, store.state, settings, targets) if refresh else (None, None)
         if observations is not None:
             store.record_observations(observations.values())
         the_plan = engine.plan(manifests, store.state, targets=targets, replace=replace, observations=observations)
+        the_plan.refresh_s = refresh_s
         _run_planned(
             the_plan,
             manifests,

@@ -133,6 +133,8 @@ class Plan(BaseModel):
     observed: dict[str, int] = Field(default_factory=dict)
     #: Tasks the refresh could not see (not found, older than the read window).
     unknown: list[UnknownTask] = Field(default_factory=list)
+    #: How long the refresh took (seconds): one read per task at the read limit.
+    refresh_s: float | None = None
 
     @property
     def has_changes(self) -> bool:

@@ -128,7 +128,8 @@ def _refresh_lines(plan: Plan) -> list[str]:
     if not plan.refreshed:
         return []
     counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in plan.observed.items()) or "no task"
-    lines = [f"Refreshed {sum(plan.observed.values())} task(s) with GetSnapshotTask: {counts}."]
+    took = f" in {plan.refresh_s:.1f} s" if plan.refresh_s is not None else ""
+    lines = [f"Refreshed {sum(plan.observed.values())} task(s) with GetSnapshotTask{took}: {counts}."]
     if plan.unknown:
         lines.append(
             f"{len(plan.unknown)} task(s) could not be seen (no change planned; "
@@ -252,6 +253,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "summary": plan.summary.model_dump() | {"unchanged": plan.unchanged},
         "has_changes": plan.has_changes,
         "refreshed": plan.refreshed,
+        "refresh_s": plan.refresh_s,
         "observed": plan.observed,
         "unknown": [u.model_dump() for u in plan.unknown],
         "actions": [
