@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -117,7 +118,13 @@ def bench_refresh(results: Results, work: Path, tasks: int) -> None:
         )
 
 
-def block(results: Results, command: str, began: float) -> str:
+def load_average() -> float:
+    """The machine's 1-minute load average (other work competing for the cores)."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def block(results: Results, command: str, began: float, loads: tuple[float, float] | None = None) -> str:
     lines = [
         BEGIN,
         "",
@@ -125,6 +132,16 @@ def block(results: Results, command: str, began: float) -> str:
         f"in {time.monotonic() - began:.0f} s.",
         "",
         *machine(),
+        "",
+    ]
+    if loads is not None:
+        cores = os.cpu_count() or 1
+        busy = max(loads) > cores * 0.75
+        lines.append(
+            f"- Load average (1 min) at the start and the end: {loads[0]:.2f}, {loads[1]:.2f} on {cores} cores"
+            + (": **measured under load** (other work competed for the cores)" if busy else ": a quiet machine")
+        )
+    lines += [
         "",
         "| area | figure | measured | target | | runs |",
         "|---|---|---|---|---|---|",
@@ -158,12 +175,13 @@ def main() -> None:
     compile_bytecode()
     results = Results()
     work = Path(tempfile.mkdtemp(prefix="snapctl-bench-refresh-"))
+    load_at_start = load_average()
     try:
         bench_refresh(results, work, tasks)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     command = "bench/refresh.py" + (" --quick" if args.quick else "") + (f" --tasks {tasks}" if args.tasks else "")
-    text = block(results, f".venv/bin/python {command}", began)
+    text = block(results, f".venv/bin/python {command}", began, (load_at_start, load_average()))
     print("\n" + text)
     if not args.no_write:
         write_block(text, args.out)

@@ -566,10 +566,11 @@ def main() -> None:
         if "refresh" in only:
             import refresh
 
-            refresh_began = time.monotonic()
+            refresh_began, load_at_start = time.monotonic(), refresh.load_average()
             refresh_results = Results()
             refresh.bench_refresh(refresh_results, work, 300 if args.quick else 3_000)
-            refresh_block = refresh.block(refresh_results, command, refresh_began)
+            loads = (load_at_start, refresh.load_average())
+            refresh_block = refresh.block(refresh_results, command, refresh_began, loads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     # The refresh figures have a block of their own, so that bench/refresh.py can rerun them alone.
