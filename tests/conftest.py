@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlparse
@@ -145,3 +146,45 @@ def make_emulator():
     for harness in started:
         harness.close()
         harness.server.stop()
+
+
+# -- PostgreSQL ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for this test process (each xdist worker has its own).
+
+    When none can be started every test that needs it fails with the reason: the
+    suite never skips the database silently."""
+    from pg_server import PgServer, PgServerError
+
+    server = PgServer()
+    try:
+        server.start()
+    except (PgServerError, OSError, subprocess.SubprocessError) as exc:
+        server.stop()
+        pytest.fail(f"cannot start the test PostgreSQL server: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg(pg_server):
+    """The test server with a new empty database: ``pg.state_url`` is a snapctl ``--state`` URL."""
+    name = pg_server.new_database()
+    return PgDatabase(pg_server, name)
+
+
+class PgDatabase:
+    def __init__(self, server, dbname: str):
+        self.server = server
+        self.dbname = dbname
+        #: The URL with its password, as a CI secret would hold it.
+        self.state_url = server.url(dbname)
+        self.password = server.password
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        with self.server.admin(self.dbname) as conn:
+            cur = conn.execute(sql, params or None)
+            return cur.fetchall() if cur.description else []
