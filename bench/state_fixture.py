@@ -1,8 +1,8 @@
 """Build the state that applying generated manifests would leave, without an API.
 
-The entries are what ``StateStore.record_put`` writes for a StartSnapshot
+The entries are what ``FileStore.record_put`` writes for a StartSnapshot
 (request with secrets fingerprinted, a request id, a time), folded into the
-document by ``StateStore.checkpoint`` as the end of an apply does; the serial
+document by ``FileStore.checkpoint`` as the end of an apply does; the serial
 is one per recorded call, as after an apply that created every task.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.manifest import load_manifests
-from reconciler.state import StateStore
+from reconciler.state import FileStore
 
 
 def write_state(manifest_dir: Path, state_path: Path, environ: dict[str, str]) -> int:
@@ -26,7 +26,7 @@ def write_state(manifest_dir: Path, state_path: Path, environ: dict[str, str]) -
     for suffix in ("", ".journal", ".backup", ".lock"):
         Path(str(state_path) + suffix).unlink(missing_ok=True)
     applied_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    with StateStore(state_path, command="bench state fixture") as store:
+    with FileStore(state_path, command="bench state fixture") as store:
         state = store.state
         for number, (address, task) in enumerate(manifests.tasks.items(), 1):
             state.tasks[address] = {

@@ -54,15 +54,35 @@ def paths_argument(f):
 
 
 def state_option(f):
+    f = click.option(
+        "--workspace",
+        default="default",
+        show_default=True,
+        envvar="SNAPCTL_WORKSPACE",
+        help="Which of the states kept at --state (env SNAPCTL_WORKSPACE).",
+    )(f)
     return click.option(
         "--state",
         "state_path",
-        type=click.Path(path_type=Path),
-        default=Path("state/snapctl.state.json"),
+        default="state/snapctl.state.json",
         show_default=True,
         envvar="SNAPCTL_STATE",
-        help="State file (env SNAPCTL_STATE).",
+        help="State file, or a postgresql:// URL of a shared state (env SNAPCTL_STATE).",
     )(f)
+
+
+def endpoint_option(f):
+    return click.option(
+        "--endpoint",
+        envvar="SNAPCTL_ENDPOINT",
+        help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).",
+    )(f)
+
+
+def _store(state_path, workspace, lock_timeout_s, command):
+    from .state import store_for
+
+    return store_for(state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command=command)
 
 
 def output_options(f):
@@ -300,6 +320,7 @@ def validate(paths, as_json, no_color):
 def plan(
     paths,
     state_path,
+    workspace,
     targets,
     replace,
     endpoint,
@@ -316,7 +337,7 @@ def plan(
     no_secrets,
     refresh,
 ):
-    """Show what apply would change. Reads manifests and the state; sends nothing.
+    """Show what apply would change. Reads manifests and the state (without its lock); sends nothing.
 
     With --refresh it first reads every task concerned (GetSnapshotTask, one
     read per task at --read-qps) and plans against what runs: ended and failed
@@ -327,15 +348,18 @@ def plan(
 
     refresh = refresh and not destroy
     settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps, credentials=refresh)
+    target = settings.target()
     secrets = SECRETS_UNKNOWN if no_secrets else SECRETS_REQUIRED
     manifests = (
         _load(paths, as_json=as_json or fmt == "json", command="plan", secrets=secrets)
         if not destroy or paths
         else _empty()
     )
-    state = engine.read_state(state_path)
+    store = _store(state_path, workspace, 0.0, "snapctl plan")
+    state = store.read()
+    engine.check_binding(state, *target, store.location)
     if not state.exists:
-        err(f"no state yet at {state_path}: everything is planned as new\n")
+        err(f"no state yet at {store.location}: everything is planned as new\n")
     observations, refresh_s = _observe(manifests, state, settings, targets) if refresh else (None, None)
     the_plan = engine.plan(
         manifests,
@@ -346,10 +370,11 @@ def plan(
         manifest_paths=[str(p.absolute()) for p in (paths or [Path("manifests")])],
         secrets_unknown=no_secrets,
         observations=observations,
+        target=target,
     )
     the_plan.refresh_s = refresh_s
     if out_file:
-        the_plan.state_path = str(Path(state_path).absolute())
+        the_plan.state_path = store.identity
         engine.save_plan(the_plan, out_file)
     fmt = "json" if as_json else fmt
     if fmt == "text":
@@ -489,6 +514,7 @@ def _looks_like_plan_file(paths) -> bool:
 def apply(
     paths,
     state_path,
+    workspace,
     targets,
     replace,
     endpoint,
@@ -510,9 +536,9 @@ def apply(
     it plans against what runs, as `snapctl plan --refresh` does.
     """
     from . import engine, render
-    from .state import StateStore
 
     settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
+    target = settings.target()
     if _looks_like_plan_file(paths):
         if targets or replace or refresh:
             raise UsageError("--target, --replace and --refresh belong to `snapctl plan` when applying a saved plan")
@@ -523,8 +549,9 @@ def apply(
                 "applied; save a plan with the secrets set (snapctl plan --out FILE), or apply the manifests"
             )
         manifests = _load([Path(p) for p in saved.manifest_paths]) if not saved.destroy else _empty()
-        with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
-            engine.verify_saved_plan(saved, store, manifests)
+        with _store(state_path, workspace, lock_timeout_s, "snapctl apply") as store:
+            store.bind(*target)
+            engine.verify_saved_plan(saved, store, manifests, target)
             if not saved.has_changes:
                 return (
                     out("No changes. Nothing to apply.\n")
@@ -535,11 +562,14 @@ def apply(
         return
     manifests = _load(paths)
     print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
-    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl apply") as store:
+    with _store(state_path, workspace, lock_timeout_s, "snapctl apply") as store:
+        store.bind(*target)
         observations, refresh_s = _observe(manifests, store.state, settings, targets) if refresh else (None, None)
         if observations is not None:
             store.record_observations(observations.values())
-        the_plan = engine.plan(manifests, store.state, targets=targets, replace=replace, observations=observations)
+        the_plan = engine.plan(
+            manifests, store.state, targets=targets, replace=replace, observations=observations, target=target
+        )
         the_plan.refresh_s = refresh_s
         _run_planned(
             the_plan,
@@ -594,6 +624,7 @@ def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, aut
 @handle_errors
 def destroy(
     state_path,
+    workspace,
     targets,
     endpoint,
     qps,
@@ -607,11 +638,12 @@ def destroy(
 ):
     """Stop every task in the state (StopSnapshot) and forget it."""
     from . import engine
-    from .state import StateStore
 
     settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
-    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl destroy") as store:
-        the_plan = engine.plan(_empty(), store.state, targets=targets, destroy=True)
+    target = settings.target()
+    with _store(state_path, workspace, lock_timeout_s, "snapctl destroy") as store:
+        store.bind(*target)
+        the_plan = engine.plan(_empty(), store.state, targets=targets, destroy=True, target=target)
         _run_planned(
             the_plan,
             _empty(),
@@ -684,6 +716,7 @@ def schema():
 def reconcile(
     paths,
     state_path,
+    workspace,
     endpoint,
     qps,
     read_qps,
@@ -763,7 +796,13 @@ def reconcile(
 
     if not watch:
         round_ = controller.reconcile_once(
-            paths, state_path, settings, lock_timeout_s=lock_timeout_s, on_result=on_result, refresh=not no_refresh
+            paths,
+            state_path,
+            settings,
+            lock_timeout_s=lock_timeout_s,
+            on_result=on_result,
+            refresh=not no_refresh,
+            workspace=workspace,
         )
         if round_.error is not None and not as_json:
             raise round_.error
@@ -783,6 +822,7 @@ def reconcile(
                 paths,
                 state_path,
                 settings,
+                workspace=workspace,
                 interval_s=interval_s,
                 stop=stop,
                 lock_timeout_s=lock_timeout_s,
@@ -809,7 +849,18 @@ def reconcile(
 @output_options
 @handle_errors
 def import_(
-    address, paths, state_path, endpoint, qps, read_qps, parallelism, timeout_s, lock_timeout_s, as_json, no_color
+    address,
+    paths,
+    state_path,
+    workspace,
+    endpoint,
+    qps,
+    read_qps,
+    parallelism,
+    timeout_s,
+    lock_timeout_s,
+    as_json,
+    no_color,
 ):
     """Adopt a running task APP/ROOM/TASK into the state.
 
@@ -824,14 +875,15 @@ def import_(
 
     from . import api as wire
     from .client import Outcome
-    from .state import StateStore
 
     settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     manifests = _load(paths)
     task = manifests.tasks.get(address)
     if task is None:
         raise UsageError(f"{address} is not declared in the manifests; declare it first, then import it")
-    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl import") as store:
+    target = settings.target()
+    with _store(state_path, workspace, lock_timeout_s, "snapctl import") as store:
+        store.bind(*target)
         if address in store.state.tasks:
             raise UsageError(f"{address} is already in the state; nothing to import")
         client = settings.client()
@@ -901,23 +953,35 @@ def import_(
 
 @click.group()
 def state():
-    """Inspect or edit the state: list, show, rm."""
+    """Inspect, edit, move or rebind the state: list, show, rm, migrate, rebind."""
+
+
+def _describe_state(store, current) -> str:
+    bound = f", bound to {current.endpoint} (region {current.region})" if current.endpoint else ""
+    if not current.exists:
+        return f"# state: {store.location}, {store.kind} backend: no state yet\n"
+    return f"# state: {store.location}, {store.kind} backend, serial {current.serial}{bound}\n"
 
 
 @state.command(name="list")
 @state_option
 @output_options
 @handle_errors
-def state_list(state_path, as_json, no_color):
-    """List the task addresses in the state."""
-    from .state import read_state
-
-    current = read_state(state_path)
+def state_list(state_path, workspace, as_json, no_color):
+    """List the task addresses in the state (where it is and its workspace on stderr)."""
+    store = _store(state_path, workspace, 0.0, "snapctl state list")
+    current = store.read()
     if as_json:
         print_json(
             {
                 "format_version": 1,
                 "type": "state",
+                "backend": store.kind,
+                "location": store.location,
+                "workspace": store.workspace,
+                "workspaces": store.workspaces(),
+                "endpoint": current.endpoint,
+                "region": current.region,
                 "lineage": current.lineage,
                 "serial": current.serial,
                 "tasks": sorted(current.tasks),
@@ -925,6 +989,7 @@ def state_list(state_path, as_json, no_color):
             }
         )
         return
+    err(_describe_state(store, current))
     for address in sorted(current.tasks):
         out(address + "\n")
     for address, intent in sorted(current.pending.items()):
@@ -937,13 +1002,12 @@ def state_list(state_path, as_json, no_color):
 @state_option
 @output_options
 @handle_errors
-def state_show(address, state_path, as_json, no_color):
+def state_show(address, state_path, workspace, as_json, no_color):
     """Show what the state holds for APP/ROOM/TASK (secrets only as fingerprints)."""
     from .plan import mask_secrets
     from .render import flatten
-    from .state import read_state
 
-    current = read_state(state_path)
+    current = _store(state_path, workspace, 0.0, "snapctl state show").read()
     entry = current.tasks.get(address)
     if entry is None:
         raise UsageError(f"{address} is not in the state (see snapctl state list)")
@@ -975,13 +1039,15 @@ def state_show(address, state_path, as_json, no_color):
 @state_option
 @lock_option
 @handle_errors
-def state_rm(addresses, state_path, lock_timeout_s):
+def state_rm(addresses, state_path, workspace, lock_timeout_s):
     """Forget tasks without stopping them (they keep running, unmanaged)."""
     import copy
 
-    from .state import StateStore
+    from .state import store_for
 
-    with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl state rm", create=False) as store:
+    with store_for(
+        state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command="snapctl state rm", create=False
+    ) as store:
         missing = [a for a in addresses if a not in store.state.tasks and a not in store.state.pending]
         if missing:
             raise UsageError(f"not in the state: {', '.join(missing)}")
@@ -993,36 +1059,89 @@ def state_rm(addresses, state_path, lock_timeout_s):
     out(f"Removed {len(addresses)} task(s) from the state; they were not stopped.\n")
 
 
+@state.command(name="migrate")
+@state_option
+@click.option(
+    "--to", "destination", required=True, metavar="DEST", help="Where to copy the state: a file or a postgresql:// URL."
+)
+@click.option("--to-workspace", metavar="W", help="The destination's workspace (default: the same name).")
+@lock_option
+@handle_errors
+def state_migrate(state_path, workspace, destination, to_workspace, lock_timeout_s):
+    """Copy the state (lineage, serial, tasks, pending calls, endpoint) to another backend or workspace.
+
+    Both states are locked while copying. A destination holding another state
+    (another lineage) is refused; one holding an older copy of this state is
+    brought up to date. The source is left as it is: point --state at the
+    destination from now on, and remove the source when you no longer need it.
+    """
+    source = _store(state_path, workspace, lock_timeout_s, "snapctl state migrate")
+    target = _store(destination, to_workspace or workspace, lock_timeout_s, "snapctl state migrate")
+    if (source.kind, source.location) == (target.kind, target.location):
+        raise UsageError("--to names the state being migrated; give another file, database or --to-workspace")
+    with source:
+        if not source.state.exists:
+            raise UsageError(f"there is no state at {source.location} to migrate")
+        with target:
+            target.copy_from(source.state)
+    out(
+        f"Copied the state (lineage {source.state.lineage}, serial {source.state.serial}, "
+        f"{len(source.state.tasks)} task(s), {len(source.state.pending)} pending call(s)) "
+        f"from {source.location} to {target.location}.\n"
+    )
+
+
+@state.command(name="rebind")
+@state_option
+@endpoint_option
+@lock_option
+@handle_errors
+def state_rebind(state_path, workspace, endpoint, lock_timeout_s):
+    """Bind the state to the endpoint (--endpoint / SNAPCTL_ENDPOINT) and region (VOLC_REGION) given now.
+
+    A state remembers the API endpoint it was applied against and refuses any
+    other, since its tasks exist there only. Rebind only when the same tasks
+    are now reached through another endpoint (a proxy, a new address).
+    """
+    from .engine import Settings
+
+    endpoint, region = Settings(endpoint=endpoint).target()
+    with _store(state_path, workspace, lock_timeout_s, "snapctl state rebind") as store:
+        if not store.state.exists:
+            raise UsageError(f"there is no state at {store.location} to rebind")
+        before = store.state.endpoint
+        store.rebind(endpoint, region)
+    was = f"{before} (region {store.state.region})" if before else "no endpoint"
+    out(f"The state {store.location} was bound to {was}; it is now bound to {endpoint} (region {region}).\n")
+
+
 # force-unlock ------------------------------------------------------------------------------
 
 
 @click.command(name="force-unlock")
 @state_option
 @handle_errors
-def force_unlock(state_path):
+def force_unlock(state_path, workspace):
     """Clear a state lock left behind.
 
-    The lock is an operating-system lock that the kernel releases when its
-    holder exits, so a killed run never leaves one behind. A lock that is
-    still held belongs to a live process: this command names it and refuses,
-    rather than letting two writers corrupt the state.
+    The lock is an operating-system lock (in PostgreSQL, an advisory lock of the
+    holder's connection) that is released when its holder exits, so a killed
+    run never leaves one behind. A lock that is still held belongs to a live
+    process: this command names it and refuses, rather than letting two
+    writers corrupt the state.
     """
     import socket
 
-    from .state import lock_is_held, lock_path, read_lock_holder, resolve_path
-
-    state_path = resolve_path(state_path)
-    holder = read_lock_holder(state_path)
-    if lock_is_held(state_path):
+    store = _store(state_path, workspace, 0.0, "snapctl force-unlock")
+    holder = store.lock_holder()
+    if store.lock_is_held():
         who = holder.describe() if holder else "another process"
         hint = f"; stop it (kill {holder.pid}) or wait" if holder and holder.host == socket.gethostname() else ""
-        raise UsageError(f"state {state_path} is locked by a live process: {who}{hint}")
-    path = lock_path(state_path)
-    if path.exists():
-        path.unlink()
+        raise UsageError(f"state {store.location} is locked by a live process: {who}{hint}")
+    if store.forget_holder():
         out(
-            f"The state is not locked; removed the stale lock record {path}"
-            + (f" of {holder.describe()}" if holder else "")
+            f"The state is not locked; removed the stale lock record of {store.location}"
+            + (f" ({holder.describe()})" if holder else "")
             + ".\n"
         )
     else:

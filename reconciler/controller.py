@@ -18,7 +18,7 @@ from . import api, engine
 from .apply import ActionResult, ApplyReport
 from .errors import SnapctlError
 from .plan import Plan
-from .state import StateStore
+from .state import DEFAULT_WORKSPACE, store_for
 
 log = logging.getLogger("snapctl.controller")
 
@@ -145,13 +145,14 @@ class Metrics:
 
 def reconcile_once(
     paths: Sequence[Path],
-    state_path: Path,
+    state_path: Path | str,
     settings: engine.Settings,
     *,
     lock_timeout_s: float = 0.0,
     on_result: Callable[[ActionResult], None] | None = None,
     stop_event: threading.Event | None = None,
     refresh: bool = True,
+    workspace: str = DEFAULT_WORKSPACE,
 ) -> Round:
     """One round: load, read every declared task (``refresh``), plan against what
     runs and apply; StartSnapshot only the tasks the read could not see. Without
@@ -161,7 +162,11 @@ def reconcile_once(
     observations = None
     try:
         manifests = engine.load_manifests(list(paths))
-        with StateStore(state_path, lock_timeout_s=lock_timeout_s, command="snapctl reconcile") as store:
+        target = settings.target()
+        with store_for(
+            state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command="snapctl reconcile"
+        ) as store:
+            store.bind(*target)
             if refresh:
                 reader = settings.client()
                 observations = engine.refresh(
@@ -169,7 +174,7 @@ def reconcile_once(
                 )
                 store.record_observations(observations.values())
             client = settings.client()
-            plan = engine.plan(manifests, store.state, observations=observations)
+            plan = engine.plan(manifests, store.state, observations=observations, target=target)
             reassert = engine.unchanged_addresses(plan, manifests, store.state)
             if observations is not None:
                 # Only what could not be seen needs StartSnapshot to confirm it.
@@ -235,7 +240,7 @@ def graceful_stop() -> Iterator[threading.Event]:
 
 def watch(
     paths: Sequence[Path],
-    state_path: Path,
+    state_path: Path | str,
     settings: engine.Settings,
     *,
     interval_s: float,
@@ -246,6 +251,7 @@ def watch(
     on_result: Callable[[ActionResult], None] | None = None,
     max_rounds: int | None = None,
     refresh: bool = True,
+    workspace: str = DEFAULT_WORKSPACE,
 ) -> int:
     """Reconcile every ``interval_s`` until ``stop`` is set; a failed round never ends the loop.
     Returns the number of rounds run."""
@@ -259,6 +265,7 @@ def watch(
             on_result=on_result,
             stop_event=stop,
             refresh=refresh,
+            workspace=workspace,
         )
         rounds += 1
         if metrics is not None:

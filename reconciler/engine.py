@@ -20,7 +20,7 @@ from .manifest import ManifestSet, load_manifests
 from .plan import Plan, check_plan_current, check_plan_unchanged, in_targets, make_plan, observations_of
 from .runenv import RunEnv, resolve
 from .signing import SigningKey
-from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, read_state, resolve_path
+from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, check_binding, read_state, store_for
 
 
 @dataclass
@@ -42,6 +42,11 @@ class Settings:
         if self._env is None or (credentials and self._env.key is None):
             self._env = resolve(self.endpoint, self.environ, credentials=credentials)
         return self._env
+
+    def target(self) -> tuple[str, str]:
+        """The endpoint and region this run would call (a state is bound to them)."""
+        env = self.resolve(credentials=False)
+        return env.endpoint, env.region
 
     def client(self, key: SigningKey | None = None, **kwargs) -> SnapshotClient:
         from .logs import client_event
@@ -99,10 +104,12 @@ def plan(
     manifest_paths: Sequence[str] = (),
     secrets_unknown: bool = False,
     observations: Mapping[str, api.Observation] | None = None,
+    target: tuple[str, str] | None = None,
 ) -> Plan:
     """The plan that would make ``state`` match ``manifests`` (see :func:`plan.make_plan`);
-    with ``observations`` (from :func:`refresh`), against what runs."""
-    return make_plan(
+    with ``observations`` (from :func:`refresh`), against what runs; ``target``: the endpoint
+    and region it is made for, recorded in the plan."""
+    made = make_plan(
         desired_bodies(manifests),
         state,
         targets=targets,
@@ -112,6 +119,9 @@ def plan(
         secrets_unknown=secrets_unknown,
         observations=observations,
     )
+    if target is not None:
+        made.endpoint, made.region = target
+    return made
 
 
 def refresh_scope(manifests: ManifestSet, state: State, targets: Sequence[str] = ()) -> list[str]:
@@ -190,12 +200,20 @@ def load_plan(path: Path) -> Plan:
         raise UsageError(f"{path}: not a snapctl plan file (save one with snapctl plan --out FILE)") from None
 
 
-def verify_saved_plan(saved: Plan, store: StateStore, manifests: ManifestSet) -> None:
-    """A saved plan applies only to the state it was made against, with the manifests it was made from."""
+def verify_saved_plan(
+    saved: Plan, store: StateStore, manifests: ManifestSet, target: tuple[str, str] | None = None
+) -> None:
+    """A saved plan applies only to the state it was made against, with the manifests it was made from,
+    against the endpoint it was made for."""
+    if target is not None and saved.endpoint is not None and (saved.endpoint, saved.region) != target:
+        raise UsageError(
+            f"the saved plan was made for endpoint {saved.endpoint} (region {saved.region}), not "
+            f"{target[0]} (region {target[1]}); nothing was sent. Run snapctl plan against the endpoint to use"
+        )
     try:
-        check_plan_current(saved, store.state, str(store.path))
+        check_plan_current(saved, store.state, store.location)
     except UsageError as exc:
-        if saved.state_path and resolve_path(saved.state_path) != store.path:
+        if saved.state_path and saved.state_path != store.identity:
             raise UsageError(
                 f"{exc} (it was made against {saved.state_path}: pass --state to apply it there)"
             ) from None
@@ -229,7 +247,14 @@ def run_apply(
     on_result: Callable[[ActionResult], None] | None = None,
     stop_event=None,
 ) -> ApplyReport:
-    """Apply ``plan_`` through ``client``, recording every completed call in ``store``."""
+    """Apply ``plan_`` through ``client``, recording every completed call in ``store``.
+
+    Tasks the plan leaves alone whose stored fingerprints are of the old HMAC kind
+    get scrypt ones first (a state-only write, no API call)."""
+    for address in plan_.legacy_fingerprints:
+        task = manifests.tasks.get(address)
+        if task is not None:
+            store.upgrade_fingerprints(address, task.request.wire())
     applier = Applier(
         client, store, requests_of(manifests), parallelism=parallelism, on_result=on_result, stop_event=stop_event
     )
@@ -253,6 +278,7 @@ __all__ = [
     "DEFAULT_STATE_PATH",
     "Settings",
     "StateStore",
+    "check_binding",
     "load_manifests",
     "load_plan",
     "plan",
@@ -261,6 +287,7 @@ __all__ = [
     "refresh_scope",
     "run_apply",
     "save_plan",
+    "store_for",
     "unchanged_addresses",
     "verify_saved_plan",
 ]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from .api import Observation, Observed, comparable
 from .errors import UsageError
-from .state import SECRET_FIELDS, State, is_fingerprint
+from .state import SECRET_FIELDS, State, has_legacy_fingerprints, is_fingerprint
 
 PLAN_FORMAT_VERSION = 1
 #: The reasons of plain creates and deletes (renderers leave these unsaid).
@@ -135,6 +135,11 @@ class Plan(BaseModel):
     unknown: list[UnknownTask] = Field(default_factory=list)
     #: How long the refresh took (seconds): one read per task at the read limit.
     refresh_s: float | None = None
+    #: The API endpoint and region the plan was made for (apply refuses another).
+    endpoint: str | None = None
+    region: str | None = None
+    #: Unchanged tasks whose stored secret fingerprints are of the old HMAC kind (apply re-records them).
+    legacy_fingerprints: list[str] = Field(default_factory=list)
 
     @property
     def has_changes(self) -> bool:
@@ -319,6 +324,7 @@ def make_plan(
     fingerprint = _Fingerprints(state)
     unknown: list[UnknownTask] = []
     observed: dict[str, int] = {}
+    legacy: list[str] = []
     for address in addresses:
         if targets and not in_targets(address, targets):
             continue
@@ -326,15 +332,23 @@ def make_plan(
         entry = tasks.get(address)
         have = entry.get("request") if entry is not None else None
         if want is not None:
-            want = fingerprint(want)
             if secrets_unknown:
-                want = _secrets_as_known(want, have)
+                want = _secrets_as_known(fingerprint(want), have)
+            elif have is not None and has_legacy_fingerprints(have):
+                # Compare an old HMAC fingerprint with the same kind, so an unchanged secret stays unchanged.
+                want = state.fingerprint(dict(want), like=have)
+                if want == have:
+                    legacy.append(address)
+            else:
+                want = fingerprint(want)
         seen = observations.get(address) if observations is not None else None
         if seen is not None:
             observed[seen.observed.value] = observed.get(seen.observed.value, 0) + 1
             if seen.live is None:
                 unknown.append(UnknownTask(address=address, detail=seen.detail))
             elif want is not None and address not in replace:
+                if address in legacy:  # the live task shows scrypt fingerprints
+                    want = fingerprint(desired[address])
                 action = _plan_observed(address, want, have, seen)
                 if action is None:
                     unchanged += 1
@@ -408,6 +422,7 @@ def make_plan(
         actions=actions,
         summary=PlanSummary.of(actions),
         unchanged=unchanged,
+        legacy_fingerprints=legacy,
         refreshed=observations is not None,
         observed=dict(sorted(observed.items())),
         unknown=unknown,

@@ -264,8 +264,8 @@ def test_force_unlock_refuses_a_live_holder(work, env):
         [
             "python3" if False else os.path.join(os.path.dirname(SNAPCTL), "python"),
             "-c",
-            "import time; from reconciler.state import StateStore\n"
-            "s = StateStore('state/snapctl.state.json', command='snapctl apply'); s.open(); print('locked', flush=True); time.sleep(30)",
+            "import time; from reconciler.state import FileStore\n"
+            "s = FileStore('state/snapctl.state.json', command='snapctl apply'); s.open(); print('locked', flush=True); time.sleep(30)",
         ],
         cwd=work,
         stdout=subprocess.PIPE,
@@ -366,9 +366,9 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise(tmp_path):
 
 
 def test_state_list_shows_calls_left_pending(work, env):
-    from reconciler.state import StateStore
+    from reconciler.state import FileStore
 
-    with StateStore(work / "state" / "snapctl.state.json") as store:
+    with FileStore(work / "state" / "snapctl.state.json") as store:
         store.record_intent("app1/RoomA/T1", "StartSnapshot", {"AppId": "app1", "RoomId": "RoomA", "TaskId": "T1"})
     listed = snap(work, env, "state", "list")
     assert listed.stdout == "app1/RoomA/T1 (pending: StartSnapshot sent by an interrupted run, outcome unknown)\n"
@@ -380,10 +380,10 @@ def test_state_list_shows_calls_left_pending(work, env):
 
 def test_plan_says_why_it_starts_a_task_left_pending(work, env):
     from reconciler.manifest import load_manifests
-    from reconciler.state import StateStore
+    from reconciler.state import FileStore
 
     declared = load_manifests([work / "manifests"], environ=env).tasks["app1/RoomA/T1"].request.wire()
-    with StateStore(work / "state" / "snapctl.state.json") as store:
+    with FileStore(work / "state" / "snapctl.state.json") as store:
         store.record_intent("app1/RoomA/T1", "StartSnapshot", declared)
     plan = snap(work, env, "plan")
     assert "# (an interrupted apply sent StartSnapshot and never learned its outcome: started again)" in plan.stdout

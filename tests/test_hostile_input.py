@@ -142,7 +142,7 @@ BROKEN_STATES = {
     "empty": (lambda doc: b"", "not valid JSON"),
     "format-0": (_with(format_version=0), "unknown state format version 0"),
     "format-not-a-number": (_with(format_version="1"), "no format_version"),
-    "newer-format": (_with(format_version=2, snapctl_version="9.0.0"), "written in state format 2 by snapctl 9.0.0"),
+    "newer-format": (_with(format_version=99, snapctl_version="9.0.0"), "written in state format 99 by snapctl 9.0.0"),
     "not-an-object": (lambda doc: b"[1, 2, 3]", "a state is a JSON object"),
     "no-lineage": (_with(lineage=None), "missing field 'lineage'"),
     "tasks-wrong-type": (_with(tasks=[]), "wrong type"),

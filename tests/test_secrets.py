@@ -250,9 +250,12 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     assert "AccessDenied" in scan.run(env, "apply", "--auto-approve", expect=1).stdout
     scan.run(env, "destroy", "--auto-approve", "--json", expect=1)
     admin("config", {"deny_apps": []})
-    unreachable = env | {"SNAPCTL_ENDPOINT": "http://127.0.0.1:9"}
+    # Another endpoint needs another state (a state is bound to its endpoint).
+    unreachable = env | {"SNAPCTL_ENDPOINT": "http://127.0.0.1:9", "SNAPCTL_STATE": "state/unreachable.json"}
     refused = scan.run(unreachable, "apply", "--auto-approve", "--parallelism", "1", expect=1)
     assert "cannot reach the API at http://127.0.0.1:9" in refused.stderr
+    refused = scan.run(env | {"SNAPCTL_ENDPOINT": "http://127.0.0.1:9"}, "apply", "--auto-approve", expect=1)
+    assert "belongs to endpoint" in refused.stderr
     # Hostile environments: a token with a line break, proxies snapctl cannot use (with a password).
     for hostile in (
         {"VOLC_SESSION_TOKEN": SESSION_TOKEN + "\n"},

@@ -15,7 +15,7 @@ import pytest
 from reconciler.errors import LockError, StateError
 from reconciler.state import (
     FORMAT_VERSION,
-    StateStore,
+    FileStore,
     backup_path,
     journal_path,
     lock_is_held,
@@ -35,7 +35,7 @@ BODY = {
 
 def test_new_state_is_written_with_version_lineage_serial_and_0600(tmp_path):
     path = tmp_path / "s.json"
-    with StateStore(path) as store:
+    with FileStore(path) as store:
         store.record_put("a/r/t", BODY, "req-1")
         store.record_put("a/r/u", BODY)
     doc = json.loads(path.read_text())
@@ -49,13 +49,13 @@ def test_new_state_is_written_with_version_lineage_serial_and_0600(tmp_path):
 
 def test_secrets_are_fingerprinted_never_stored(tmp_path):
     path = tmp_path / "s.json"
-    with StateStore(path) as store:
+    with FileStore(path) as store:
         store.record_put("a/r/t", BODY)
         journal = journal_path(path).read_text()
     text = path.read_text() + journal + backup_path(path).read_text()
     assert "SK-PLAIN-1" not in text and "AK-PLAIN-1" not in text
     stored = read_state(path).tasks["a/r/t"]["request"]["StorageConfig"]["CustomConfig"]
-    assert stored["SecretKey"].startswith("hmac-sha256:")
+    assert stored["SecretKey"].startswith("scrypt:")
     # Same secret, same fingerprint (a change is noticed, an equal value is not).
     state = read_state(path)
     assert state.fingerprint(BODY) == state.tasks["a/r/t"]["request"]
@@ -66,7 +66,7 @@ def test_secrets_are_fingerprinted_never_stored(tmp_path):
 
 def test_every_call_is_in_the_journal_before_close(tmp_path):
     path = tmp_path / "s.json"
-    store = StateStore(path)
+    store = FileStore(path)
     store.open()
     store.record_put("a/r/t", BODY)
     store.record_put("a/r/u", BODY)
@@ -80,14 +80,14 @@ def test_every_call_is_in_the_journal_before_close(tmp_path):
 
 def test_a_cut_journal_line_is_ignored_and_folded_on_next_open(tmp_path):
     path = tmp_path / "s.json"
-    store = StateStore(path)
+    store = FileStore(path)
     store.open()
     store.record_put("a/r/t", BODY)
     with open(journal_path(path), "ab") as journal:
         journal.write(b'{"op": "put", "address": "a/r/x", "ser')  # killed mid-write
-    store._release_lock()  # simulate death: nothing folded
+    store._unlock()  # simulate death: nothing folded
     assert set(read_state(path).tasks) == {"a/r/t"}
-    with StateStore(path) as again:
+    with FileStore(path) as again:
         assert set(again.state.tasks) == {"a/r/t"}
     assert not journal_path(path).exists()
     assert json.loads(path.read_text())["serial"] == 1
@@ -95,10 +95,10 @@ def test_a_cut_journal_line_is_ignored_and_folded_on_next_open(tmp_path):
 
 def test_backup_keeps_the_previous_document(tmp_path):
     path = tmp_path / "s.json"
-    with StateStore(path) as store:
+    with FileStore(path) as store:
         store.record_put("a/r/t", BODY)
     first = path.read_text()
-    with StateStore(path) as store:
+    with FileStore(path) as store:
         store.record_delete("a/r/t")
     assert backup_path(path).read_text() == first
     assert json.loads(backup_path(path).read_text())["serial"] == 1
@@ -124,15 +124,15 @@ def test_broken_states_are_refused_and_not_overwritten(tmp_path, content, messag
     with pytest.raises(StateError, match=message):
         read_state(path)
     with pytest.raises(StateError, match=message):
-        StateStore(path).open()
+        FileStore(path).open()
     assert path.read_text() == content
     assert not lock_is_held(path)
 
 
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
     path = tmp_path / "s.json"
-    with StateStore(path, command="snapctl apply"), pytest.raises(LockError) as info:
-        StateStore(path).open()
+    with FileStore(path, command="snapctl apply"), pytest.raises(LockError) as info:
+        FileStore(path).open()
     message = str(info.value)
     assert f"pid {os.getpid()}" in message and "snapctl apply" in message and "--lock-timeout" in message
 
@@ -145,8 +145,8 @@ def test_lock_timeout_waits_for_the_holder(tmp_path):
             "-c",
             textwrap.dedent(f"""
         import time
-        from reconciler.state import StateStore
-        with StateStore({str(path)!r}):
+        from reconciler.state import FileStore
+        with FileStore({str(path)!r}):
             print("locked", flush=True)
             time.sleep(1.0)
     """),
@@ -157,8 +157,8 @@ def test_lock_timeout_waits_for_the_holder(tmp_path):
     assert holder.stdout.readline().strip() == "locked"
     t0 = time.monotonic()
     with pytest.raises(LockError):
-        StateStore(path, lock_timeout_s=0.2).open()
-    with StateStore(path, lock_timeout_s=10):
+        FileStore(path, lock_timeout_s=0.2).open()
+    with FileStore(path, lock_timeout_s=10):
         assert time.monotonic() - t0 > 0.3
     holder.wait(10)
 
@@ -171,8 +171,8 @@ def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
             "-c",
             textwrap.dedent(f"""
         import time
-        from reconciler.state import StateStore
-        store = StateStore({str(path)!r})
+        from reconciler.state import FileStore
+        store = FileStore({str(path)!r})
         store.open()
         store.record_put("a/r/t", {{"AppId": "a"}})
         print("locked", flush=True)
@@ -186,17 +186,17 @@ def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
     assert lock_is_held(path)
     holder.send_signal(signal.SIGKILL)
     holder.wait(10)
-    with StateStore(path) as store:  # no wait, no force-unlock
+    with FileStore(path) as store:  # no wait, no force-unlock
         assert set(store.state.tasks) == {"a/r/t"}
 
 
 def test_document_layout_one_task_per_line_and_any_json_layout_reads(tmp_path):
     path = tmp_path / "s.json"
-    with StateStore(path) as store:
+    with FileStore(path) as store:
         for task in ("t1", "t2", "t3"):
             store.record_put(f"a/r/{task}", BODY | {"TaskId": task})
     lines = path.read_bytes().split(b"\n")
-    assert lines[0].startswith(b'{"format_version":1,') and lines[1] == b'"tasks":{'
+    assert lines[0].startswith(b'{"format_version":%d,' % FORMAT_VERSION) and lines[1] == b'"tasks":{'
     assert [line[:9] for line in lines[2:5]] == [b'"a/r/t1":', b'"a/r/t2":', b'"a/r/t3":']
     lazy = read_state(path)
     # Re-indented by hand (or by another tool): still the same state.
@@ -208,7 +208,7 @@ def test_document_layout_one_task_per_line_and_any_json_layout_reads(tmp_path):
 
 def test_a_broken_entry_is_a_state_error_when_read(tmp_path):
     path = tmp_path / "s.json"
-    with StateStore(path) as store:
+    with FileStore(path) as store:
         store.record_put("a/r/t1", BODY)
         store.record_put("a/r/t2", BODY)
     raw = path.read_bytes()

@@ -1,0 +1,319 @@
+"""The state protocol every backend keeps (see :class:`StateStore`).
+
+A backend reads a state, takes and releases its lock (naming the holder to
+anyone refused), journals each record durably before returning (an intent
+before an API call, a put or delete after it), writes the whole state
+(checkpoint), lists its workspaces and describes where it is, with no password.
+Everything else (recording, endpoint binding, fingerprints) is shared here.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as _dt
+import os
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import StateError, UsageError, WriteError
+from .model import State, has_legacy_fingerprints
+
+DEFAULT_WORKSPACE = "default"
+WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: A new holder writes its record just after taking the lock: how long a refused
+#: process waits for that record, to name the holder rather than "another process".
+HOLDER_RECORD_WAIT_S = 2.0
+
+
+def check_workspace(name: str) -> str:
+    if not WORKSPACE_RE.match(name) or ".." in name:
+        raise UsageError(
+            f"workspace {name!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit (at most 63)"
+        )
+    return name
+
+
+def redact(url: str) -> str:
+    """A database URL without its password (in the user part or a ``password=`` parameter)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable database URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        if ":" in user:
+            user = user.split(":", 1)[0] + ":***"
+        netloc = f"{user}@{host}"
+    query = re.sub(r"(?i)(^|&)(password)=[^&]*", r"\1\2=***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    host: str
+    pid: int
+    started_at: str
+    command: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host} ({self.command}), since {self.started_at}"
+
+    def may_be_alive(self) -> bool:
+        """False only for a holder on this host whose process is gone (a record left by a killed run)."""
+        if self.host != socket.gethostname():
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    @classmethod
+    def me(cls, command: str) -> LockHolder:
+        return cls(socket.gethostname(), os.getpid(), now_iso(), command)
+
+
+def check_binding(state: State, endpoint: str, region: str, location: str) -> None:
+    """Refuse to use a state bound to another endpoint or region (before any request)."""
+    if state.endpoint is None:
+        return
+    if (state.endpoint, state.region) != (endpoint, region):
+        raise UsageError(
+            f"state {location} belongs to endpoint {state.endpoint} (region {state.region}), "
+            f"not {endpoint} (region {region}); nothing was sent. Use the endpoint the state was applied "
+            "against, another --state/--workspace, or `snapctl state rebind` to move this state deliberately"
+        )
+
+
+class StateStore(abc.ABC):
+    """Exclusive, crash-safe write access to one state.
+
+    Open it (a context manager) to take the lock and read the state; every
+    ``record_*`` call is durable when it returns. A failed write raises
+    :class:`~reconciler.errors.WriteError` and is kept in :attr:`write_failure`;
+    what was recorded before it is intact.
+    """
+
+    #: "file" or "postgresql".
+    kind: str = ""
+
+    def __init__(self, *, workspace: str = DEFAULT_WORKSPACE, lock_timeout_s: float = 0.0, command: str = "snapctl"):
+        self.workspace = check_workspace(workspace)
+        self._lock_timeout_s = lock_timeout_s
+        self._command = command
+        self._binding: tuple[str, str] | None = None
+        self._is_open = False
+        self.write_failure: WriteError | None = None
+        self.state: State = State.new()
+
+    # The protocol: what a backend implements ---------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the state is, for messages (never with a password)."""
+
+    @property
+    def identity(self) -> str:
+        """What names this state exactly (a saved plan records it): the location, a file's resolved."""
+        return self.location
+
+    @abc.abstractmethod
+    def read(self) -> State:
+        """The state as of every recorded call, without the lock; a new one if there is none."""
+
+    @abc.abstractmethod
+    def _lock(self) -> None:
+        """Take the lock (waiting up to the lock timeout) and record this process as its holder,
+        or raise LockError naming the holder."""
+
+    @abc.abstractmethod
+    def _unlock(self) -> None:
+        """Release the lock and forget its holder record; never raises."""
+
+    @abc.abstractmethod
+    def lock_holder(self) -> LockHolder | None:
+        """Who holds (or last held) the lock, as recorded; readable without the lock."""
+
+    @abc.abstractmethod
+    def _journal(self, entry: dict[str, Any]) -> None:
+        """Make one record durable (``entry`` has op, address, serial), or raise WriteError."""
+
+    @abc.abstractmethod
+    def checkpoint(self) -> None:
+        """Write the whole of :attr:`state` (header, tasks, pending)."""
+
+    @abc.abstractmethod
+    def workspaces(self) -> list[str]:
+        """The workspaces this backend holds."""
+
+    @abc.abstractmethod
+    def lock_is_held(self) -> bool:
+        """True while some process holds the lock."""
+
+    @abc.abstractmethod
+    def forget_holder(self) -> bool:
+        """Remove the holder record of a lock nobody holds (``force-unlock``); whether there was one."""
+
+    def write_header(self) -> None:
+        """Write what the state says besides its tasks (the endpoint binding); by default the whole state."""
+        self.checkpoint()
+
+    def _after_open(self) -> None:
+        """Fold in what a killed run left (file: its journal)."""
+        return
+
+    def _before_close(self) -> None:
+        """Write what is still only journaled (file: a checkpoint)."""
+        return
+
+    # Shared ------------------------------------------------------------------------------
+
+    def __enter__(self) -> StateStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Take the lock, then read the state and fold in anything a killed run left."""
+        self._lock()
+        try:
+            self.state = self.read()
+            self._after_open()
+            self._is_open = True
+        except BaseException:
+            self._unlock()
+            raise
+
+    def close(self) -> None:
+        try:
+            if self._is_open:
+                self._before_close()
+        finally:
+            self._is_open = False
+            self._unlock()
+
+    def bind(self, endpoint: str, region: str) -> None:
+        """Refuse another endpoint than the state's; a state not bound yet is bound on its next write."""
+        check_binding(self.state, endpoint, region, self.location)
+        self._binding = (endpoint, region)
+
+    def rebind(self, endpoint: str, region: str) -> None:
+        """Bind the state to ``endpoint`` deliberately (``snapctl state rebind``)."""
+        self.state.endpoint, self.state.region = endpoint, region
+        self.state.serial += 1
+        self.write_header()
+
+    def _fail(self, error: WriteError) -> WriteError:
+        if self.write_failure is None:
+            self.write_failure = error
+        return error
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        """Journal ``entry`` durably, then apply it in memory; on a failed write neither happens."""
+        if not self._is_open:
+            raise RuntimeError("state store is not open")
+        if self.write_failure is not None:
+            raise self.write_failure
+        if self._binding is not None and self.state.endpoint is None:
+            self.state.endpoint, self.state.region = self._binding
+            self.write_header()
+        elif not self.state.exists:
+            self.checkpoint()
+        entry["serial"] = self.state.serial + 1
+        self._journal(entry)
+        self.state.apply_entry(entry)
+
+    def record_put(
+        self, address: str, request_wire: dict[str, Any], request_id: str = "", applied_at: str | None = None
+    ) -> None:
+        """Remember that ``address`` now runs ``request_wire`` (secrets are fingerprinted here)."""
+        entry = {
+            "request": self.state.fingerprint(request_wire),
+            "request_id": request_id,
+            "applied_at": applied_at or now_iso(),
+        }
+        self._append({"op": "put", "address": address, "entry": entry})
+
+    def record_observations(self, observations: Iterable[Any]) -> int:
+        """Remember what a refresh saw (``api.Observation`` values): one journal entry
+        for every task whose status or stop reason changed since the last one, none
+        when nothing did (a converged controller round writes nothing). Returns how
+        many changed."""
+        now = now_iso()
+        changed: dict[str, dict[str, Any]] = {}
+        for seen in observations:
+            summary = seen.summary()
+            record = {
+                "status": summary["status"],
+                "stop_reason": summary["stop_reason"],
+                "started": summary["started"],
+                "ended": summary["ended"],
+            }
+            last = self.state.observed.get(seen.address)
+            if last is not None and {k: last.get(k) for k in record} == record:
+                continue
+            changed[seen.address] = record | {"since": now}
+        if changed:
+            self._append({"op": "observe", "address": "", "observed": changed})
+        return len(changed)
+
+    def record_delete(self, address: str) -> None:
+        self._append({"op": "delete", "address": address})
+
+    def record_intent(self, address: str, action: str, request_wire: dict[str, Any]) -> dict[str, Any] | None:
+        """Before sending ``action``: remember that ``address`` may run ``request_wire`` (or, for a
+        Stop, may have stopped) until the outcome is recorded. Returns the intent it replaced."""
+        previous = self.state.pending.get(address)
+        intent = {"action": action, "request": self.state.fingerprint(request_wire)}
+        self._append({"op": "intent", "address": address, "intent": intent})
+        return previous
+
+    def record_not_done(self, address: str, previous: dict[str, Any] | None) -> None:
+        """The call of the last intent was certainly not done (refused on its only attempt)."""
+        self._append({"op": "intent", "address": address, "intent": previous})
+
+    def upgrade_fingerprints(self, address: str, request_wire: dict[str, Any]) -> bool:
+        """Re-record a task whose stored fingerprints are of the old HMAC kind, if they match
+        ``request_wire`` (its desired request): the secrets are then fingerprinted anew. No API call."""
+        entry = self.state.tasks.get(address)
+        if entry is None or not has_legacy_fingerprints(entry["request"]):
+            return False
+        if self.state.fingerprint(request_wire, like=entry["request"]) != entry["request"]:
+            return False
+        self.record_put(address, request_wire, entry.get("request_id", ""), entry.get("applied_at"))
+        return True
+
+    def replace_state(self, state: State) -> None:
+        """Write ``state`` as the new state, at a serial above the current one (``state rm``)."""
+        state.serial = max(state.serial, self.state.serial) + 1
+        self.state = state
+        self.checkpoint()
+
+    def copy_from(self, source: State) -> None:
+        """Make this state an exact copy of ``source`` (``state migrate``): same lineage and serial."""
+        if self.state.exists and self.state.lineage != source.lineage:
+            raise StateError(
+                f"{self.location} holds another state (lineage {self.state.lineage}, the source has "
+                f"{source.lineage}); migrate into an empty workspace or another file"
+            )
+        if self.state.exists and self.state.serial > source.serial:
+            raise StateError(
+                f"{self.location} is ahead of the source (serial {self.state.serial} > {source.serial}); "
+                "it was written after the last migration. Nothing copied"
+            )
+        self.state.copy_as(source)
+        self.checkpoint()

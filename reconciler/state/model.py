@@ -1,0 +1,263 @@
+"""The state in memory, whatever stores it: lineage, serial, the endpoint it is
+bound to, the tasks by address, the calls pending, and the secret fingerprints.
+
+Secrets are never stored: the fields of :data:`SECRET_FIELDS` are replaced by a
+fingerprint, scrypt of the value salted with the state's random per-lineage key
+(parameters recorded in the state). A state is readable by whoever can read its
+file or database, so the fingerprint must make each guess of a secret costly.
+States written before 0.2 hold HMAC-SHA256 fingerprints: they are still
+compared correctly, and replaced by scrypt ones when the task is next written.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import secrets as _secrets
+import uuid
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .. import __version__
+from ..errors import StateError
+
+#: 2: scrypt fingerprints, endpoint binding. Format 1 (HMAC fingerprints) is still read.
+FORMAT_VERSION = 2
+#: Wire paths of secret fields inside a StartSnapshot request.
+SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("StorageConfig", "CustomConfig", "SecretKey"),
+    ("StorageConfig", "CustomConfig", "AccessKey"),
+)
+FINGERPRINT_PREFIX = "scrypt:"
+LEGACY_FINGERPRINT_PREFIX = "hmac-sha256:"
+#: scrypt cost for new states: 16 MiB and tens of milliseconds per guess.
+DEFAULT_FINGERPRINT_PARAMS: dict[str, Any] = {"kdf": "scrypt", "n": 2**14, "r": 8, "p": 1}
+
+
+def is_fingerprint(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith((FINGERPRINT_PREFIX, LEGACY_FINGERPRINT_PREFIX))
+
+
+def is_legacy_fingerprint(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(LEGACY_FINGERPRINT_PREFIX)
+
+
+def check_fingerprint_params(params: Any, source: str) -> dict[str, Any]:
+    """``params`` if they are scrypt parameters this snapctl can compute, else StateError."""
+    ok = (
+        isinstance(params, dict)
+        and params.get("kdf") == "scrypt"
+        and all(isinstance(params.get(k), int) and params[k] > 0 for k in ("n", "r", "p"))
+        and params["n"] & (params["n"] - 1) == 0
+        and params["n"] * params["r"] <= 2**24
+    )
+    if not ok:
+        raise StateError(f"{source}: unsupported fingerprint parameters {params!r}")
+    return params
+
+
+class TaskTable(MutableMapping[str, dict]):
+    """The state's tasks by address. Entries read from storage stay as their JSON
+    text (bytes or str) until asked for, so a large state costs its stored size in
+    memory, not several times that in dicts; each read decodes a fresh copy."""
+
+    __slots__ = ("_entries", "_source")
+
+    def __init__(self, entries: Mapping[str, Any] | None = None, source: str = "state"):
+        self._entries: dict[str, Any] = dict(entries or {})
+        self._source = source
+
+    def __getitem__(self, address: str) -> dict[str, Any]:
+        entry = self._entries[address]
+        if isinstance(entry, (bytes, str)):
+            entry = _decode_entry(address, entry, self._source)
+        return entry
+
+    def __setitem__(self, address: str, entry: dict[str, Any]) -> None:
+        self._entries[address] = entry
+
+    def __delitem__(self, address: str) -> None:
+        del self._entries[address]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._entries
+
+    def copy(self) -> TaskTable:
+        return TaskTable(self._entries, self._source)
+
+    def raw(self, address: str) -> bytes:
+        """The compact JSON of one entry, without decoding a stored one."""
+        entry = self._entries[address]
+        if isinstance(entry, bytes):
+            return entry
+        if isinstance(entry, str):
+            return entry.encode()
+        return orjson.dumps(entry)
+
+    def encoded(self) -> Iterator[tuple[str, bytes]]:
+        """(address, compact JSON of the entry) in address order, without decoding stored entries."""
+        for address in sorted(self._entries):
+            yield address, self.raw(address)
+
+
+def _decode_entry(address: str, raw: bytes | str, source: str) -> dict[str, Any]:
+    try:
+        entry = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise StateError(f"{source}: the entry of task {address!r} is not valid JSON") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+        raise StateError(f"{source}: task {address!r} has no request")
+    return entry
+
+
+def _parent_of(request: Any, path: tuple[str, ...]) -> Any:
+    parent = request
+    for part in path[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+        if parent is None:
+            return None
+    return parent
+
+
+def has_legacy_fingerprints(request: Any) -> bool:
+    """Whether a stored request holds a fingerprint of the old HMAC kind."""
+    for path in SECRET_FIELDS:
+        parent = _parent_of(request, path)
+        if isinstance(parent, dict) and is_legacy_fingerprint(parent.get(path[-1])):
+            return True
+    return False
+
+
+@dataclass
+class State:
+    """A state in memory. ``tasks`` maps an address to its entry:
+    ``{"request": <StartSnapshot wire body, secrets fingerprinted>, "request_id": str, "applied_at": str}``."""
+
+    lineage: str
+    serial: int = 0
+    fingerprint_key: str = ""
+    tasks: MutableMapping[str, dict[str, Any]] = field(default_factory=TaskTable)
+    exists: bool = False
+    #: Calls sent but never settled, by address: ``{"action": <API action>, "request": <StartSnapshot
+    #: wire body, secrets fingerprinted, that the task runs if the call was done>}``.
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The last GetSnapshotTask observation of each task read by a refresh that held the lock
+    #: (apply --refresh, reconcile, import): ``{"status", "stop_reason", "started", "ended", "since"}``,
+    #: ``since`` being when snapctl first saw the task in this status and reason.
+    observed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The API endpoint and region this state was applied against (None until its first write).
+    endpoint: str | None = None
+    region: str | None = None
+    fingerprint_params: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_FINGERPRINT_PARAMS))
+    #: Fingerprints computed in this run, by (kind, value): a plan asks for the same secret many times.
+    _memo: dict[tuple[str, str], str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def new(cls) -> State:
+        return cls(lineage=str(uuid.uuid4()), fingerprint_key=_secrets.token_hex(32))
+
+    def header(self) -> dict[str, Any]:
+        """Everything but the tasks and pending calls, as stored."""
+        header: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "snapctl_version": __version__,
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "fingerprint_key": self.fingerprint_key,
+            "fingerprint": self.fingerprint_params,
+        }
+        if self.endpoint is not None:
+            header |= {"endpoint": self.endpoint, "region": self.region}
+        return header
+
+    def copy_as(self, other: State) -> None:
+        """Take ``other``'s content (lineage, serial, key, binding, tasks, pending, observations)."""
+        self.lineage, self.serial, self.fingerprint_key = other.lineage, other.serial, other.fingerprint_key
+        self.fingerprint_params = dict(other.fingerprint_params)
+        self.endpoint, self.region = other.endpoint, other.region
+        self.tasks = other.tasks.copy() if isinstance(other.tasks, TaskTable) else TaskTable(other.tasks)
+        self.pending = dict(other.pending)
+        self.observed = dict(other.observed)
+        self._memo = {}
+
+    # Fingerprints ----------------------------------------------------------------
+
+    def secret_fingerprint(self, value: Any, *, legacy: bool = False) -> str:
+        """The fingerprint of one secret value (scrypt, or the old HMAC to compare with an old state)."""
+        text = str(value)
+        key = ("hmac" if legacy else "scrypt", text)
+        done = self._memo.get(key)
+        if done is None:
+            if legacy:
+                digest = hmac.new(self.fingerprint_key.encode(), text.encode(), hashlib.sha256).hexdigest()
+                done = LEGACY_FINGERPRINT_PREFIX + digest[:32]
+            else:
+                p = self.fingerprint_params
+                raw = hashlib.scrypt(
+                    text.encode(),
+                    salt=self.fingerprint_key.encode(),
+                    n=p["n"],
+                    r=p["r"],
+                    p=p["p"],
+                    maxmem=256 * p["n"] * p["r"] + 2**20,
+                    dklen=16,
+                )
+                done = FINGERPRINT_PREFIX + raw.hex()
+            self._memo[key] = done
+        return done
+
+    def fingerprint(self, request: dict[str, Any], *, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A copy of a wire request with every secret replaced by its fingerprint.
+
+        ``like``: a stored request; where it holds an old HMAC fingerprint, the
+        secret is fingerprinted that way, so that an unchanged secret compares equal."""
+        out = request
+        copied = False
+        for path in SECRET_FIELDS:
+            parent = _parent_of(out, path)
+            if not isinstance(parent, dict) or path[-1] not in parent or is_fingerprint(parent[path[-1]]):
+                continue
+            if not copied:
+                out, copied = copy.deepcopy(request), True
+                parent = _parent_of(out, path)
+            stored = _parent_of(like, path) if like is not None else None
+            legacy = isinstance(stored, dict) and is_legacy_fingerprint(stored.get(path[-1]))
+            parent[path[-1]] = self.secret_fingerprint(parent[path[-1]], legacy=legacy)
+        return out
+
+    # Changes -------------------------------------------------------------------------
+
+    def apply_entry(self, entry: dict[str, Any]) -> None:
+        """Apply one journaled record (see :meth:`StateStore.record_put` and the others)."""
+        op, address = entry["op"], entry["address"]
+        if op == "intent":
+            if entry.get("intent") is None:
+                self.pending.pop(address, None)
+            else:
+                self.pending[address] = entry["intent"]
+        elif op == "put":
+            self.tasks[address] = entry["entry"]
+            self.pending.pop(address, None)
+        elif op == "observe":
+            for seen_address, seen in entry["observed"].items():
+                if seen is None:
+                    self.observed.pop(seen_address, None)
+                else:
+                    self.observed[seen_address] = seen
+        elif op == "delete":
+            self.tasks.pop(address, None)
+            self.pending.pop(address, None)
+            self.observed.pop(address, None)
+        else:
+            raise StateError(f"unknown state record {op!r}: written by a newer snapctl? Upgrade snapctl")
+        self.serial = entry["serial"]

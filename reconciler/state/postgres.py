@@ -1,0 +1,483 @@
+"""The state in PostgreSQL: shared by a team and by ephemeral CI runners.
+
+Schema ``snapctl`` (created on first write, versioned in ``snapctl.schema_version``):
+
+- ``workspaces``: one row per state: lineage, serial, fingerprint key and
+  parameters, the endpoint and region it is bound to;
+- ``tasks``: one row per task address: its recorded ``entry`` and the ``pending``
+  intent of a call not settled yet (either may be NULL), so a call rewrites one
+  row, never the whole state;
+- ``locks``: who holds each workspace's lock (host, pid, command, start time),
+  readable by every client.
+
+Every record is one autocommitted statement that also moves the workspace's
+serial on (and checks it), sent before the API call (intent) and after it
+(put/delete): a process killed at any moment loses nothing. The lock is a
+session-level advisory lock on the same connection as the writes: the server
+releases it when the holder's connection ends (a killed runner never blocks
+the next), and no write can happen without it. A connection lost during an
+apply makes every later record fail: the apply stops starting calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from ..errors import LockError, StateError, WriteError
+from .backend import HOLDER_RECORD_WAIT_S, LockHolder, StateStore, redact
+from .model import FORMAT_VERSION, State, TaskTable, check_fingerprint_params
+
+SCHEMA_VERSION = 1
+#: First key of the two-key advisory locks: the space of snapctl's locks ("snap").
+LOCK_SPACE = 0x736E6170
+CONNECT_TIMEOUT_S = 10
+#: What a failed write adds: what the next run does with what was recorded.
+_KEPT = (
+    "nothing more was sent; every call recorded before stays in the state (a call in flight "
+    "stays pending). Run the command again when the database is back"
+)
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE snapctl.workspaces (
+            name text PRIMARY KEY,
+            lineage text NOT NULL,
+            serial bigint NOT NULL,
+            format_version int NOT NULL,
+            fingerprint_key text NOT NULL,
+            fingerprint_params jsonb NOT NULL,
+            endpoint text,
+            region text,
+            snapctl_version text NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE snapctl.tasks (
+            workspace text NOT NULL REFERENCES snapctl.workspaces (name) ON DELETE CASCADE,
+            address text NOT NULL,
+            entry jsonb,
+            pending jsonb,
+            PRIMARY KEY (workspace, address)
+        )""",
+        """CREATE TABLE snapctl.locks (
+            workspace text PRIMARY KEY,
+            host text NOT NULL,
+            pid int NOT NULL,
+            command text NOT NULL,
+            started_at timestamptz NOT NULL
+        )""",
+    ],
+}
+
+
+def is_database_url(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
+
+
+def lock_key(workspace: str) -> int:
+    """The second key of a workspace's advisory lock (a stable signed 32-bit hash)."""
+    return int.from_bytes(hashlib.sha256(workspace.encode()).digest()[:4], "big", signed=True)
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - a dependency; only a broken install lacks it
+        raise StateError(f"a postgresql:// state needs psycopg ({exc}); reinstall snapctl-rtc") from None
+    return psycopg
+
+
+class PostgresStore(StateStore):
+    """One workspace of a state database (``postgresql://`` URL, libpq syntax)."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str, *, workspace: str = "default", lock_timeout_s: float = 0.0, command: str = "snapctl"):
+        super().__init__(workspace=workspace, lock_timeout_s=lock_timeout_s, command=command)
+        self.url = url
+        self._conn: Any = None
+        self._holder: LockHolder | None = None
+        parts = urlsplit(url)
+        self._secrets = [s for s in (unquote(parts.password or ""), os.environ.get("PGPASSWORD", "")) if len(s) >= 3]
+
+    @property
+    def location(self) -> str:
+        return f"{redact(self.url)} (workspace {self.workspace})"
+
+    # Connections and errors -------------------------------------------------------------
+
+    def _reason(self, exc: BaseException) -> str:
+        """One line from a driver error, with no password in it."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text.replace(self.url, redact(self.url))
+
+    def _connect(self, purpose: str):
+        psycopg = _psycopg()
+        try:
+            return psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name=f"{self._command} ({purpose})"[:63],
+            )
+        except psycopg.Error as exc:
+            raise StateError(f"cannot connect to the state database {redact(self.url)}: {self._reason(exc)}") from None
+
+    def _lost(self, exc: BaseException) -> WriteError:
+        return self._fail(
+            WriteError(f"lost the state database {self.location}: {self._reason(exc)}; {_KEPT}", path=redact(self.url))
+        )
+
+    # Schema ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _schema_version(conn) -> int:
+        """0 when there is no snapctl schema yet."""
+        if conn.execute("SELECT to_regclass('snapctl.schema_version')").fetchone()[0] is None:
+            return 0
+        return conn.execute("SELECT coalesce(max(version), 0) FROM snapctl.schema_version").fetchone()[0]
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"the state database {redact(self.url)} has snapctl schema version {version}; this snapctl "
+                f"knows version {SCHEMA_VERSION}. Upgrade snapctl"
+            )
+
+    def _ensure_schema(self, conn) -> None:
+        """Create or migrate the schema, one client at a time."""
+        from .. import __version__
+
+        version = self._schema_version(conn)
+        self._check_version(version)
+        if version == SCHEMA_VERSION:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_SPACE,))
+            conn.execute("CREATE SCHEMA IF NOT EXISTS snapctl")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS snapctl.schema_version (version int PRIMARY KEY, "
+                "snapctl_version text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            version = self._schema_version(conn)
+            self._check_version(version)
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO snapctl.schema_version (version, snapctl_version) VALUES (%s, %s)",
+                    (step, __version__),
+                )
+
+    # Reading ------------------------------------------------------------------------------------
+
+    def read(self) -> State:
+        psycopg = _psycopg()
+        conn = self._conn or self._connect("read")
+        try:
+            return self._read(conn)
+        except psycopg.Error as exc:
+            raise StateError(f"cannot read the state {self.location}: {self._reason(exc)}") from None
+        finally:
+            if conn is not self._conn:
+                conn.close()
+
+    def _read(self, conn) -> State:
+        version = self._schema_version(conn)
+        self._check_version(version)
+        if version == 0:
+            return State.new()
+        # One snapshot for the header and the tasks, whatever a writer commits meanwhile.
+        conn.isolation_level = _psycopg().IsolationLevel.REPEATABLE_READ
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT lineage, serial, format_version, fingerprint_key, fingerprint_params, endpoint, region "
+                    "FROM snapctl.workspaces WHERE name = %s",
+                    (self.workspace,),
+                ).fetchone()
+                if row is None:
+                    return State.new()
+                lineage, serial, format_version, key, params, endpoint, region = row
+                if format_version > FORMAT_VERSION:
+                    raise StateError(
+                        f"{self.location}: written in state format {format_version}; this snapctl reads "
+                        f"format {FORMAT_VERSION}. Upgrade snapctl"
+                    )
+                entries: dict[str, str] = {}
+                pending: dict[str, dict[str, Any]] = {}
+                with conn.cursor(name="snapctl_tasks") as cur:
+                    cur.itersize = 20000
+                    cur.execute(
+                        "SELECT address, entry::text, pending::text FROM snapctl.tasks WHERE workspace = %s",
+                        (self.workspace,),
+                    )
+                    for address, entry, intent in cur:
+                        if entry is not None:
+                            entries[address] = entry
+                        if intent is not None:
+                            pending[address] = orjson.loads(intent)
+        finally:
+            conn.isolation_level = None
+        return State(
+            lineage=lineage,
+            serial=serial,
+            fingerprint_key=key,
+            fingerprint_params=check_fingerprint_params(params, self.location),
+            tasks=TaskTable(entries, source=self.location),
+            exists=True,
+            pending=pending,
+            endpoint=endpoint,
+            region=region,
+        )
+
+    def workspaces(self) -> list[str]:
+        psycopg = _psycopg()
+        conn = self._conn or self._connect("list")
+        try:
+            if self._schema_version(conn) == 0:
+                return []
+            return [r[0] for r in conn.execute("SELECT name FROM snapctl.workspaces ORDER BY name")]
+        except psycopg.Error as exc:
+            raise StateError(f"cannot read {redact(self.url)}: {self._reason(exc)}") from None
+        finally:
+            if conn is not self._conn:
+                conn.close()
+
+    # Locking ---------------------------------------------------------------------------------------
+
+    def lock_holder(self) -> LockHolder | None:
+        psycopg = _psycopg()
+        conn = self._conn or self._connect("lock holder")
+        try:
+            return self._holder_record(conn)
+        except psycopg.Error as exc:
+            raise StateError(f"cannot read the lock of {self.location}: {self._reason(exc)}") from None
+        finally:
+            if conn is not self._conn:
+                conn.close()
+
+    def _holder_record(self, conn) -> LockHolder | None:
+        if conn.execute("SELECT to_regclass('snapctl.locks')").fetchone()[0] is None:
+            return None
+        row = conn.execute(
+            "SELECT host, pid, command, started_at FROM snapctl.locks WHERE workspace = %s", (self.workspace,)
+        ).fetchone()
+        if row is None:
+            return None
+        return LockHolder(row[0], row[1], row[3].isoformat(timespec="seconds"), row[2])
+
+    def lock_is_held(self) -> bool:
+        """True while some session holds the workspace's advisory lock."""
+        conn = self._connect("lock check")
+        try:
+            return bool(
+                conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND classid = %s::oid AND objid = %s::oid AND objsubid = 2",
+                    (LOCK_SPACE, lock_key(self.workspace) & 0xFFFFFFFF),
+                ).fetchone()[0]
+            )
+        finally:
+            conn.close()
+
+    def forget_holder(self) -> bool:
+        conn = self._connect("force-unlock")
+        try:
+            if conn.execute("SELECT to_regclass('snapctl.locks')").fetchone()[0] is None:
+                return False
+            return conn.execute("DELETE FROM snapctl.locks WHERE workspace = %s", (self.workspace,)).rowcount > 0
+        finally:
+            conn.close()
+
+    def _lock(self) -> None:
+        psycopg = _psycopg()
+        conn = self._connect("lock")
+        try:
+            self._ensure_schema(conn)
+            key = lock_key(self.workspace)
+            deadline = time.monotonic() + self._lock_timeout_s
+            while not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_SPACE, key)).fetchone()[0]:
+                now = time.monotonic()
+                if now >= deadline:
+                    holder = self._holder_record(conn)
+                    if (holder is None or not holder.may_be_alive()) and now < deadline + HOLDER_RECORD_WAIT_S:
+                        time.sleep(0.02)  # the holder took the lock and has not written its record yet
+                        continue
+                    who = holder.describe() if holder else "another client"
+                    waited = f" after waiting {self._lock_timeout_s:g}s" if self._lock_timeout_s else ""
+                    raise LockError(
+                        f"state {self.location} is locked by {who}{waited}. Wait for it to finish, "
+                        "or pass --lock-timeout SECONDS to wait"
+                    )
+                time.sleep(0.05)
+            holder = LockHolder.me(self._command)
+            conn.execute(
+                "INSERT INTO snapctl.locks (workspace, host, pid, command, started_at) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (workspace) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, "
+                "command = EXCLUDED.command, started_at = EXCLUDED.started_at",
+                (self.workspace, holder.host, holder.pid, holder.command, holder.started_at),
+            )
+        except psycopg.Error as exc:
+            conn.close()
+            raise StateError(f"cannot lock the state {self.location}: {self._reason(exc)}") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._holder = conn, holder
+
+    def _unlock(self) -> None:
+        conn, holder, self._conn, self._holder = self._conn, self._holder, None, None
+        if conn is None:
+            return
+        try:
+            if not conn.closed and holder is not None:
+                conn.execute(
+                    "DELETE FROM snapctl.locks WHERE workspace = %s AND host = %s AND pid = %s",
+                    (self.workspace, holder.host, holder.pid),
+                )
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_SPACE, lock_key(self.workspace)))
+        except Exception:  # the connection is gone: the server released the lock with it
+            pass
+        finally:
+            conn.close()
+
+    # Writing ------------------------------------------------------------------------------------------
+
+    def _journal(self, entry: dict[str, Any]) -> None:
+        psycopg = _psycopg()
+        op, address, serial = entry["op"], entry["address"], entry["serial"]
+        # The workspace's serial moves on only from the one this store read: the same
+        # statement checks it, so a write can never land on a state that moved.
+        moved = (
+            "WITH ws AS (UPDATE snapctl.workspaces SET serial = %(serial)s, updated_at = now() "
+            "WHERE name = %(ws)s AND serial = %(serial)s - 1 RETURNING name)"
+        )
+        params: dict[str, Any] = {"serial": serial, "ws": self.workspace, "address": address}
+        if op == "put":
+            params["entry"] = orjson.dumps(entry["entry"]).decode()
+            sql = (
+                f"{moved}, t AS (INSERT INTO snapctl.tasks (workspace, address, entry, pending) "
+                "SELECT name, %(address)s, %(entry)s::jsonb, NULL FROM ws ON CONFLICT (workspace, address) "
+                "DO UPDATE SET entry = EXCLUDED.entry, pending = NULL) SELECT count(*) FROM ws"
+            )
+        elif op == "delete":
+            sql = (
+                f"{moved}, t AS (DELETE FROM snapctl.tasks USING ws WHERE workspace = ws.name "
+                "AND address = %(address)s) SELECT count(*) FROM ws"
+            )
+        elif op == "intent" and entry.get("intent") is not None:
+            params["pending"] = orjson.dumps(entry["intent"]).decode()
+            sql = (
+                f"{moved}, t AS (INSERT INTO snapctl.tasks (workspace, address, entry, pending) "
+                "SELECT name, %(address)s, NULL, %(pending)s::jsonb FROM ws ON CONFLICT (workspace, address) "
+                "DO UPDATE SET pending = EXCLUDED.pending) SELECT count(*) FROM ws"
+            )
+        elif op == "intent":
+            sql = (
+                f"{moved}, gone AS (DELETE FROM snapctl.tasks USING ws WHERE workspace = ws.name "
+                "AND address = %(address)s AND entry IS NULL), "
+                "kept AS (UPDATE snapctl.tasks SET pending = NULL FROM ws WHERE workspace = ws.name "
+                "AND address = %(address)s AND entry IS NOT NULL) SELECT count(*) FROM ws"
+            )
+        else:
+            raise StateError(f"unknown state record {op!r}")
+        if self._conn is None:
+            raise RuntimeError("state store is not open")
+        try:
+            moved_on = self._conn.execute(sql, params).fetchone()[0]
+        except psycopg.Error as exc:
+            raise self._lost(exc) from None
+        if moved_on != 1:
+            raise self._fail(
+                WriteError(
+                    f"the state {self.location} is no longer at serial {serial - 1}: another writer changed it "
+                    f"while this run held the lock. {_KEPT}",
+                    path=redact(self.url),
+                )
+            )
+
+    def _header_params(self) -> dict[str, Any]:
+        from .. import __version__
+
+        s = self.state
+        return {
+            "ws": self.workspace,
+            "lineage": s.lineage,
+            "serial": s.serial,
+            "format": FORMAT_VERSION,
+            "key": s.fingerprint_key,
+            "params": orjson.dumps(s.fingerprint_params).decode(),
+            "endpoint": s.endpoint,
+            "region": s.region,
+            "version": __version__,
+        }
+
+    def write_header(self) -> None:
+        """Write the workspace row only (the tasks are already recorded row by row)."""
+        if not self.state.exists:
+            self.checkpoint()
+            return
+        self._execute_write(
+            lambda conn: conn.execute(
+                "UPDATE snapctl.workspaces SET serial = %(serial)s, fingerprint_params = %(params)s::jsonb, "
+                "endpoint = %(endpoint)s, region = %(region)s, format_version = %(format)s, "
+                "snapctl_version = %(version)s, updated_at = now() WHERE name = %(ws)s",
+                self._header_params(),
+            )
+        )
+
+    def checkpoint(self) -> None:
+        """Write the whole state in one transaction (new workspace, ``state rm``, migrate, rebind)."""
+
+        def write(conn) -> None:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO snapctl.workspaces (name, lineage, serial, format_version, fingerprint_key, "
+                    "fingerprint_params, endpoint, region, snapctl_version) VALUES (%(ws)s, %(lineage)s, "
+                    "%(serial)s, %(format)s, %(key)s, %(params)s::jsonb, %(endpoint)s, %(region)s, %(version)s) "
+                    "ON CONFLICT (name) DO UPDATE SET lineage = EXCLUDED.lineage, serial = EXCLUDED.serial, "
+                    "format_version = EXCLUDED.format_version, fingerprint_key = EXCLUDED.fingerprint_key, "
+                    "fingerprint_params = EXCLUDED.fingerprint_params, endpoint = EXCLUDED.endpoint, "
+                    "region = EXCLUDED.region, snapctl_version = EXCLUDED.snapctl_version, updated_at = now()",
+                    self._header_params(),
+                )
+                conn.execute("DELETE FROM snapctl.tasks WHERE workspace = %s", (self.workspace,))
+                tasks, pending = self.state.tasks, self.state.pending
+                raw = tasks.raw if isinstance(tasks, TaskTable) else (lambda a: orjson.dumps(tasks[a]))
+                with conn.cursor().copy("COPY snapctl.tasks (workspace, address, entry, pending) FROM STDIN") as copy:
+                    for address in tasks:
+                        intent = pending.get(address)
+                        copy.write_row(
+                            (
+                                self.workspace,
+                                address,
+                                raw(address).decode(),
+                                None if intent is None else orjson.dumps(intent).decode(),
+                            )
+                        )
+                    for address, intent in pending.items():
+                        if address not in tasks:
+                            copy.write_row((self.workspace, address, None, orjson.dumps(intent).decode()))
+
+        self._execute_write(write)
+        self.state.exists = True
+
+    def _execute_write(self, write) -> None:
+        psycopg = _psycopg()
+        if self._conn is None:
+            raise RuntimeError("state store is not open")
+        if self.write_failure is not None:
+            raise self.write_failure
+        try:
+            write(self._conn)
+        except psycopg.Error as exc:
+            raise self._lost(exc) from None
