@@ -128,6 +128,7 @@ class Applier:
         skipped = False
         write_failure: WriteError | None = None
         not_attempted = 0
+        unrecorded: list[str] = []  # answered, but the state write after the answer failed
 
         async def run_one(address: str, kind: str) -> None:
             nonlocal skipped, write_failure, not_attempted
@@ -153,6 +154,8 @@ class Applier:
                     result.error = exc
                 except WriteError as exc:
                     write_failure = write_failure or exc
+                    if result.calls:
+                        unrecorded.append(address)
                     return
                 results.append(result)
                 _log_result(result)
@@ -162,6 +165,14 @@ class Applier:
 
         await asyncio.gather(*(run_one(address, kind) for address, kind in jobs))
         if write_failure is not None:
+            if unrecorded:
+                unrecorded.sort()
+                listed = ", ".join(unrecorded[:5]) + (" …" if len(unrecorded) > 5 else "")
+                raise WriteError(
+                    f"{write_failure} ({len(unrecorded)} call(s) answered after it stay pending: {listed})",
+                    path=write_failure.path,
+                    errno=write_failure.errno,
+                )
             raise write_failure
         results.sort(key=lambda r: r.address)
         return ApplyReport(

@@ -1,0 +1,327 @@
+"""The shared state in PostgreSQL, end to end: the snapctl command against the
+emulator and a real PostgreSQL server (tests/pg_server.py), never a mock."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from snapctl_testing import SNAPCTL, Run, run_snapctl, snapctl_env, stats, tasks, wait_for
+
+from reconciler.state.postgres import SCHEMA_VERSION
+
+HOST = socket.gethostname()
+STORAGE_AK, STORAGE_SK = "AK-PGSTATE-7c1e", "SK-PGSTATE-distinctive-92f4"
+
+
+def manifest(n: int = 6, interval: int = 10, app: str = "pgapp") -> str:
+    rows = "".join(f"      T{t:02d}: {{image: {{interval: {interval + t % 3}}}}}\n" for t in range(n))
+    return (
+        f"app_id: {app}\n"
+        "storage:\n"
+        "  s: {type: custom, bucket: b, access_key: '${env:STORAGE_AK}', secret_key: '${env:STORAGE_SK}'}\n"
+        f"defaults: {{storage: s}}\nrooms:\n  R:\n    tasks:\n{rows}"
+    )
+
+
+def runner(root: Path, name: str, url: str, state_url: str, text: str, **extra: str) -> tuple[Path, dict]:
+    """A folder with its own HOME, as a CI runner of its own would be."""
+    work = root / name
+    (work / "manifests").mkdir(parents=True)
+    (work / "manifests" / "app.yaml").write_text(text)
+    env = snapctl_env(url, work, SNAPCTL_STATE=state_url, STORAGE_AK=STORAGE_AK, STORAGE_SK=STORAGE_SK, **extra)
+    return work, env
+
+
+def snap(work: Path, env: dict, *args: str, code: int = 0) -> Run:
+    run = run_snapctl(list(args), cwd=work, env=env)
+    assert run.code == code, run.output
+    assert "Traceback" not in run.output
+    return run
+
+
+def start_apply(work: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [SNAPCTL, "apply", "--auto-approve", "--no-color", *extra],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def holder_pid(pg, workspace: str = "default") -> int | None:
+    try:
+        rows = pg.query("SELECT pid FROM snapctl.locks WHERE workspace = %s", workspace)
+    except Exception:  # no schema yet
+        return None
+    return rows[0][0] if rows else None
+
+
+def recorded(pg, workspace: str = "default") -> int:
+    try:
+        return pg.query("SELECT count(*) FROM snapctl.tasks WHERE workspace = %s AND entry IS NOT NULL", workspace)[0][
+            0
+        ]
+    except Exception:
+        return 0
+
+
+def started_once(url: str, n: int) -> None:
+    """Every task was started exactly once by the emulator (re-sent calls answer "already started")."""
+    start = stats(url)["by_action"]["StartSnapshot"]
+    assert start["outcomes"].get("ok") == n, start
+    assert set(start["outcomes"]) <= {"ok", "already_started"}, start
+
+
+def test_two_runners_share_one_state(tmp_path, emulator, pg):
+    a, env_a = runner(tmp_path, "a", emulator.url, pg.state_url, manifest())
+    b, env_b = runner(tmp_path, "b", emulator.url, pg.state_url, manifest())
+    assert "6 to add" in snap(a, env_a, "apply", "--auto-approve").stdout
+    assert snap(b, env_b, "plan").stdout.startswith("No changes.")
+    # B changes an interval and removes a task; A, from its own folder, sees it done.
+    (b / "manifests" / "app.yaml").write_text(manifest(n=5, interval=30))
+    applied = snap(b, env_b, "apply", "--auto-approve").stdout
+    assert "0 added, 5 changed, 0 replaced, 1 destroyed" in applied, applied
+    (a / "manifests" / "app.yaml").write_text(manifest(n=5, interval=30))
+    assert snap(a, env_a, "plan").stdout.startswith("No changes.")
+    listed = snap(a, env_a, "state", "list")
+    assert listed.stdout.split() == [f"pgapp/R/T{t:02d}" for t in range(5)]
+    assert "postgresql backend" in listed.stderr and "(workspace default)" in listed.stderr
+    assert pg.password not in listed.output and "snapctl_test:***@" in listed.stderr
+    running = tasks(emulator.url)
+    assert sorted(running) == [f"pgapp/R/T{t:02d}" for t in range(5)]
+    assert {t["Request"]["ImageConfig"]["Interval"] for t in running.values()} == {30, 31, 32}
+    started_once(emulator.url, 6)
+    # Created on first use, versioned; a second client finds it as it is.
+    assert pg.query("SELECT max(version) FROM snapctl.schema_version")[0][0] == SCHEMA_VERSION
+
+
+def test_four_applies_at_once_one_proceeds_three_name_the_holder(tmp_path, emulator, pg):
+    emulator.configure(latency_ms=300)
+    runners = [runner(tmp_path, f"r{i}", emulator.url, pg.state_url, manifest(n=12)) for i in range(4)]
+    procs = [start_apply(work, env, "--timeout", "30") for work, env in runners]
+    pids = {p.pid for p in procs}
+    try:
+        winner_pid = wait_for(lambda: (pid := holder_pid(pg)) in pids and pid, what="one apply to take the lock")
+        winner = next(p for p in procs if p.pid == winner_pid)
+        os.kill(winner.pid, signal.SIGSTOP)  # held still until the three others have given up
+        try:
+            losers = [p.communicate(timeout=120) + (p.returncode,) for p in procs if p is not winner]
+        finally:
+            os.kill(winner.pid, signal.SIGCONT)
+        out, err = winner.communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert winner.returncode == 0 and "Apply complete! Tasks: 12 added" in out, out + err
+    for _out, err_, code in losers:
+        lines = err_.strip().splitlines()
+        assert code == 1 and len(lines) == 1, err_
+        assert f"is locked by pid {winner.pid} on {HOST} (snapctl apply)" in lines[0]
+        assert pg.password not in err_
+    started_once(emulator.url, 12)
+    assert holder_pid(pg) is None  # released and forgotten
+
+
+def test_sigkill_mid_apply_then_the_next_apply_converges(tmp_path, emulator, pg):
+    emulator.configure(latency_ms=200)
+    work, env = runner(tmp_path, "w", emulator.url, pg.state_url, manifest(n=20))
+    proc = start_apply(work, env, "--parallelism", "4")
+    try:
+        wait_for(lambda: recorded(pg) >= 4 or proc.poll() is not None, what="a few tasks recorded")
+        proc.kill()
+    finally:
+        proc.wait()
+    pending = pg.query("SELECT count(*) FROM snapctl.tasks WHERE pending IS NOT NULL")[0][0]
+    assert holder_pid(pg) == proc.pid  # its record stays, stale; the server dropped its lock
+    again = snap(work, env, "apply", "--auto-approve")  # no force-unlock, no --lock-timeout
+    assert "locked" not in again.output
+    assert snap(work, env, "plan", "--detailed-exitcode").stdout.startswith("No changes.")
+    assert len(tasks(emulator.url)) == 20
+    started_once(emulator.url, 20)
+    assert stats(emulator.url)["by_action"]["StartSnapshot"]["outcomes"].get("already_started", 0) <= pending
+
+
+def test_database_restart_between_runs_is_invisible(tmp_path, emulator, pg):
+    work, env = runner(tmp_path, "w", emulator.url, pg.state_url, manifest(n=4))
+    snap(work, env, "apply", "--auto-approve")
+    pg.server.restart()
+    assert snap(work, env, "plan").stdout.startswith("No changes.")
+    (work / "manifests" / "app.yaml").write_text(manifest(n=5))
+    assert "1 added" in snap(work, env, "apply", "--auto-approve").stdout
+    started_once(emulator.url, 5)
+
+
+def test_connection_killed_mid_apply_loses_nothing(tmp_path, emulator, pg):
+    emulator.configure(latency_ms=100)
+    work, env = runner(tmp_path, "w", emulator.url, pg.state_url, manifest(n=20))
+    proc = start_apply(work, env, "--parallelism", "4")
+    try:
+        wait_for(lambda: recorded(pg) >= 4 or proc.poll() is not None, what="a few tasks recorded")
+        assert pg.server.terminate("snapctl apply%", pg.dbname) == 1
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: lost the state database postgresql://"), err
+    assert "Run the command again" in lines[0] and pg.password not in err and "Traceback" not in err
+    sent = stats(emulator.url)["by_action"]["StartSnapshot"]["total"]
+    assert sent < 20  # it stopped starting calls
+    # Every call it sent is in the state, recorded or pending: the next run converges.
+    rows = pg.query("SELECT count(*) FROM snapctl.tasks")[0][0]
+    assert rows == sent
+    snap(work, env, "apply", "--auto-approve")
+    assert snap(work, env, "plan", "--detailed-exitcode").stdout.startswith("No changes.")
+    started_once(emulator.url, 20)
+
+
+def test_workspaces_are_independent(tmp_path, emulator, pg):
+    prod, env_prod = runner(tmp_path, "p", emulator.url, pg.state_url, manifest(n=3, app="prod"))
+    stag, env_stag = runner(
+        tmp_path, "s", emulator.url, pg.state_url, manifest(n=2, app="stag"), SNAPCTL_WORKSPACE="staging"
+    )
+    snap(prod, env_prod, "apply", "--auto-approve")
+    assert "2 to add" in snap(stag, env_stag, "plan").stdout
+    snap(stag, env_stag, "apply", "--auto-approve")
+    listed = snap(stag, env_stag, "state", "list", "--json")
+    assert '"workspaces": [\n    "default",\n    "staging"\n  ]' in listed.stdout
+    assert snap(prod, env_prod, "state", "list").stdout.split() == [f"prod/R/T{t:02d}" for t in range(3)]
+    assert snap(prod, env_prod, "state", "list", "--workspace", "staging").stdout.split() == [
+        "stag/R/T00",
+        "stag/R/T01",
+    ]
+    # One workspace's lock does not hold the other.
+    (stag / "manifests" / "app.yaml").write_text(manifest(n=1, app="stag"))
+    snap(stag, env_stag, "apply", "--auto-approve")
+    assert snap(prod, env_prod, "plan").stdout.startswith("No changes.")
+
+
+def test_migrate_both_ways_keeps_the_lineage_and_a_clean_plan(tmp_path, emulator, pg):
+    work, env = runner(tmp_path, "w", emulator.url, "state/snapctl.state.json", manifest(n=3))
+    snap(work, env, "apply", "--auto-approve")
+    lineage = re.search(r'"lineage": "([^"]+)"', snap(work, env, "state", "list", "--json").stdout)[1]
+    moved = snap(work, env, "state", "migrate", "--to", pg.state_url, "--to-workspace", "prod")
+    assert pg.password not in moved.output and "3 task(s)" in moved.stdout
+    on_pg = env | {"SNAPCTL_STATE": pg.state_url, "SNAPCTL_WORKSPACE": "prod"}
+    assert snap(work, on_pg, "plan").stdout.startswith("No changes. 3 task(s)")
+    assert lineage in snap(work, on_pg, "state", "list", "--json").stdout
+    (work / "manifests" / "app.yaml").write_text(manifest(n=4))
+    snap(work, on_pg, "apply", "--auto-approve")
+    # Back into a file: the same state, one more task.
+    snap(work, on_pg, "state", "migrate", "--to", "back/snapctl.state.json", "--to-workspace", "default")
+    back = env | {"SNAPCTL_STATE": "back/snapctl.state.json"}
+    assert snap(work, back, "plan").stdout.startswith("No changes. 4 task(s)")
+    assert lineage in (work / "back" / "snapctl.state.json").read_text()
+    # A destination holding another state is refused, and left alone.
+    refused = snap(work, env, "state", "migrate", "--to", pg.state_url, "--to-workspace", "prod", code=1)
+    assert "ahead of the source" in refused.stderr  # the same lineage, written since
+    other, env_other = runner(tmp_path, "o", emulator.url, "state/snapctl.state.json", manifest(n=1, app="other"))
+    snap(other, env_other, "apply", "--auto-approve")
+    refused = snap(other, env_other, "state", "migrate", "--to", pg.state_url, "--to-workspace", "prod", code=1)
+    assert "holds another state (lineage" in refused.stderr
+    assert snap(work, on_pg, "plan").stdout.startswith("No changes. 4 task(s)")
+    started_once(emulator.url, 5)
+
+
+def test_another_endpoint_is_refused_before_any_request(tmp_path, emulator, make_emulator, pg):
+    work, env = runner(tmp_path, "w", emulator.url, pg.state_url, manifest(n=2))
+    snap(work, env, "plan", "--out", "first.plan")
+    snap(work, env, "apply", "--auto-approve")
+    other = make_emulator()
+    elsewhere = env | {"SNAPCTL_ENDPOINT": other.url}
+    for args in (["plan"], ["apply", "--auto-approve"], ["destroy", "--auto-approve"], ["reconcile"]):
+        refused = snap(work, elsewhere, *args, code=1)
+        assert f"belongs to endpoint {emulator.url} (region cn-north-1), not {other.url}" in refused.stderr
+    (work / "manifests" / "app.yaml").write_text(manifest(n=3))
+    snap(work, env, "plan", "--out", "second.plan")
+    refused = snap(work, elsewhere, "apply", "second.plan", code=1)
+    assert "belongs to endpoint" in refused.stderr
+    assert other.stats()["total"] == 0
+    # Moved deliberately: the same tasks, reached through another address.
+    rebound = snap(work, elsewhere, "state", "rebind")
+    assert f"now bound to {other.url}" in rebound.stdout
+    refused = snap(work, elsewhere, "apply", "second.plan", code=1)
+    assert "stale" in refused.stderr or "made for endpoint" in refused.stderr
+    assert other.stats()["total"] == 0
+
+
+def test_no_secret_in_the_database_or_any_output(tmp_path, emulator, pg):
+    work, env = runner(tmp_path, "w", emulator.url, pg.state_url, manifest(n=3))
+    outputs = [snap(work, env, "apply", "--auto-approve"), snap(work, env, "state", "show", "pgapp/R/T00")]
+    outputs.append(snap(work, env, "state", "list", "--json"))
+    wrong = env | {"SNAPCTL_STATE": pg.state_url.replace(pg.password, pg.password[::-1])}
+    outputs.append(snap(work, wrong, "plan", code=1))
+    assert "password authentication failed" in outputs[-1].stderr
+    # The password from PGPASSWORD (libpq's own variable), not in the URL.
+    from_env = env | {"SNAPCTL_STATE": pg.server.url(pg.dbname, with_password=False), "PGPASSWORD": pg.password}
+    outputs.append(snap(work, from_env, "plan"))
+    dump = pg.server.pg_dump(pg.dbname)
+    assert "scrypt:" in dump and '"n": 16384' in dump
+    for secret in (STORAGE_AK, STORAGE_SK, pg.password, pg.password[::-1], env["VOLC_SECRETKEY"]):
+        assert secret not in dump
+        for run in outputs:
+            assert secret not in run.output
+
+
+def run_template_steps(path: Path, job: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """The ``run`` lines of one job of a CI template, in order, in one bash -e script
+    (GitHub Actions' and GitLab's way); steps that install or talk to the forge are left out."""
+    import yaml
+
+    doc = yaml.safe_load(path.read_text())
+    if "jobs" in doc:
+        lines = [step["run"] for step in doc["jobs"][job]["steps"] if "run" in step]
+    else:
+        lines = list(doc[job]["script"])
+    kept = [line for line in lines if "pip install" not in line and not line.lstrip().startswith("gh ")]
+    script = "set -eo pipefail\n" + "\n".join(kept)
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ci_templates_run_in_order_converge_and_fail_loudly(tmp_path, emulator, pg):
+    docs = Path(__file__).resolve().parent.parent / "docs" / "ci"
+    for template, jobs in (("github-actions.yml", ("plan", "apply")), ("gitlab-ci.yml", ("validate", "plan", "apply"))):
+        db = pg.server.new_database()
+        work, env = runner(tmp_path, template, emulator.url, pg.server.url(db), manifest(n=3))
+        env |= {
+            "PATH": f"{Path(SNAPCTL).parent}:{os.environ['PATH']}",
+            "SNAPCTL_WORKSPACE": "production",
+            "GITHUB_STEP_SUMMARY": str(work / "summary.md"),
+            "GITHUB_OUTPUT": str(work / "output"),
+        }
+        emulator.reset()
+        for job in jobs:
+            done = run_template_steps(docs / template, job, env, work)
+            assert done.returncode == 0, (template, job, done.stdout + done.stderr)
+        assert len(tasks(emulator.url)) == 3 and "Traceback" not in done.stderr
+        if template.startswith("github"):
+            assert "changes=true" in (work / "output").read_text()
+            assert "3 to add" in (work / "summary.md").read_text()
+        # A second run on another runner: nothing to do.
+        again, env_again = runner(tmp_path, template + "-again", emulator.url, pg.server.url(db), manifest(n=3))
+        env_again |= {"PATH": env["PATH"], "SNAPCTL_WORKSPACE": "production"}
+        done = run_template_steps(docs / template, "apply", env_again, again)
+        assert done.returncode == 0 and "No changes." in done.stdout, done.stdout + done.stderr
+        # The state cannot be written: the job fails, loudly, and the next run converges.
+        (again / "manifests" / "app.yaml").write_text(manifest(n=4))
+        with pg.server.admin() as conn:
+            conn.execute(f"ALTER DATABASE {db} SET default_transaction_read_only = on")
+        failed = run_template_steps(docs / template, "apply", env_again, again)
+        assert failed.returncode == 1 and "Error: cannot lock the state" in failed.stderr, failed.stderr
+        assert "read-only transaction" in failed.stderr and len(tasks(emulator.url)) == 3
+        with pg.server.admin() as conn:
+            conn.execute(f"ALTER DATABASE {db} SET default_transaction_read_only = off")
+        assert run_template_steps(docs / template, "apply", env_again, again).returncode == 0
+        assert len(tasks(emulator.url)) == 4
