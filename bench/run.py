@@ -531,8 +531,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="A smoke run: small counts, one repeat.")
     parser.add_argument(
         "--only",
-        default="startup,plan,apply,replace,emulator,refresh",
-        help="Comma-separated subset of: startup, plan, apply, replace, emulator, refresh.",
+        default="startup,plan,apply,replace,emulator,refresh,pgstate",
+        help="Comma-separated subset of: startup, plan, apply, replace, emulator, refresh, pgstate.",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="Print the results; leave BENCHMARKS.md alone.")
@@ -563,6 +563,13 @@ def main() -> None:
             bench_replace(results, work, 300 if args.quick else 1_000, 1 if args.quick else 3)
         if "emulator" in only:
             bench_emulator(results, 2.0 if args.quick else 5.0, 1 if args.quick else 3)
+        if "pgstate" in only:
+            import pgstate
+
+            pg_began = time.monotonic()
+            pg_results = Results()
+            pgstate.bench_pgstate(pg_results, work, args.quick)
+            pg_block = pgstate.block(pg_results, command, pg_began, args.quick)
         if "refresh" in only:
             import refresh
 
@@ -573,8 +580,9 @@ def main() -> None:
             refresh_block = refresh.block(refresh_results, command, refresh_began, loads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    # The refresh figures have a block of their own, so that bench/refresh.py can rerun them alone.
-    if only - {"refresh"}:
+    # The refresh and PostgreSQL figures have blocks of their own, so that bench/refresh.py
+    # and bench/pgstate.py can rerun them alone.
+    if only - {"refresh", "pgstate"}:
         block = report(results, command, began, args.quick)
         print("\n" + block)
         if not args.no_write:
@@ -585,6 +593,11 @@ def main() -> None:
         if not args.no_write:
             refresh.write_block(refresh_block, args.out)
             print(f"\nwrote the refresh block of {args.out}")
+    if "pgstate" in only:
+        print("\n" + pg_block)
+        if not args.no_write:
+            pgstate.write_block(pg_block, args.out)
+            print(f"\nwrote the PostgreSQL block of {args.out}")
 
 
 if __name__ == "__main__":

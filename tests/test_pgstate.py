@@ -241,7 +241,7 @@ def test_another_endpoint_is_refused_before_any_request(tmp_path, emulator, make
     snap(work, env, "apply", "--auto-approve")
     other = make_emulator()
     elsewhere = env | {"SNAPCTL_ENDPOINT": other.url}
-    for args in (["plan"], ["apply", "--auto-approve"], ["destroy", "--auto-approve"], ["reconcile"]):
+    for args in (["plan"], ["apply", "--auto-approve"], ["reconcile"]):
         refused = snap(work, elsewhere, *args, code=1)
         assert f"belongs to endpoint {emulator.url} (region cn-north-1), not {other.url}" in refused.stderr
     (work / "manifests" / "app.yaml").write_text(manifest(n=3))
@@ -290,38 +290,42 @@ def run_template_steps(path: Path, job: str, env: dict, cwd: Path) -> subprocess
     return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def template_env(work: Path, env: dict) -> dict:
+    return env | {
+        "PATH": f"{Path(SNAPCTL).parent}:{os.environ['PATH']}",
+        "SNAPCTL_WORKSPACE": "production",
+        "GITHUB_STEP_SUMMARY": str(work / "summary.md"),
+        "GITHUB_OUTPUT": str(work / "output"),
+    }
+
+
 def test_ci_templates_run_in_order_converge_and_fail_loudly(tmp_path, emulator, pg):
     docs = Path(__file__).resolve().parent.parent / "docs" / "ci"
-    for template, jobs in (("github-actions.yml", ("plan", "apply")), ("gitlab-ci.yml", ("validate", "plan", "apply"))):
-        db = pg.server.new_database()
-        work, env = runner(tmp_path, template, emulator.url, pg.server.url(db), manifest(n=3))
-        env |= {
-            "PATH": f"{Path(SNAPCTL).parent}:{os.environ['PATH']}",
-            "SNAPCTL_WORKSPACE": "production",
-            "GITHUB_STEP_SUMMARY": str(work / "summary.md"),
-            "GITHUB_OUTPUT": str(work / "output"),
-        }
-        emulator.reset()
-        for job in jobs:
-            done = run_template_steps(docs / template, job, env, work)
-            assert done.returncode == 0, (template, job, done.stdout + done.stderr)
-        assert len(tasks(emulator.url)) == 3 and "Traceback" not in done.stderr
-        if template.startswith("github"):
-            assert "changes=true" in (work / "output").read_text()
-            assert "3 to add" in (work / "summary.md").read_text()
-        # A second run on another runner: nothing to do.
-        again, env_again = runner(tmp_path, template + "-again", emulator.url, pg.server.url(db), manifest(n=3))
-        env_again |= {"PATH": env["PATH"], "SNAPCTL_WORKSPACE": "production"}
-        done = run_template_steps(docs / template, "apply", env_again, again)
-        assert done.returncode == 0 and "No changes." in done.stdout, done.stdout + done.stderr
-        # The state cannot be written: the job fails, loudly, and the next run converges.
-        (again / "manifests" / "app.yaml").write_text(manifest(n=4))
-        with pg.server.admin() as conn:
-            conn.execute(f"ALTER DATABASE {db} SET default_transaction_read_only = on")
-        failed = run_template_steps(docs / template, "apply", env_again, again)
-        assert failed.returncode == 1 and "Error: cannot lock the state" in failed.stderr, failed.stderr
-        assert "read-only transaction" in failed.stderr and len(tasks(emulator.url)) == 3
-        with pg.server.admin() as conn:
-            conn.execute(f"ALTER DATABASE {db} SET default_transaction_read_only = off")
-        assert run_template_steps(docs / template, "apply", env_again, again).returncode == 0
-        assert len(tasks(emulator.url)) == 4
+    # GitHub Actions: a pull request's plan, then the merge's apply, each on a runner of its own.
+    pr, env_pr = runner(tmp_path, "gh-pr", emulator.url, pg.state_url, manifest(n=3))
+    done = run_template_steps(docs / "github-actions.yml", "plan", template_env(pr, env_pr), pr)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "changes=true" in (pr / "output").read_text() and "3 to add" in (pr / "summary.md").read_text()
+    main, env_main = runner(tmp_path, "gh-main", emulator.url, pg.state_url, manifest(n=3))
+    done = run_template_steps(docs / "github-actions.yml", "apply", template_env(main, env_main), main)
+    assert done.returncode == 0 and "Apply complete! Tasks: 3 added" in done.stdout, done.stdout + done.stderr
+    # GitLab, the next merge (one more task), on yet another runner: the same state.
+    gl, env_gl = runner(tmp_path, "gl", emulator.url, pg.state_url, manifest(n=4))
+    env_gl = template_env(gl, env_gl)
+    for job in ("validate", "plan", "apply"):
+        done = run_template_steps(docs / "gitlab-ci.yml", job, env_gl, gl)
+        assert done.returncode == 0, (job, done.stdout + done.stderr)
+    assert "Apply complete! Tasks: 1 added" in done.stdout and len(tasks(emulator.url)) == 4
+    # The state cannot be written: the job fails, loudly, before any request; the next run converges.
+    (gl / "manifests" / "app.yaml").write_text(manifest(n=5))
+    with pg.server.admin() as conn:
+        conn.execute(f"ALTER DATABASE {pg.dbname} SET default_transaction_read_only = on")
+    failed = run_template_steps(docs / "gitlab-ci.yml", "apply", env_gl, gl)
+    assert failed.returncode == 1 and "Error: cannot lock the state" in failed.stderr, failed.stderr
+    assert "read-only transaction" in failed.stderr and len(tasks(emulator.url)) == 4
+    with pg.server.admin() as conn:
+        conn.execute(f"ALTER DATABASE {pg.dbname} SET default_transaction_read_only = off")
+    done = run_template_steps(docs / "gitlab-ci.yml", "apply", env_gl, gl)
+    assert done.returncode == 0 and "Apply complete! Tasks: 1 added" in done.stdout, done.stdout + done.stderr
+    assert len(tasks(emulator.url)) == 5
+    started_once(emulator.url, 5)

@@ -219,3 +219,54 @@ def test_a_broken_entry_is_a_state_error_when_read(tmp_path):
     with pytest.raises(StateError, match="a/r/t2"):
         state.tasks["a/r/t2"]
     assert path.read_bytes() == broken
+
+
+def test_old_hmac_fingerprints_compare_equal_and_are_replaced_on_apply(tmp_path, emulator):
+    """A state written before scrypt fingerprints: an unchanged secret stays unchanged,
+    and the next apply re-records the task with a scrypt fingerprint (no API call for it)."""
+    import hashlib
+    import hmac
+
+    from snapctl_testing import new_project, run_snapctl, snapctl_env, stats
+
+    from reconciler.manifest import load_manifests
+
+    def manifest(tasks):
+        rows = "".join(f"      {t}: {{}}\n" for t in tasks)
+        return (
+            "app_id: old\nstorage:\n  s: {type: custom, bucket: b, access_key: '${env:OLD_AK}', "
+            f"secret_key: '${{env:OLD_SK}}'}}\ndefaults: {{storage: s}}\nrooms:\n  R:\n    tasks:\n{rows}"
+        )
+
+    work = new_project(tmp_path, emulator.url, {"app.yaml": manifest(["A"])})
+    secrets_env = {"OLD_AK": "AK-OLD-1", "OLD_SK": "SK-OLD-1"}
+    env = snapctl_env(emulator.url, work, **secrets_env)
+    key = "k" * 64
+    wire = load_manifests([work / "manifests"], environ=secrets_env).tasks["old/R/A"].request.wire()
+    for field in ("AccessKey", "SecretKey"):
+        value = wire["StorageConfig"]["CustomConfig"][field]
+        digest = hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()
+        wire["StorageConfig"]["CustomConfig"][field] = "hmac-sha256:" + digest[:32]
+    old = {
+        "format_version": 1,
+        "lineage": "l-old",
+        "serial": 1,
+        "fingerprint_key": key,
+        "tasks": {"old/R/A": {"request": wire}},
+    }
+    (work / "state" / "snapctl.state.json").write_text(json.dumps(old))
+    plan = run_snapctl(["plan"], cwd=work, env=env)
+    assert plan.code == 0 and plan.stdout.startswith("No changes. 1 task(s)"), plan.output
+    # A changed secret is still noticed.
+    changed = run_snapctl(["plan"], cwd=work, env=env | {"OLD_SK": "SK-OLD-2"})
+    assert "StorageConfig.CustomConfig.SecretKey" in changed.stdout
+    (work / "manifests" / "app.yaml").write_text(manifest(["A", "B"]))
+    applied = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
+    assert applied.code == 0 and "1 added" in applied.stdout, applied.output
+    doc = json.loads((work / "state" / "snapctl.state.json").read_text())
+    assert doc["format_version"] == FORMAT_VERSION and doc["lineage"] == "l-old"
+    stored = doc["tasks"]["old/R/A"]["request"]["StorageConfig"]["CustomConfig"]
+    assert stored["SecretKey"].startswith("scrypt:") and stored["AccessKey"].startswith("scrypt:")
+    assert "SK-OLD-1" not in json.dumps(doc)
+    assert stats(emulator.url)["by_action"]["StartSnapshot"]["total"] == 1
+    assert run_snapctl(["plan"], cwd=work, env=env).stdout.startswith("No changes. 2 task(s)")

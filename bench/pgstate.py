@@ -1,0 +1,199 @@
+"""The state in PostgreSQL against the state in a file: apply throughput and no-op plans.
+
+    .venv/bin/python bench/pgstate.py              # alone (about 4 minutes; --quick: 1)
+    .venv/bin/python bench/run.py --only pgstate   # the same from bench/run.py
+
+Both replace the block between the ``bench-pgstate:begin`` and ``bench-pgstate:end``
+markers of BENCHMARKS.md (``--no-write`` to only print).
+
+A throwaway PostgreSQL server (tests/pg_server.py: the machine's initdb and
+pg_ctl, fsync on, as a real server runs) holds the state. Every figure is the
+real ``snapctl`` in a subprocess, as in bench/run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import gen  # noqa: E402
+from pg_server import PgServer  # noqa: E402
+from run import (  # noqa: E402
+    JITTER_MS,
+    LATENCY_MS,
+    QPS,
+    SNAPCTL,
+    Emulator,
+    Results,
+    compile_bytecode,
+    machine,
+    median,
+    run,
+    status,
+)
+
+
+def bench_pg_plan(results: Results, work: Path, server: PgServer, sizes: dict[int, int]) -> None:
+    """No-op plans of the same tasks with the state in a file and in PostgreSQL."""
+    for size, repeats in sizes.items():
+        status(f"pgstate plan: {size:,} tasks, file state vs PostgreSQL state")
+        manifests = work / f"pgplan-{size}"
+        state = work / f"pgplan-state-{size}" / "snapctl.state.json"
+        gen.write_manifests(manifests, size)
+        run([sys.executable, str(BENCH / "state_fixture.py"), str(manifests), str(state)], cwd=BENCH)
+        url = server.url(server.new_database("bench"))
+        moved = run([*SNAPCTL, "state", "migrate", "--state", str(state), "--to", url])
+        file_runs, pg_runs = [], []
+        for _ in range(repeats):  # interleaved, so a change of machine load hits both alike
+            file_runs.append(run([*SNAPCTL, "plan", str(manifests), "--state", str(state)]))
+            pg_runs.append(run([*SNAPCTL, "plan", str(manifests), "--state", url]))
+        for runs in (file_runs, pg_runs):
+            assert f"No changes. {size} task(s) match the state." in runs[0].stdout, runs[0].stdout[-300:]
+        file_s, pg_s = median([r.wall_s for r in file_runs]), median([r.wall_s for r in pg_runs])
+        file_mb, pg_mb = max(r.rss_mb for r in file_runs), max(r.rss_mb for r in pg_runs)
+        limit = 1.5 if size <= 10_000 else 2.0
+        results.add(
+            "PostgreSQL state",
+            f"no-op `snapctl plan`, {size:,} tasks: PostgreSQL vs file state",
+            f"{pg_s:.2f} s vs {file_s:.2f} s ({pg_s / file_s:.2f}×)",
+            f"≤ {limit:g}×",
+            pg_s <= limit * file_s,
+            f"medians of {repeats}, interleaved",
+        )
+        results.add(
+            "PostgreSQL state",
+            f"no-op `snapctl plan`, {size:,} tasks: peak RSS, PostgreSQL vs file state",
+            f"{pg_mb:.0f} MB vs {file_mb:.0f} MB",
+            "≤ the file state's",
+            pg_mb <= file_mb * 1.02,
+            f"largest of {repeats}",
+        )
+        results.add(
+            "PostgreSQL state",
+            f"`snapctl state migrate` of {size:,} tasks from a file into PostgreSQL",
+            f"{moved.wall_s:.2f} s",
+            "",
+            None,
+            "one run",
+        )
+        shutil.rmtree(manifests)
+
+
+def bench_pg_apply(results: Results, work: Path, server: PgServer, tasks: int, repeats: int) -> None:
+    """Creates at the API's limit with every intent and outcome committed to PostgreSQL."""
+    with Emulator(latency_ms=LATENCY_MS, jitter_ms=JITTER_MS, qps=QPS) as emulator:
+        rates, walls, rss, throttled, requests = [], [], [], 0, 0
+        manifests = work / "pgapply"
+        gen.write_manifests(manifests, tasks)
+        for number in range(repeats):
+            status(f"pgstate apply: {tasks:,} creates, state in PostgreSQL ({number + 1}/{repeats})")
+            url = server.url(server.new_database("bench"))
+            emulator.reset()
+            args = [*SNAPCTL, "apply", str(manifests), "--state", url, "--endpoint", emulator.url]
+            result = run([*args, "--auto-approve", "--json"])
+            document = json.loads(result.stdout)
+            assert document["ok"] and document["summary"]["succeeded"] == tasks, document["summary"]
+            stats = emulator.stats()
+            rates.append(tasks / document["elapsed_s"])
+            walls.append(tasks / result.wall_s)
+            rss.append(result.rss_mb)
+            throttled += stats["throttled"]
+            requests += stats["total"]
+            again = run([*SNAPCTL, "plan", str(manifests), "--state", url, "--endpoint", emulator.url])
+            assert f"No changes. {tasks} task(s)" in again.stdout, again.stdout[-300:]
+        rate = median(rates)
+        results.add(
+            "PostgreSQL state",
+            f"apply, {tasks:,} creates, state in PostgreSQL: tasks/s",
+            f"{rate:.1f} tasks/s ({rate / QPS:.1%} of {QPS}/s)",
+            f"≥ {0.95 * QPS:.1f} tasks/s (95%)",
+            rate >= 0.95 * QPS,
+            f"median of {repeats}; apply phase (`--json` elapsed_s); throttled {throttled} of {requests} requests",
+        )
+        results.add(
+            "PostgreSQL state",
+            f"apply, {tasks:,} creates, state in PostgreSQL: whole command; peak RSS",
+            f"{median(walls):.1f} tasks/s; {max(rss):.0f} MB",
+            "",
+            None,
+            "start to exit, includes start-up and planning",
+        )
+
+
+def bench_pgstate(results: Results, work: Path, quick: bool) -> None:
+    with PgServer(durable=True) as server:
+        bench_pg_plan(results, work, server, {10_000: 3} if quick else {10_000: 7, 100_000: 3})
+        bench_pg_apply(results, work, server, 600 if quick else 3_000, 1 if quick else 3)
+
+
+BEGIN, END = "<!-- bench-pgstate:begin -->", "<!-- bench-pgstate:end -->"
+
+
+def block(results: Results, command: str, began: float, quick: bool) -> str:
+    load = os.getloadavg()
+    lines = [
+        BEGIN,
+        "",
+        f"Measured {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} with `{command}`"
+        f"{' (--quick: smaller counts, fewer repeats)' if quick else ''}, in {time.monotonic() - began:.0f} s; "
+        f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores (above the core count: measured under "
+        "load from other processes, so the times are pessimistic and the ratios the figures to read).",
+        "",
+        *machine(),
+        "",
+        "| area | figure | measured | target | | runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in results.figures:
+        verdict = "" if f.met is None else ("met" if f.met else "**missed**")
+        lines.append(f"| {f.section} | {f.name} | {f.value} | {f.target} | {verdict} | {f.runs} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_block(text: str, path: Path) -> None:
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        current = head + text + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n## PostgreSQL state\n\n" + text + "\n"
+    path.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Smaller counts, fewer repeats.")
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="Print the results; leave BENCHMARKS.md alone.")
+    args = parser.parse_args()
+    began = time.monotonic()
+    command = f"bench/pgstate.py{' --quick' if args.quick else ''}"
+    compile_bytecode()
+    results = Results()
+    work = Path(tempfile.mkdtemp(prefix="snapctl-bench-pg-"))
+    try:
+        bench_pgstate(results, work, args.quick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = block(results, command, began, args.quick)
+    print("\n" + text)
+    if not args.no_write:
+        write_block(text, args.out)
+        print(f"\nwrote the PostgreSQL block of {args.out}")
+
+
+if __name__ == "__main__":
+    main()
