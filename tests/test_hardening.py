@@ -252,7 +252,7 @@ def test_a_request_that_cannot_be_sent_never_stops_its_task(emulator, tmp_path):
     bad = good.request.model_copy(update={"storage_config": storage.model_copy(update={"tos_config": bad_tos})})
     manifests.tasks[address] = type(good)(address=address, request=bad, location=good.location)
     settings = engine.Settings(endpoint=emulator.url, environ=env)
-    with engine.StateStore(state_file) as store:
+    with engine.store_for(state_file) as store:
         the_plan = engine.plan(manifests, store.state, replace=[address])
         report = engine.run_apply(the_plan, manifests, store, settings.client())
     (result,) = report.results

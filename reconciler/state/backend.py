@@ -207,7 +207,8 @@ class StateStore(abc.ABC):
             self._unlock()
 
     def bind(self, endpoint: str, region: str) -> None:
-        """Refuse another endpoint than the state's; a state not bound yet is bound on its next write."""
+        """Refuse another endpoint than the state's; a state not bound yet is bound when it next
+        records a completed call."""
         check_binding(self.state, endpoint, region, self.location)
         self._binding = (endpoint, region)
 
@@ -228,7 +229,8 @@ class StateStore(abc.ABC):
             raise RuntimeError("state store is not open")
         if self.write_failure is not None:
             raise self.write_failure
-        if self._binding is not None and self.state.endpoint is None:
+        if self._binding is not None and self.state.endpoint is None and entry["op"] in ("put", "delete"):
+            # Bound with its first completed call: a run that reached no API binds nothing.
             self.state.endpoint, self.state.region = self._binding
             self.write_header()
         elif not self.state.exists:
