@@ -32,7 +32,7 @@ _COLOURS = {"running": "green", "not_started": "green", "ended": "red", "failed"
 @api_options
 @output_options
 @handle_errors
-def status(paths, state_path, targets, endpoint, qps, read_qps, parallelism, timeout_s, as_json, no_color):
+def status(paths, state_path, workspace, targets, endpoint, qps, read_qps, parallelism, timeout_s, as_json, no_color):
     """Read every declared task (and every task in the state) with GetSnapshotTask
     and show its status, stop reason, start and end.
 
@@ -40,11 +40,14 @@ def status(paths, state_path, targets, endpoint, qps, read_qps, parallelism, tim
     2 when some do not (ended, failed or unknown), 1 on errors.
     """
     from . import engine
-    from .commands import _load, _settings
+    from .commands import _load, _settings, _store
 
     settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
+    target = settings.target()
     manifests = _load(paths)
-    state = engine.read_state(state_path)
+    store = _store(state_path, workspace, 0.0, "snapctl status")
+    state = store.read()
+    engine.check_binding(state, *target, store.location)
     scope = engine.refresh_scope(manifests, state, targets)
     observations = engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
     rows = [observations[address] for address in scope]

@@ -329,3 +329,15 @@ def test_ci_templates_run_in_order_converge_and_fail_loudly(tmp_path, emulator, 
     assert done.returncode == 0 and "Apply complete! Tasks: 1 added" in done.stdout, done.stdout + done.stderr
     assert len(tasks(emulator.url)) == 5
     started_once(emulator.url, 5)
+
+
+def test_observations_of_a_refresh_are_kept_in_the_database(tmp_path, emulator, pg):
+    work, env = runner(tmp_path, "w", emulator.url, pg.state_url, manifest(n=2))
+    snap(work, env, "apply", "--auto-approve")
+    snap(work, env, "reconcile")  # reads every task first, and records what it saw
+    assert pg.query("SELECT count(*) FROM snapctl.tasks WHERE observed->>'status' = 'running'")[0][0] == 2
+    shown = snap(work, env, "state", "show", "pgapp/R/T00", "--json").stdout
+    assert '"status": "running"' in shown
+    # Forgetting a task forgets what was seen of it.
+    snap(work, env, "state", "rm", "pgapp/R/T01")
+    assert pg.query("SELECT address FROM snapctl.tasks") == [("pgapp/R/T00",)]

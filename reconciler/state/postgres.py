@@ -4,9 +4,9 @@ Schema ``snapctl`` (created on first write, versioned in ``snapctl.schema_versio
 
 - ``workspaces``: one row per state: lineage, serial, fingerprint key and
   parameters, the endpoint and region it is bound to;
-- ``tasks``: one row per task address: its recorded ``entry`` and the ``pending``
-  intent of a call not settled yet (either may be NULL), so a call rewrites one
-  row, never the whole state;
+- ``tasks``: one row per task address: its recorded ``entry``, the ``pending``
+  intent of a call not settled yet, and what a refresh last ``observed`` (each
+  may be NULL), so a call rewrites one row, never the whole state;
 - ``locks``: who holds each workspace's lock (host, pid, command, start time),
   readable by every client.
 
@@ -62,6 +62,7 @@ _MIGRATIONS: dict[int, list[str]] = {
             address text NOT NULL,
             entry jsonb,
             pending jsonb,
+            observed jsonb,
             PRIMARY KEY (workspace, address)
         )""",
         """CREATE TABLE snapctl.locks (
@@ -213,17 +214,21 @@ class PostgresStore(StateStore):
                     )
                 entries: dict[str, str] = {}
                 pending: dict[str, dict[str, Any]] = {}
+                observed: dict[str, dict[str, Any]] = {}
                 with conn.cursor(name="snapctl_tasks") as cur:
                     cur.itersize = 20000
                     cur.execute(
-                        "SELECT address, entry::text, pending::text FROM snapctl.tasks WHERE workspace = %s",
+                        "SELECT address, entry::text, pending::text, observed::text FROM snapctl.tasks "
+                        "WHERE workspace = %s",
                         (self.workspace,),
                     )
-                    for address, entry, intent in cur:
+                    for address, entry, intent, seen in cur:
                         if entry is not None:
                             entries[address] = entry
                         if intent is not None:
                             pending[address] = orjson.loads(intent)
+                        if seen is not None:
+                            observed[address] = orjson.loads(seen)
         finally:
             conn.isolation_level = None
         return State(
@@ -234,6 +239,7 @@ class PostgresStore(StateStore):
             tasks=TaskTable(entries, source=self.location),
             exists=True,
             pending=pending,
+            observed=observed,
             endpoint=endpoint,
             region=region,
         )
@@ -384,9 +390,17 @@ class PostgresStore(StateStore):
         elif op == "intent":
             sql = (
                 f"{moved}, gone AS (DELETE FROM snapctl.tasks USING ws WHERE workspace = ws.name "
-                "AND address = %(address)s AND entry IS NULL), "
+                "AND address = %(address)s AND entry IS NULL AND observed IS NULL), "
                 "kept AS (UPDATE snapctl.tasks SET pending = NULL FROM ws WHERE workspace = ws.name "
-                "AND address = %(address)s AND entry IS NOT NULL) SELECT count(*) FROM ws"
+                "AND address = %(address)s AND (entry IS NOT NULL OR observed IS NOT NULL)) SELECT count(*) FROM ws"
+            )
+        elif op == "observe":
+            params["observed"] = orjson.dumps(entry["observed"]).decode()
+            sql = (
+                f"{moved}, t AS (INSERT INTO snapctl.tasks (workspace, address, entry, pending, observed) "
+                "SELECT ws.name, o.key, NULL, NULL, nullif(o.value, 'null'::jsonb) "
+                "FROM ws, jsonb_each(%(observed)s::jsonb) AS o ON CONFLICT (workspace, address) "
+                "DO UPDATE SET observed = EXCLUDED.observed) SELECT count(*) FROM ws"
             )
         else:
             raise StateError(f"unknown state record {op!r}")
@@ -451,22 +465,20 @@ class PostgresStore(StateStore):
                     self._header_params(),
                 )
                 conn.execute("DELETE FROM snapctl.tasks WHERE workspace = %s", (self.workspace,))
-                tasks, pending = self.state.tasks, self.state.pending
+                tasks, pending, observed = self.state.tasks, self.state.pending, self.state.observed
                 raw = tasks.raw if isinstance(tasks, TaskTable) else (lambda a: orjson.dumps(tasks[a]))
-                with conn.cursor().copy("COPY snapctl.tasks (workspace, address, entry, pending) FROM STDIN") as copy:
+
+                def text(value: Any) -> str | None:
+                    return None if value is None else orjson.dumps(value).decode()
+
+                columns = "workspace, address, entry, pending, observed"
+                with conn.cursor().copy(f"COPY snapctl.tasks ({columns}) FROM STDIN") as copy:
                     for address in tasks:
-                        intent = pending.get(address)
-                        copy.write_row(
-                            (
-                                self.workspace,
-                                address,
-                                raw(address).decode(),
-                                None if intent is None else orjson.dumps(intent).decode(),
-                            )
-                        )
-                    for address, intent in pending.items():
-                        if address not in tasks:
-                            copy.write_row((self.workspace, address, None, orjson.dumps(intent).decode()))
+                        row = (raw(address).decode(), text(pending.get(address)), text(observed.get(address)))
+                        copy.write_row((self.workspace, address, *row))
+                    for address in (pending.keys() | observed.keys()) - set(tasks):
+                        row = (None, text(pending.get(address)), text(observed.get(address)))
+                        copy.write_row((self.workspace, address, *row))
 
         self._execute_write(write)
         self.state.exists = True
