@@ -389,8 +389,8 @@ def plan(
 # apply / destroy -----------------------------------------------------------------
 
 
-def _confirm(the_plan, auto_approve: bool, verb: str) -> None:
-    if auto_approve or not the_plan.has_changes:
+def _confirm(the_plan, auto_approve: bool, verb: str, *, confirming: int = 0) -> None:
+    if auto_approve or not (the_plan.has_changes or confirming):
         return
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError(
@@ -571,6 +571,10 @@ def apply(
             manifests, store.state, targets=targets, replace=replace, observations=observations, target=target
         )
         the_plan.refresh_s = refresh_s
+        # The tasks the refresh could not see (not found, read failed) are settled
+        # with StartSnapshot: "already started" proves they run.
+        unseen = {u.address for u in the_plan.unknown}
+        reassert = [a for a in engine.unchanged_addresses(the_plan, manifests, store.state) if a in unseen]
         _run_planned(
             the_plan,
             manifests,
@@ -580,6 +584,7 @@ def apply(
             no_color=no_color,
             auto_approve=auto_approve,
             verb="Apply",
+            reassert=reassert,
         )
 
 
@@ -595,17 +600,20 @@ def _no_report():
     return ApplyReport(results=[], elapsed_s=0.0)
 
 
-def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, auto_approve, verb):
+def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, auto_approve, verb, reassert=()):
+    """Show the plan, ask, apply it; ``reassert``: tasks a refresh could not see, confirmed with StartSnapshot."""
     from . import render
 
     if not as_json:
         out(render.plan_text(the_plan, Style(colour_enabled(sys.stdout, no_color))))
-    if not the_plan.has_changes:
+        if reassert:
+            out(f"StartSnapshot will confirm the {len(reassert)} task(s) that could not be seen.\n")
+    if not the_plan.has_changes and not reassert:
         if as_json:
             print_json(render.apply_document(_no_report(), the_plan, command=verb.lower()))
         return
-    _confirm(the_plan, auto_approve, verb)
-    _execute(the_plan, manifests, store, settings, as_json=as_json, no_color=no_color, command=verb)
+    _confirm(the_plan, auto_approve, verb, confirming=len(reassert))
+    _execute(the_plan, manifests, store, settings, as_json=as_json, no_color=no_color, command=verb, reassert=reassert)
 
 
 @click.command()

@@ -240,6 +240,11 @@ def test_tasks_past_the_read_window_are_unknown_and_confirmed_by_start(work, env
     starts = stats(emulator.url)["by_action"]["StartSnapshot"]["outcomes"]
     assert starts.get("already_started", 0) >= len(TASKS)
     assert round_["result"]["summary"]["healed"] == 0
+    # apply --refresh settles them the same way.
+    before = counts(emulator.url)
+    applied = snap(work, env, "apply", "--refresh", "--auto-approve")
+    assert applied.code == 0 and "StartSnapshot will confirm the 6 task(s)" in applied.stdout, applied.output
+    assert delta(before, emulator.url) == {"GetSnapshotTask": len(TASKS), "StartSnapshot": len(TASKS)}
 
 
 def test_status_exit_codes_and_output(work, env, emulator):
