@@ -154,7 +154,13 @@ async def refresh_tasks(
         app, room, task = address.split("/")
         async with semaphore:
             try:
-                seen = await client.get_task(app, room, task, fingerprint=state.fingerprint)
+                # Fingerprinted like the state's record, so an unchanged secret compares
+                # equal whatever the record's fingerprint scheme.
+                entry = state.tasks.get(address)
+                stored = entry.get("request") if entry is not None else None
+                seen = await client.get_task(
+                    app, room, task, fingerprint=lambda raw: state.fingerprint(raw, like=stored)
+                )
             except ApiError as exc:
                 if isinstance(exc, AuthError) or getattr(exc, "stops_run", False):
                     raise  # every other read would fail the same way

@@ -347,8 +347,6 @@ def make_plan(
             if seen.live is None:
                 unknown.append(UnknownTask(address=address, detail=seen.detail))
             elif want is not None and address not in replace:
-                if address in legacy:  # the live task shows scrypt fingerprints
-                    want = fingerprint(desired[address])
                 action = _plan_observed(address, want, have, seen)
                 if action is None:
                     unchanged += 1
