@@ -58,6 +58,8 @@ class ApplyReport:
     stopped_by: ApiError | None = None
     #: Tasks never attempted because the run stopped.
     not_attempted: int = 0
+    #: Tasks never attempted because the run was interrupted (SIGINT/SIGTERM).
+    skipped: int = 0
 
     @property
     def failures(self) -> list[ActionResult]:
@@ -125,7 +127,7 @@ class Applier:
         plan_actions = {a.address: a for a in plan.actions}
         semaphore = asyncio.Semaphore(self.parallelism)
         results: list[ActionResult] = []
-        skipped = False
+        skipped = 0
         write_failure: WriteError | None = None
         not_attempted = 0
         unrecorded: list[str] = []  # answered, but the state write after the answer failed
@@ -136,7 +138,7 @@ class Applier:
                 if write_failure is not None:
                     return
                 if self.stop_event is not None and self.stop_event.is_set():
-                    skipped = True
+                    skipped += 1
                     return
                 if self.client.stopped_by is not None:
                     not_attempted += 1
@@ -178,7 +180,8 @@ class Applier:
         return ApplyReport(
             results=results,
             elapsed_s=time.monotonic() - began,
-            interrupted=skipped,
+            interrupted=bool(skipped),
+            skipped=skipped,
             stopped_by=self.client.stopped_by,
             not_attempted=not_attempted,
         )

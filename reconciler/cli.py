@@ -64,7 +64,8 @@ def cli() -> None:
 
     \b
     Exit status: 0 success, 1 error, 2 changes (plan --detailed-exitcode) or tasks not
-    running (status), 130 interrupted.
+    running (status), 130 interrupted (Ctrl-C or SIGTERM; calls in flight finish and are
+    recorded first; reconcile --watch stops with 0).
     Environment: VOLC_ACCESSKEY, VOLC_SECRETKEY, VOLC_SESSION_TOKEN (or ~/.volc/credentials),
     VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, NO_COLOR,
     SNAPCTL_LOG=debug|info|warning (diagnostic log; SNAPCTL_LOG_PATH=FILE to append to a file).

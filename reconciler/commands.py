@@ -16,7 +16,7 @@ from . import api
 from .errors import SnapctlError, UsageError
 from .render import Style
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 # Output helpers ------------------------------------------------------------
@@ -492,13 +492,15 @@ def _execute(the_plan, manifests, store, settings, *, as_json: bool, no_color: b
         out("\n" + render.apply_summary(report, the_plan, style, command=command))
     if report.stopped_by is not None:
         err(Style(colour_enabled(sys.stderr, no_color))(f"Error: {render.stopped_line(report)}\n", "red", "bold"))
+    if report.interrupted and report.stopped_by is None:
+        sys.exit(EXIT_INTERRUPTED)  # as for Ctrl-C anywhere else (the README's exit status)
     if not report.ok:
         sys.exit(EXIT_ERROR)
     return report
 
 
 def _looks_like_plan_file(paths) -> bool:
-    return len(paths) == 1 and paths[0].is_file() and paths[0].suffix not in (".yaml", ".yml")
+    return len(paths) == 1 and paths[0].is_file() and paths[0].suffix.lower() not in (".yaml", ".yml")
 
 
 @click.command(short_help="Make the API match the manifests; record it in the state.")
@@ -794,6 +796,14 @@ def reconcile(
         changed = round_.plan.summary.total
         failed = len(report.failures)
         read = f"{round_.reads} read, " if round_.refreshed else ""
+        if report.interrupted:
+            line = (
+                f"Reconcile interrupted after {round_.duration_s:.1f}s: {len(report.results) - failed} task(s) done"
+                + (f", {failed} failed" if failed else "")
+                + f", {report.skipped} not attempted; finished calls are recorded in the state."
+            )
+            out(style(line + "\n", "yellow"))
+            return
         line = (
             f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {read}{changed} change(s) applied, "
             f"{healed} healed, {failed} failed."
@@ -803,18 +813,23 @@ def reconcile(
             out("Healed: " + ", ".join(r.address for r in report.healed) + "\n")
 
     if not watch:
-        round_ = controller.reconcile_once(
-            paths,
-            state_path,
-            settings,
-            lock_timeout_s=lock_timeout_s,
-            on_result=on_result,
-            refresh=not no_refresh,
-            workspace=workspace,
-        )
+        # Like apply: the first SIGINT/SIGTERM lets calls in flight finish and be recorded.
+        with controller.graceful_stop() as stop:
+            round_ = controller.reconcile_once(
+                paths,
+                state_path,
+                settings,
+                lock_timeout_s=lock_timeout_s,
+                on_result=on_result,
+                refresh=not no_refresh,
+                workspace=workspace,
+                stop_event=stop,
+            )
         if round_.error is not None and not as_json:
             raise round_.error
         report_round(round_)
+        if round_.report is not None and round_.report.interrupted:
+            sys.exit(EXIT_INTERRUPTED)
         if not round_.ok:
             sys.exit(EXIT_ERROR)
         return
@@ -1053,6 +1068,8 @@ def state_rm(addresses, state_path, workspace, lock_timeout_s):
 
     from .state import store_for
 
+    addresses = list(dict.fromkeys(addresses))  # an address named twice is removed once
+    removing = set(addresses)
     with store_for(
         state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command="snapctl state rm", create=False
     ) as store:
@@ -1060,9 +1077,9 @@ def state_rm(addresses, state_path, workspace, lock_timeout_s):
         if missing:
             raise UsageError(f"not in the state: {', '.join(missing)}")
         updated = copy.copy(store.state)
-        updated.tasks = {a: e for a, e in store.state.tasks.items() if a not in addresses}
-        updated.pending = {a: i for a, i in store.state.pending.items() if a not in addresses}
-        updated.observed = {a: o for a, o in store.state.observed.items() if a not in addresses}
+        updated.tasks = {a: e for a, e in store.state.tasks.items() if a not in removing}
+        updated.pending = {a: i for a, i in store.state.pending.items() if a not in removing}
+        updated.observed = {a: o for a, o in store.state.observed.items() if a not in removing}
         store.replace_state(updated)
     out(f"Removed {len(addresses)} task(s) from the state; they were not stopped.\n")
 

@@ -75,8 +75,11 @@ class ApiError(SnapctlError):
 
     def __str__(self) -> str:
         if self.code:
-            return f"{self.code}: {self.message}"
-        return self.message
+            return f"{self.code}: {self.message}" if self.message else self.code
+        if self.message:
+            return self.message
+        status = f" (HTTP {self.status})" if self.status else ""
+        return f"the API answered an error without a code or a message{status}"
 
 
 class AuthError(ApiError):

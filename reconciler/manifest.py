@@ -368,7 +368,7 @@ def _drop_null_defaults(node: Any) -> None:
 
 
 def discover(paths: Sequence[str | Path]) -> list[Path]:
-    """The manifest files under ``paths``: ``*.yaml``/``*.yml`` under directories
+    """The manifest files under ``paths``: ``*.yaml``/``*.yml`` (any case) under directories
     (recursive, sorted, hidden directories skipped) and files given directly.
 
     Raises ManifestError naming every path that does not exist.
@@ -381,7 +381,9 @@ def discover(paths: Sequence[str | Path]) -> list[Path]:
             files = []
             for root, dirs, names in os.walk(path):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
-                files.extend(Path(root, n) for n in names if n.endswith((".yaml", ".yml")) and not n.startswith("."))
+                files.extend(
+                    Path(root, n) for n in names if n.lower().endswith((".yaml", ".yml")) and not n.startswith(".")
+                )
             files.sort()
         elif path.exists():
             files = [path]
@@ -995,6 +997,8 @@ def _unknown_key(key: Any, root: Any, loc: Sequence) -> str:
 def _id_message(value: Any) -> str:
     if not isinstance(value, str):
         return f"must be a string, got {_describe(value)}"
+    if not value:
+        return f"is empty; {_ID_RULE}"
     if len(value) > 128:
         return f"is {len(value)} characters long; {_ID_RULE}"
     bad = dict.fromkeys(c for c in value if not (c.isascii() and (c.isalnum() or c in "_@-.")))

@@ -302,6 +302,12 @@ def make_plan(
     for address in replace:
         if address not in desired or address not in state.tasks:
             raise UsageError(f"--replace {address}: no such task in both the manifests and the state")
+        if targets and not in_targets(address, targets):
+            # Dropping it silently would apply less than asked; adding it, more than targeted.
+            raise UsageError(
+                f"--replace {address} is outside --target {', '.join(targets)}: add --target {address}, "
+                "or leave out --target"
+            )
     if destroy:
         desired = {}
     actions: list[PlannedAction] = []

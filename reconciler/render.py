@@ -348,6 +348,8 @@ def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -
             "succeeded": sum(r.ok for r in report.results),
             "failed": len(report.failures),
             "healed": len(report.healed),
+            "already_running": already_running(report),
+            "skipped": report.skipped,
         },
         "results": [
             {
@@ -410,6 +412,14 @@ def stopped_line(report: ApplyReport) -> str:
     return text
 
 
+def already_running(report: ApplyReport) -> int:
+    """Creates the API answered "already started": they were running, not added."""
+    return sum(
+        r.ok and r.kind == "create" and bool(r.calls) and r.calls[-1].outcome.value == "already_started"
+        for r in report.results
+    )
+
+
 def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str = "Apply") -> str:
     s = plan.summary
     lines = []
@@ -435,15 +445,18 @@ def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str
     elif report.interrupted:
         lines.append(
             style(
-                f"{command} interrupted: finished actions are recorded in the state; run it again to finish.",
+                f"{command} interrupted: {report.skipped} task(s) not attempted; finished actions are recorded "
+                "in the state; run it again to finish.",
                 "yellow",
                 "bold",
             )
         )
     else:
+        already = already_running(report)
+        added = f"{s.add - already} added, " + (f"{already} already running, " if already else "")
         lines.append(
             style(
-                f"{command} complete! Tasks: {s.add} added, {s.change} changed, {s.replace} replaced, {s.destroy} destroyed.",
+                f"{command} complete! Tasks: {added}{s.change} changed, {s.replace} replaced, {s.destroy} destroyed.",
                 "green",
                 "bold",
             )

@@ -79,6 +79,11 @@ _REFERENCE = re.compile(r"\$(\$?)\{([^}]*)\}")
 _ENV_NAME = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 
 
+_INT = "tag:yaml.org,2002:int"
+#: Integers every YAML reader reads alike: decimal without leading zeros, 0x hex, 0b binary.
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*|0x[0-9a-fA-F]+|0b[01]+)")
+
+
 def _unclosed(text: str) -> bool:
     """Whether ``text`` holds a ``${`` that no ``}`` closes (kept as literal text, it would
     name a bucket ``${env:BUCKET``)."""
@@ -321,10 +326,20 @@ class _Builder:
             self.error(node, _unsupported_tag(tag))
             return None
         try:
-            return construct(node)
+            value = construct(node)
         except (ValueError, yaml.YAMLError) as exc:
             self.error(node, f"invalid {tag.rsplit(':', 1)[-1]} value: {exc}")
             return None
+        if tag == _INT and not _PLAIN_INT.fullmatch(node.value):
+            # YAML 1.1 reads 0012 as 10 (octal), 1:30 as 90 (base 60), 1_0 as 10;
+            # YAML 1.2 tools read them otherwise: refuse rather than guess.
+            self.error(
+                node,
+                f"ambiguous integer {node.value!r} (YAML 1.1 reads it as {value}, other YAML readers differently): "
+                "write the number in plain decimal, or quote it for a string",
+            )
+            return None
+        return value
 
     def interpolate(self, node: ScalarNode, text: str) -> str:
         problems: list[str] = []

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from snapctl_testing import Run, calls, new_project, run_snapctl, snapctl_env, stats, tasks
+from snapctl_testing import SNAPCTL, Run, calls, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 APP = "diskapp"
 
@@ -430,3 +431,179 @@ def test_deep_nesting_is_refused_at_once_with_its_location(emulator, tmp_path, n
     run = run_snapctl(["validate"], cwd=work, env=snapctl_env(emulator.url, work), timeout=60)
     assert run.code == 1 and "Traceback" not in run.stderr, run.output
     assert run.stderr.startswith("manifests/app.yaml:2:") and "nesting" in run.stderr.splitlines()[0], run.stderr
+
+
+# -- interruptions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["apply", "--auto-approve"], ["reconcile"]], ids=["apply", "reconcile"])
+def test_sigint_finishes_calls_in_flight_records_them_and_exits_130(emulator, tmp_path, command):
+    """Ctrl-C during apply or a one-shot reconcile: the calls in flight finish and
+    are recorded, nothing more is started, the summary says how many were not
+    attempted (not "0 failed"), and the exit status is 130."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(2, 10)})
+    env = snapctl_env(emulator.url, work)
+    emulator.configure(latency_ms=300)
+    proc = subprocess.Popen(
+        [SNAPCTL, *command, "--parallelism", "2"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: calls(emulator.url, "StartSnapshot") >= 1, what="a first call")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "0 failed" not in stdout
+    assert "interrupted" in stdout and "not attempted" in stdout, stdout
+    running = set(tasks(emulator.url))
+    assert 0 < len(running) < 20
+    listing = state_listing(work, env, "state/snapctl.state.json")
+    assert set(listing["tasks"]) == running and listing["pending"] == {}
+
+
+# -- smaller ones ------------------------------------------------------------------------------
+
+
+def test_manifest_suffix_in_any_case_is_a_manifest_not_a_plan_file(emulator, tmp_path):
+    work = project(tmp_path, emulator.url, {})
+    (work / "manifests" / "Upper.YAML").write_text(many_tasks(1, 1))
+    (work / "manifests" / "Mixed.Yml").write_text(many_tasks(1, 1, app="other"))
+    env = snapctl_env(emulator.url, work)
+    run = run_snapctl(["apply", "--auto-approve", "manifests/Upper.YAML"], cwd=work, env=env)
+    assert run.code == 0, run.output
+    assert set(tasks(emulator.url)) == {f"{APP}/R0/T0"}
+    run = run_snapctl(["validate"], cwd=work, env=env)
+    assert run.code == 0 and "2 task(s) in 2 file(s)" in run.stdout, run.output
+
+
+def test_no_log_lines_on_stderr_without_snapctl_log(emulator, tmp_path):
+    """With SNAPCTL_LOG unset, a failing apply prints its summary and error lines,
+    and no diagnostic log record (Python's last-resort handler stays silent), with --json too."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 2), "b.yaml": many_tasks(1, 1, app="denied")})
+    env = snapctl_env(emulator.url, work)
+    emulator.configure(deny_apps=["denied"])
+    for extra in ([], ["--json"]):
+        run = run_snapctl(["apply", "--auto-approve", *extra], cwd=work, env=env)
+        assert run.code == 1, run.output
+        assert "AccessDenied" in run.output
+        assert " failed code=" not in run.stderr and "snapctl.apply" not in run.stderr, run.stderr
+        if extra:
+            json.loads(run.stdout)
+            assert run.stderr.strip().splitlines() == [
+                line for line in run.stderr.strip().splitlines() if line.startswith("denied/")
+            ], run.stderr
+
+
+def test_replace_outside_the_target_is_refused(emulator, tmp_path):
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(2, 1)})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    sent = stats(emulator.url)["total"]
+    for command in (["plan"], ["apply", "--auto-approve"]):
+        run = run_snapctl([*command, "--replace", f"{APP}/R0/T0", "--target", f"{APP}/R1"], cwd=work, env=env)
+        assert_one_error_line(run, f"--replace {APP}/R0/T0 is outside --target {APP}/R1")
+    assert stats(emulator.url)["total"] == sent
+    run = run_snapctl(["plan", "--replace", f"{APP}/R0/T0", "--target", f"{APP}/R0"], cwd=work, env=env)
+    assert run.code == 0 and "1 to replace" in run.stdout, run.output
+
+
+def test_state_rm_of_the_same_address_twice_counts_once(emulator, tmp_path):
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 2)})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    run = run_snapctl(["state", "rm", f"{APP}/R0/T0", f"{APP}/R0/T0"], cwd=work, env=env)
+    assert run.code == 0 and "Removed 1 task(s)" in run.stdout, run.output
+    assert state_listing(work, env, "state/snapctl.state.json")["tasks"] == [f"{APP}/R0/T1"]
+
+
+def test_apply_counts_tasks_already_running_apart(emulator, tmp_path):
+    """With the state lost, apply says the tasks were already running, not added (issue 11.8)."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    (work / "manifests" / "app.yaml").write_text(many_tasks(1, 4))
+    for name in os.listdir(work / "state"):
+        os.unlink(work / "state" / name)
+    run = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
+    assert run.code == 0 and "Apply complete! Tasks: 1 added, 3 already running, 0 changed" in run.stdout, run.output
+    (work / "state" / "snapctl.state.json").unlink()
+    run = run_snapctl(["apply", "--auto-approve", "--json"], cwd=work, env=env)
+    assert json.loads(run.stdout)["summary"]["already_running"] == 4
+
+
+def test_an_error_without_code_or_message_still_says_something():
+    from reconciler.apply import ActionResult
+    from reconciler.errors import ApiError
+    from reconciler.render import Style, result_line
+
+    line = result_line(
+        ActionResult(address="a/r/t", kind="create", error=ApiError("", request_id="RID", status=400)), Style(False)
+    )
+    assert (
+        line == "a/r/t: create failed: the API answered an error without a code or a message (HTTP 400) [RequestId RID]"
+    )
+
+
+# -- the emulator's data file ---------------------------------------------------------------------
+
+
+def test_emulator_data_under_a_regular_file_is_a_clear_error(tmp_path):
+    (tmp_path / "regular").write_text("not a directory")
+    run = run_snapctl(["emulator", "--port", "0", "--data", "regular/tasks.json"], cwd=tmp_path, env=dict(os.environ))
+    assert run.code == 1 and "Traceback" not in run.stderr, run.output
+    assert run.stderr.strip() == "Error: --data regular/tasks.json: cannot create its directory regular: File exists"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A real read-only filesystem (a tmpfs remounted read-only), unmounted after the test."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here (needs root): {done.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_emulator_on_a_read_only_filesystem_reports_once_and_exits_non_zero(read_only_dir, tmp_path):
+    """It serves from memory, says once that it cannot write its data file (not at
+    every retry), and on SIGTERM exits non-zero saying the changes are lost."""
+    proc = subprocess.Popen(
+        [SNAPCTL, "emulator", "--port", "0", "--data", str(read_only_dir / "tasks.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        url = proc.stdout.readline().split()[4]
+        work = project(tmp_path, url, {"app.yaml": many_tasks(1, 2)})
+        env = snapctl_env(url, work)
+        assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+        first = wait_for(proc.stderr.readline, what="the first write error")
+        assert "cannot write" in first and "Read-only file system" in first, first
+        (work / "manifests" / "app.yaml").write_text(many_tasks(1, 4))
+        assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+        assert len(tasks(url)) == 4
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, rest
+    assert "cannot write" not in rest, rest  # reported once
+    assert "Error: could not save the tasks to" in rest and "Read-only file system" in rest, rest

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -105,6 +107,13 @@ def run_forever(config: EmulatorConfig, secret_key_source: str = "default") -> N
     import uvicorn.config
 
     app = EmulatorApp(config)
+    # The emulator's own records (a data file it cannot write) go to stderr whatever SNAPCTL_LOG says.
+    emulator_log = logging.getLogger("snapctl.emulator")
+    if not any(isinstance(h, logging.StreamHandler) for h in emulator_log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        emulator_log.addHandler(handler)
+        emulator_log.setLevel(logging.WARNING)
     sock = _bind(config.host, config.port)
     server = _uvicorn_server(app, log_config=uvicorn.config.LOGGING_CONFIG)
     print(
@@ -120,3 +129,9 @@ def run_forever(config: EmulatorConfig, secret_key_source: str = "default") -> N
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if app.table.save_error is not None:
+        from .tasks import DataFileError
+
+        raise DataFileError(
+            f"could not save the tasks to {config.data} ({app.table.save_error}); the changes since the last save are lost"
+        )

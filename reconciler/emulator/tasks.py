@@ -12,6 +12,7 @@ fingerprints in their place (see docs/emulator.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ Room = tuple[str, str]
 
 #: Changes within this many seconds are written to the data file together.
 SAVE_DELAY_S = 0.05
+#: The longest wait between two attempts to write a data file that could not be written.
+MAX_RETRY_S = 5.0
 DATA_VERSION = 1
 
 
@@ -95,11 +98,16 @@ def bucket_of(request: dict[str, Any]) -> str | None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -123,8 +131,18 @@ class TaskTable:
         self._timer: asyncio.TimerHandle | None = None
         self._writing: asyncio.Future | None = None
         self._closing = False
+        #: Why the data file could not be written (None once a write succeeds again).
+        self.save_error: str | None = None
+        self._retry_s = SAVE_DELAY_S
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DataFileError(
+                    f"--data {path}: cannot create its directory {path.parent}: {exc.strerror}"
+                ) from None
+            if path.is_dir():
+                raise DataFileError(f"--data {path} is a directory; name a file in it")
             self._load(path)
 
     # -- the API's view ----------------------------------------------------
@@ -328,11 +346,23 @@ class TaskTable:
 
     def _saved(self, future: asyncio.Future) -> None:
         self._writing = None
-        if future.exception() is not None:
-            log.error("cannot write %s: %s", self._path, future.exception())
+        delay = SAVE_DELAY_S
+        error = future.exception()
+        if error is not None:
             self._dirty = True
+            if self.save_error is None:  # said once, not at every retry
+                log.error(
+                    "cannot write %s (%s); the tasks are kept in memory and written when it works again",
+                    self._path,
+                    getattr(error, "strerror", None) or error,
+                )
+            self.save_error = str(getattr(error, "strerror", None) or error)
+            self._retry_s = delay = min(self._retry_s * 2, MAX_RETRY_S)
+        elif self.save_error is not None:
+            log.warning("wrote %s again", self._path)
+            self.save_error, self._retry_s = None, SAVE_DELAY_S
         if self._dirty and not self._closing:
-            self._timer = asyncio.get_running_loop().call_later(SAVE_DELAY_S, self._save)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._save)
 
     def open(self) -> None:
         self._closing = False
@@ -346,5 +376,11 @@ class TaskTable:
         if self._writing is not None:
             await asyncio.wait([self._writing])
         if self._dirty:
-            atomic_write(self._path, self._dump())
+            try:
+                atomic_write(self._path, self._dump())
+            except OSError as exc:
+                # Reported by the caller (the emulator command exits non-zero).
+                self.save_error = exc.strerror or str(exc)
+                return
             self._dirty = False
+            self.save_error = None
