@@ -218,8 +218,8 @@ class Applier:
                 start = self.requests[address]
                 desired = start.wire()
                 orjson.dumps(desired)
-            if kind == ActionKind.update.value:
-                update = update_request(start)
+                if kind == ActionKind.update.value:
+                    update = update_request(start)
         if stop is not None:
             result.calls.append(await self._call(address, "StopSnapshot", action.current, self.client.stop(stop)))
             self.store.record_delete(address)
