@@ -196,9 +196,9 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window():
     sent.sort()
     worst = max(sum(1 for t in sent[i:] if t < start + 1.0) for i, start in enumerate(sent))
     assert worst <= qps
+    # Smooth, not bursty. How close to the limit it runs is a speed figure, measured by
+    # bench/ (apply's tasks/s), not asserted here: wall time depends on the machine's load.
     assert min(b - a for a, b in zip(sent, sent[1:])) >= 1 / qps * 0.999
-    # Smooth, not bursty, and not much slower than the limit either.
-    assert sent[-1] - sent[0] < (len(sent) / qps) * 1.2
 
 
 def test_credentials_from_environment_then_file(tmp_path):
