@@ -186,6 +186,11 @@ class Applier:
             not_attempted=not_attempted,
         )
 
+    async def _record(self, record: Callable[..., Any], *args: Any) -> Any:
+        """A state record, durable when this returns, written off the event loop (a commit
+        or an fsync waits on the disk): the other tasks' calls go on meanwhile."""
+        return await asyncio.to_thread(record, *args)
+
     async def _call(
         self, address: str, action: str, running_if_done: dict, call: Coroutine[Any, Any, CallResult]
     ) -> CallResult:
@@ -193,7 +198,7 @@ class Applier:
         outcome is recorded, the state still knows the task may run ``running_if_done``
         (or, for a Stop, may have stopped)."""
         try:
-            previous = self.store.record_intent(address, action, running_if_done)
+            previous = await self._record(self.store.record_intent, address, action, running_if_done)
         except BaseException:
             call.close()  # never sent
             raise
@@ -202,7 +207,7 @@ class Applier:
         except ApiError as exc:
             if not exc.may_have_run:
                 # Refused, or never sent: the API did nothing, so no intent is left open.
-                self.store.record_not_done(address, previous)
+                await self._record(self.store.record_not_done, address, previous)
             raise
 
     async def _perform(self, result: ActionResult, action) -> None:
@@ -222,14 +227,14 @@ class Applier:
                     update = update_request(start)
         if stop is not None:
             result.calls.append(await self._call(address, "StopSnapshot", action.current, self.client.stop(stop)))
-            self.store.record_delete(address)
+            await self._record(self.store.record_delete, address)
         if start is None:
             return
         if update is not None:
             call = await self._call(address, "UpdateSnapshot", desired, self.client.update(update))
             result.calls.append(call)
             if call.outcome is not Outcome.not_running:
-                self.store.record_put(address, desired, call.request_id)
+                await self._record(self.store.record_put, address, desired, call.request_id)
                 return
             # The task idled out: bring it back with the whole desired request.
         if kind == "reassert":
@@ -245,7 +250,7 @@ class Applier:
             result.healed = True
         elif action is not None and action.observed in ("ended", "failed"):
             result.healed = True  # a refresh found it stopped: started again
-        self.store.record_put(address, desired, call.request_id)
+        await self._record(self.store.record_put, address, desired, call.request_id)
 
 
 @contextlib.contextmanager

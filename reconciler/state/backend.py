@@ -14,6 +14,7 @@ import datetime as _dt
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,8 @@ class StateStore(abc.ABC):
         self._command = command
         self._binding: tuple[str, str] | None = None
         self._is_open = False
+        #: Records may come from several threads (apply writes them off its event loop): one at a time.
+        self._record_lock = threading.RLock()
         self.write_failure: WriteError | None = None
         self.state: State = State.new()
 
@@ -225,6 +228,10 @@ class StateStore(abc.ABC):
 
     def _append(self, entry: dict[str, Any]) -> None:
         """Journal ``entry`` durably, then apply it in memory; on a failed write neither happens."""
+        with self._record_lock:
+            self._append_locked(entry)
+
+    def _append_locked(self, entry: dict[str, Any]) -> None:
         if not self._is_open:
             raise RuntimeError("state store is not open")
         if self.write_failure is not None:
@@ -279,9 +286,10 @@ class StateStore(abc.ABC):
     def record_intent(self, address: str, action: str, request_wire: dict[str, Any]) -> dict[str, Any] | None:
         """Before sending ``action``: remember that ``address`` may run ``request_wire`` (or, for a
         Stop, may have stopped) until the outcome is recorded. Returns the intent it replaced."""
-        previous = self.state.pending.get(address)
         intent = {"action": action, "request": self.state.fingerprint(request_wire)}
-        self._append({"op": "intent", "address": address, "intent": intent})
+        with self._record_lock:
+            previous = self.state.pending.get(address)
+            self._append({"op": "intent", "address": address, "intent": intent})
         return previous
 
     def record_not_done(self, address: str, previous: dict[str, Any] | None) -> None:
