@@ -341,3 +341,27 @@ def test_observations_of_a_refresh_are_kept_in_the_database(tmp_path, emulator, 
     # Forgetting a task forgets what was seen of it.
     snap(work, env, "state", "rm", "pgapp/R/T01")
     assert pg.query("SELECT address FROM snapctl.tasks") == [("pgapp/R/T00",)]
+
+
+def test_lock_timeout_waits_and_force_unlock_names_a_live_holder(tmp_path, emulator, pg):
+    from reconciler.state import PostgresStore
+
+    work, env = runner(tmp_path, "w", emulator.url, pg.state_url, manifest(n=2))
+    holder = PostgresStore(pg.state_url, command="snapctl apply").__enter__()
+    try:
+        refused = snap(work, env, "force-unlock", code=1)
+        assert f"locked by a live process: pid {os.getpid()} on {HOST} (snapctl apply)" in refused.stderr
+        waiting = start_apply(work, env, "--lock-timeout", "60")
+        # Both connected for the lock: the apply tries it (pg_try_advisory_lock) until the holder lets go.
+        wait_for(
+            lambda: (
+                pg.query("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'snapctl apply (lock)'")[0][0]
+                == 2
+            ),
+            what="the apply to wait for the lock",
+        )
+    finally:
+        holder.close()
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0 and "Apply complete! Tasks: 2 added" in out, out + err
+    assert snap(work, env, "force-unlock").stdout == "The state is not locked.\n"
