@@ -214,7 +214,9 @@ class Applier:
         address, kind = result.address, result.kind
         # Every request of the action is built and serialised before its first call:
         # a task is never stopped for a Start that could not be sent.
-        stop = start = update = None
+        stop: api.StopSnapshotRequest | None = None
+        start: api.StartSnapshotRequest | None = None
+        update: api.UpdateSnapshotRequest | None = None
         with _building(address):
             if kind in (ActionKind.delete.value, ActionKind.replace.value):
                 stop = stop_request(action.current)
@@ -272,6 +274,7 @@ def _log_result(result: ActionResult) -> None:
         log.info("%s %s ok %s", result.address, result.kind, calls)
     else:
         err = result.error
+        assert err is not None
         log.warning(
             "%s %s failed code=%s code_n=%s request_id=%s message=%s %s",
             result.address,

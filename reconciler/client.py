@@ -347,7 +347,7 @@ class SnapshotClient:
         if error is None and status == 200:
             return envelope.Result, meta.RequestId
         code = error.Code if error else f"HTTP{status}"
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             code=code,
             code_n=error.CodeN if error else 0,
             request_id=meta.RequestId,

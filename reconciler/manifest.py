@@ -378,7 +378,7 @@ def discover(paths: Sequence[str | Path]) -> list[Path]:
     missing: list[Diagnostic] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files = []
+            files: list[Path] = []
             for root, dirs, names in os.walk(path):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
                 files.extend(
@@ -643,18 +643,19 @@ class _DocumentLoader:
             self.report(exc.errors(include_url=False), root, path)
             return None
 
-    def report(self, errors: list[dict], root: Any, base: tuple) -> None:
+    def report(self, errors: Sequence[Any], root: Any, base: tuple) -> None:
         suggested: set[tuple] = set()
         problems = []
         for err in errors:
-            path, on_key = list(base), False
+            steps, on_key = list(base), False
             raw_loc = err["loc"]
             for step in raw_loc:
                 if step == "[key]":
                     on_key = True
                 elif not (isinstance(step, str) and step in _TAG_TYPES):
-                    path.append(step)
-            problems.append((err, tuple(path), on_key, raw_loc))
+                    steps.append(step)
+            path = tuple(steps)
+            problems.append((err, path, on_key, raw_loc))
             if err["type"] == "extra_forbidden":
                 for match in difflib.get_close_matches(str(path[-1]), _fields_at(root, raw_loc[:-1]), n=1, cutoff=0.6):
                     suggested.add((*path[:-1], match))
@@ -719,7 +720,7 @@ class _DocumentLoader:
             if not isinstance(tasks, dict):
                 continue
             usable = app_ok and defaults_ok and room_ok and _is_id(room_name)
-            inherited = _Inherited(defaults, room) if usable else None
+            inherited = _Inherited(defaults, room) if usable and defaults is not None else None
             validate = Settings.model_validate
             for task_name, task_raw in tasks.items():
                 if task_raw is None:
@@ -734,8 +735,8 @@ class _DocumentLoader:
                 if task.streams or (task.storage is not None and not isinstance(task.storage, str)):
                     self.check_settings(task, (*path, "tasks", task_name))
                 task_ok = type(task.storage) is not str or self.check_storage_ref(task, (*path, "tasks", task_name))
-                if usable and task_ok and _is_id(task_name):
-                    self.add_task(app_id, room_name, task_name, inherited, task)
+                if inherited is not None and task_ok and _is_id(task_name):
+                    self.add_task(app_id, room_name, task_name, inherited, task)  # type: ignore[arg-type]  # usable: app_id is an ID
 
     def check_settings(self, settings: Settings, path: tuple) -> None:
         """Rules that span several values of one level: unique stream index, plain secrets."""
@@ -817,7 +818,8 @@ class _DocumentLoader:
             self.target_streams(task.streams if "streams" in given else inherited.streams),
             api.DEFAULT_MAX_IDLE_TIME if max_idle_time is None else max_idle_time,
             self.image_config(inherited.image, task.image),
-            self.storage_config(self.profiles[storage] if isinstance(storage, str) else storage),
+            # The profile, or the block, was checked usable before the task was added.
+            self.storage_config(self.profiles[storage] if isinstance(storage, str) else storage),  # type: ignore[arg-type]
         )
         self.collector.tasks[address] = DesiredTask(address, request, location)
 
@@ -855,22 +857,22 @@ class _DocumentLoader:
         if cached is not None and cached[0] is spec:
             return cached[1]
         if isinstance(spec, TosStorage):
-            block = api.TosConfig.model_construct(account_id=spec.account_id, region=spec.region, bucket=spec.bucket)
-            config = api.StorageConfig.model_construct(type=api.StorageType.tos.value, tos_config=block)
+            tos = api.TosConfig.model_construct(account_id=spec.account_id, region=spec.region, bucket=spec.bucket)
+            config = api.StorageConfig.model_construct(type=api.StorageType.tos.value, tos_config=tos)
         elif isinstance(spec, CustomStorage):
-            block = api.CustomConfig.model_construct(
+            custom = api.CustomConfig.model_construct(
                 vendor=spec.vendor,
                 region=spec.region,
                 bucket=spec.bucket,
                 access_key=spec.access_key,
                 secret_key=spec.secret_key,
             )
-            config = api.StorageConfig.model_construct(type=api.StorageType.custom.value, custom_config=block)
+            config = api.StorageConfig.model_construct(type=api.StorageType.custom.value, custom_config=custom)
         else:
-            block = api.VeImageXConfig.model_construct(
+            imagex = api.VeImageXConfig.model_construct(
                 account_id=spec.account_id, region=spec.region, service_id=spec.service_id
             )
-            config = api.StorageConfig.model_construct(type=api.StorageType.veimagex.value, ve_image_x_config=block)
+            config = api.StorageConfig.model_construct(type=api.StorageType.veimagex.value, ve_image_x_config=imagex)
         self.storage_cache[id(spec)] = (spec, config)
         return config
 

@@ -31,7 +31,7 @@ IN_PLACE_FIELDS = frozenset({"ImageConfig.Interval"})
 class ActionKind(str, enum.Enum):
     create = "create"
     update = "update"
-    replace = "replace"
+    replace = "replace"  # type: ignore[assignment]  # shadows str.replace, never called on a kind
     delete = "delete"
 
 
@@ -314,7 +314,7 @@ def make_plan(
     unchanged = 0
     tasks = state.tasks
     if state.pending:
-        tasks = tasks.copy()
+        tasks = tasks.copy()  # type: ignore[attr-defined]  # a TaskTable or a dict: both copy cheaply
         for address, intent in state.pending.items():
             tasks[address] = {"request": intent["request"]}
     # Every address once, sorted. Both sides usually come sorted already,

@@ -93,7 +93,7 @@ def _code_enums() -> dict[str, Any]:
 _CODES = _code_enums()
 
 
-def flatten(body: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(body: dict[str, Any] | list[Any] | None, prefix: str = "") -> list[tuple[str, Any]]:
     """``{"A": {"B": 1}}`` -> ``[("A.B", 1)]``, lists as ``[i]``; secrets masked."""
     out: list[tuple[str, Any]] = []
     items: Iterable[tuple[Any, Any]] = (body or {}).items() if isinstance(body, dict) else enumerate(body or [])

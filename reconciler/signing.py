@@ -132,7 +132,7 @@ def sign_request(
         "x-content-sha256": body_hash,
         "x-date": x_date,
     }
-    signed = BASE_SIGNED_HEADERS
+    signed: tuple[str, ...] = BASE_SIGNED_HEADERS
     if content_type is None:
         signed = BASE_SIGNED_HEADERS[1:]
     else:

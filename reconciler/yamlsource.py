@@ -42,7 +42,7 @@ from yaml.resolver import Resolver
 try:  # the fast path; without it every file takes the PyYAML path
     import ryaml as _fast
 except ImportError:  # pragma: no cover - a declared dependency
-    _fast = None
+    _fast = None  # type: ignore[assignment]
 
 #: Files larger than this are refused before they are read.
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -169,7 +169,7 @@ class Document:
         line, column = key_line, key_column = self.line, self.column
         value: Any = self.data
         for step in path:
-            entries = self._marks.get(id(value))
+            entries: Any = self._marks.get(id(value))
             if isinstance(value, dict):
                 try:
                     key_line, key_column, line, column = entries[step]
@@ -819,6 +819,8 @@ class _DeferredLocation(Location):
     """A :class:`Location` found on first use; equal to (and hashed like) the Location it stands for."""
 
     __slots__ = ("_found", "_where")
+    _found: Location | None
+    _where: tuple[Any, int, tuple, bool]
 
     def __init__(self, source: _PositionSource, index: int, path: tuple, key: bool):
         object.__setattr__(self, "_where", (source, index, path, key))
@@ -832,15 +834,15 @@ class _DeferredLocation(Location):
             object.__setattr__(self, "_found", found)
         return found
 
-    @property  # type: ignore[override]
+    @property
     def file(self) -> str:
         return self._where[0].name
 
-    @property  # type: ignore[override]
+    @property
     def line(self) -> int:
         return self._resolve().line
 
-    @property  # type: ignore[override]
+    @property
     def column(self) -> int:
         return self._resolve().column
 

@@ -405,7 +405,7 @@ class EmulatorApp:
 
     async def _delay(self, extra_ms: int) -> None:
         config = self.config
-        delay_ms = config.latency_ms + extra_ms
+        delay_ms: float = config.latency_ms + extra_ms
         if config.jitter_ms:
             delay_ms += self.rng.uniform(0, config.jitter_ms)
         if delay_ms:
@@ -454,7 +454,8 @@ class EmulatorApp:
             if handler is None:
                 raise Refusal("InvalidActionOrVersion", f"no such endpoint: {scope['method']} {scope['path']}")
             # An empty body is an empty object here: ``POST /_emulator/reset`` needs none.
-            payload = handler(self._json_object(body or b"{}", oversized) if scope["method"] == "POST" else None, now)
+            request = self._json_object(body or b"{}", oversized) if scope["method"] == "POST" else None
+            payload = handler(request, now)  # type: ignore[arg-type]  # GET handlers take no body
         except Refusal as refusal:
             status, answer = self._error(now, "", "", refusal)
         else:

@@ -88,7 +88,7 @@ class EmulatorServer:
         return self
 
     def stop(self) -> None:
-        if self._thread is None:
+        if self._thread is None or self._server is None:
             return
         self._server.should_exit = True
         self._thread.join()

@@ -341,7 +341,9 @@ class TaskTable:
         data = self._dump()
         self._dirty = False
         # The fsync happens off the event loop; only one write is in flight at a time.
-        self._writing = asyncio.get_running_loop().run_in_executor(None, atomic_write, self._path, data)
+        path = self._path
+        assert path is not None  # saves are only scheduled for a table with a data file
+        self._writing = asyncio.get_running_loop().run_in_executor(None, atomic_write, path, data)
         self._writing.add_done_callback(self._saved)
 
     def _saved(self, future: asyncio.Future) -> None:
@@ -375,7 +377,7 @@ class TaskTable:
             self._timer = None
         if self._writing is not None:
             await asyncio.wait([self._writing])
-        if self._dirty:
+        if self._dirty and self._path is not None:
             try:
                 atomic_write(self._path, self._dump())
             except OSError as exc:
