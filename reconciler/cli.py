@@ -67,8 +67,9 @@ def cli() -> None:
     running (status), 130 interrupted (Ctrl-C or SIGTERM; calls in flight finish and are
     recorded first; reconcile --watch stops with 0).
     Environment: VOLC_ACCESSKEY, VOLC_SECRETKEY, VOLC_SESSION_TOKEN (or ~/.volc/credentials),
-    VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, NO_COLOR,
+    VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, NO_COLOR, HTTPS_PROXY/HTTP_PROXY/ALL_PROXY,
     SNAPCTL_LOG=debug|info|warning (diagnostic log; SNAPCTL_LOG_PATH=FILE to append to a file).
+    All of it is checked before anything is printed or sent.
     """
 
 
