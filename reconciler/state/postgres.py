@@ -473,6 +473,7 @@ class PostgresStore(StateStore):
 
                 columns = "workspace, address, entry, pending, observed"
                 with conn.cursor().copy(f"COPY snapctl.tasks ({columns}) FROM STDIN") as copy:
+                    row: tuple[str | None, str | None, str | None]
                     for address in tasks:
                         row = (raw(address).decode(), text(pending.get(address)), text(observed.get(address)))
                         copy.write_row((self.workspace, address, *row))
