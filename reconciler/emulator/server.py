@@ -110,9 +110,9 @@ def run_forever(config: EmulatorConfig, secret_key_source: str = "default") -> N
     # The emulator's own records (a data file it cannot write) go to stderr whatever SNAPCTL_LOG says.
     emulator_log = logging.getLogger("snapctl.emulator")
     if not any(isinstance(h, logging.StreamHandler) for h in emulator_log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        emulator_log.addHandler(handler)
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        emulator_log.addHandler(stream)
         emulator_log.setLevel(logging.WARNING)
     sock = _bind(config.host, config.port)
     server = _uvicorn_server(app, log_config=uvicorn.config.LOGGING_CONFIG)
