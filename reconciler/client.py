@@ -238,7 +238,7 @@ class SnapshotClient:
                 self.stats.record(action, exc.code or type(exc).__name__)
                 if isinstance(exc, ThrottledError):
                     self.stats.throttled += 1
-                if isinstance(exc, NotSentError):
+                if isinstance(exc, NotSentError) and exc.refused:
                     self._refused_in_a_row += 1
                 delay = self.retry.delay(attempt, self._rng)
                 if (
@@ -325,7 +325,9 @@ class SnapshotClient:
 
             port = urlsplit(self.endpoint).port or (443 if self.endpoint.startswith("https") else 80)
             hint = f"; to use the local emulator, start it with: snapctl emulator --port {port}"
-        return NotSentError(f"{where}: the connection was refused{hint}", retryable=True, endpoint=self.endpoint)
+        return NotSentError(
+            f"{where}: the connection was refused{hint}", retryable=True, endpoint=self.endpoint, refused=True
+        )
 
     def _interpret(self, response: httpx.Response) -> tuple[Any, str]:
         status = response.status_code

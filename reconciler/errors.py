@@ -137,10 +137,12 @@ class NotSentError(TransportError):
     may_have_run = False
     stops_run = True
 
-    def __init__(self, message: str, *, retryable: bool = False, endpoint: str = "", **kwargs):
+    def __init__(self, message: str, *, retryable: bool = False, endpoint: str = "", refused: bool = False, **kwargs):
         super().__init__(message, **kwargs)
         self.retryable = retryable
         self.endpoint = endpoint
+        #: The connection was refused (nothing listens): a few in a row end the run.
+        self.refused = refused
 
 
 class RunStoppedError(NotSentError):
