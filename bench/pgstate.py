@@ -38,11 +38,13 @@ from run import (  # noqa: E402
     Emulator,
     Results,
     compile_bytecode,
+    figure_table,
     machine,
     median,
     run,
     status,
 )
+from run import write_block as run_write_block  # noqa: E402
 
 
 def bench_pg_plan(results: Results, work: Path, server: PgServer, sizes: dict[int, int]) -> None:
@@ -153,24 +155,14 @@ def block(results: Results, command: str, began: float, quick: bool) -> str:
         "",
         *machine(),
         "",
-        "| area | figure | measured | target | | runs |",
-        "|---|---|---|---|---|---|",
+        *figure_table(results),
     ]
-    for f in results.figures:
-        verdict = "" if f.met is None else ("met" if f.met else "**missed**")
-        lines.append(f"| {f.section} | {f.name} | {f.value} | {f.target} | {verdict} | {f.runs} |")
     lines += ["", END]
     return "\n".join(lines)
 
 
 def write_block(text: str, path: Path) -> None:
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n## PostgreSQL state\n\n" + text + "\n"
-    path.write_text(current)
+    run_write_block(text, path, BEGIN, END, heading="PostgreSQL state")
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import gen  # noqa: E402
-from run import ROOT, SNAPCTL, Emulator, Results, compile_bytecode, machine, run, status  # noqa: E402
+from run import ROOT, SNAPCTL, Emulator, Results, compile_bytecode, figure_table, machine, run, status  # noqa: E402
+from run import write_block as run_write_block  # noqa: E402
 
 READ_QPS = 60
 LATENCY_MS = 100
@@ -143,24 +144,14 @@ def block(results: Results, command: str, began: float, loads: tuple[float, floa
         )
     lines += [
         "",
-        "| area | figure | measured | target | | runs |",
-        "|---|---|---|---|---|---|",
+        *figure_table(results),
     ]
-    for f in results.figures:
-        verdict = "" if f.met is None else ("met" if f.met else "**missed**")
-        lines.append(f"| {f.section} | {f.name} | {f.value} | {f.target} | {verdict} | {f.runs} |")
     lines += ["", END]
     return "\n".join(lines)
 
 
 def write_block(text: str, path: Path) -> None:
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n## Refresh\n\n" + text + "\n"
-    path.write_text(current)
+    run_write_block(text, path, BEGIN, END, heading="Refresh")
 
 
 def main() -> None:

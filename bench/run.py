@@ -506,23 +506,31 @@ def report(results: Results, command: str, began: float, quick: bool) -> str:
         "",
     ]
     lines += machine()
-    lines += ["", "| area | figure | measured | target | | runs |", "|---|---|---|---|---|---|"]
-    for f in results.figures:
-        verdict = "" if f.met is None else ("met" if f.met else "**missed**")
-        lines.append(f"| {f.section} | {f.name} | {f.value} | {f.target} | {verdict} | {f.runs} |")
+    lines += ["", *figure_table(results)]
     if results.details:
         lines += [""] + [f"- {d}" for d in results.details]
     lines += ["", END]
     return "\n".join(lines)
 
 
-def write_report(block: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+def figure_table(results: Results) -> list[str]:
+    """The figures as the Markdown table every block of BENCHMARKS.md shows."""
+    lines = ["| area | figure | measured | target | | runs |", "|---|---|---|---|---|---|"]
+    for f in results.figures:
+        verdict = "" if f.met is None else ("met" if f.met else "**missed**")
+        lines.append(f"| {f.section} | {f.name} | {f.value} | {f.target} | {verdict} | {f.runs} |")
+    return lines
+
+
+def write_block(block: str, path: Path, begin: str = BEGIN, end: str = END, heading: str = "") -> None:
+    """Put ``block`` (which starts with ``begin`` and ends with ``end``) in place of the
+    block between those marks in ``path``, or append it under ``heading``."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
+        text = text.rstrip("\n") + "\n\n" + (f"## {heading}\n\n" if heading else "") + block + "\n"
     path.write_text(text)
 
 
@@ -586,7 +594,7 @@ def main() -> None:
         block = report(results, command, began, args.quick)
         print("\n" + block)
         if not args.no_write:
-            write_report(block, args.out)
+            write_block(block, args.out)
             print(f"\nwrote {args.out}")
     if "refresh" in only:
         print("\n" + refresh_block)
