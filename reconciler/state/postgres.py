@@ -21,9 +21,11 @@ apply makes every later record fail: the apply stops starting calls.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -179,16 +181,23 @@ class PostgresStore(StateStore):
 
     # Reading ------------------------------------------------------------------------------------
 
-    def read(self) -> State:
+    @contextlib.contextmanager
+    def _reading(self, purpose: str, failure: str) -> Iterator[Any]:
+        """The held connection, else one opened for ``purpose`` and closed after;
+        a database error becomes one StateError line starting with ``failure``."""
         psycopg = _psycopg()
-        conn = self._conn or self._connect("read")
+        conn = self._conn or self._connect(purpose)
         try:
-            return self._read(conn)
+            yield conn
         except psycopg.Error as exc:
-            raise StateError(f"cannot read the state {self.location}: {self._reason(exc)}") from None
+            raise StateError(f"{failure}: {self._reason(exc)}") from None
         finally:
             if conn is not self._conn:
                 conn.close()
+
+    def read(self) -> State:
+        with self._reading("read", f"cannot read the state {self.location}") as conn:
+            return self._read(conn)
 
     def _read(self, conn) -> State:
         version = self._schema_version(conn)
@@ -245,30 +254,16 @@ class PostgresStore(StateStore):
         )
 
     def workspaces(self) -> list[str]:
-        psycopg = _psycopg()
-        conn = self._conn or self._connect("list")
-        try:
+        with self._reading("list", f"cannot read {redact(self.url)}") as conn:
             if self._schema_version(conn) == 0:
                 return []
             return [r[0] for r in conn.execute("SELECT name FROM snapctl.workspaces ORDER BY name")]
-        except psycopg.Error as exc:
-            raise StateError(f"cannot read {redact(self.url)}: {self._reason(exc)}") from None
-        finally:
-            if conn is not self._conn:
-                conn.close()
 
     # Locking ---------------------------------------------------------------------------------------
 
     def lock_holder(self) -> LockHolder | None:
-        psycopg = _psycopg()
-        conn = self._conn or self._connect("lock holder")
-        try:
+        with self._reading("lock holder", f"cannot read the lock of {self.location}") as conn:
             return self._holder_record(conn)
-        except psycopg.Error as exc:
-            raise StateError(f"cannot read the lock of {self.location}: {self._reason(exc)}") from None
-        finally:
-            if conn is not self._conn:
-                conn.close()
 
     def _holder_record(self, conn) -> LockHolder | None:
         if conn.execute("SELECT to_regclass('snapctl.locks')").fetchone()[0] is None:
