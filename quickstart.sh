@@ -10,9 +10,11 @@ python3 -m venv .venv
 SNAPCTL=.venv/bin/snapctl
 
 # The emulator keeps its tasks in state/emulator-tasks.json so they survive restarts,
-# like the real service keeps running tasks between your runs.
+# like the real service keeps running tasks between your runs. It listens on the same
+# port every run: the state is bound to the endpoint it was applied against.
+port="${SNAPCTL_QUICKSTART_PORT:-18080}"
 log=$(mktemp)
-"$SNAPCTL" emulator --port 0 --data state/emulator-tasks.json >"$log" 2>&1 &
+"$SNAPCTL" emulator --port "$port" --data state/emulator-tasks.json >"$log" 2>&1 &
 emulator=$!
 trap 'kill "$emulator" 2>/dev/null || true; wait "$emulator" 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do
@@ -20,7 +22,12 @@ for _ in $(seq 100); do
   [ -n "$url" ] && break
   sleep 0.1
 done
-[ -n "${url:-}" ] || { cat "$log" >&2; echo "the emulator did not start" >&2; exit 1; }
+if [ -z "${url:-}" ]; then
+  cat "$log" >&2
+  echo "the emulator did not start on 127.0.0.1:$port; if that port is taken, run SNAPCTL_QUICKSTART_PORT=<free port> ./quickstart.sh" >&2
+  echo "(the state in state/ is bound to the port it was first applied with: a new port needs a new state, or snapctl state rebind)" >&2
+  exit 1
+fi
 echo "Emulator at $url"
 
 # The emulator's documented default credentials, and demo values for the
