@@ -590,11 +590,20 @@ def test_tasks_survive_a_restart(make_emulator, tmp_path):
     assert data.exists()
     before = first.tasks()
     first.server.stop()
+    # The storage keys stay out of the data file; the keys file beside it is the
+    # emulated service's own credential store, readable by its owner only.
     assert "third-party-secret" not in data.read_text()
-    assert not [p for p in data.parent.iterdir() if p.name != "tasks.json"], "no temporary file is left"
+    keys = data.with_name("tasks.json.keys")
+    assert "third-party-secret" in keys.read_text() and keys.stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in data.parent.iterdir()) == ["tasks.json", "tasks.json.keys"], "no temporary file"
 
     second = make_emulator(data=data)
     assert second.tasks() == before
+    # A restart is invisible to a read: the task runs with the keys it was started with.
+    read = second.signed_get({"AppId": "app1", "RoomId": "room1", "TaskId": "task1"}).json()
+    custom = read["Result"]["SnapshotTask"]["StorageConfig"]["CustomConfig"]
+    assert (custom["AccessKey"], custom["SecretKey"]) == ("AKthirdparty", "third-party-secret")
     assert_ok(second.signed_post("StartSnapshot", start_body(TaskId="t2")), ALREADY_STARTED)
     assert_ok(second.signed_post("StopSnapshot", key_of(start_body(TaskId="t2"))))
     second.server.stop()

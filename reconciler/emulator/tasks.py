@@ -3,10 +3,11 @@ the optional data file they survive restarts in.
 
 A task is kept after it ends (Status 3, with its StopReason) or fails to start
 (Status 4, ``StartTaskFailed``), as GetSnapshotTask reports it; a new
-StartSnapshot of such a task starts it again. The custom storage keys are kept
-in memory only (GetSnapshotTask returns them, as the real API does): the data
-file holds their fingerprints, so after a restart such a task reads back with
-fingerprints in their place (see docs/emulator.md).
+StartSnapshot of such a task starts it again. The custom storage keys
+(GetSnapshotTask returns them, as the real API does) never reach the data file
+or the log: the data file holds their fingerprints, and the keys themselves are
+kept beside it in ``FILE.keys`` (mode 0600), the emulated service's own
+credential store, so a task reads back the same after a restart (see docs/emulator.md).
 """
 
 from __future__ import annotations
@@ -96,10 +97,20 @@ def bucket_of(request: dict[str, Any]) -> str | None:
     return block.get("Bucket")
 
 
+def keys_path(path: Path) -> Path:
+    """Where the data file's tasks keep their custom storage keys (mode 0600)."""
+    return path.with_name(path.name + ".keys")
+
+
+def write_files(files: list[tuple[Path, bytes]]) -> None:
+    for path, data in files:
+        atomic_write(path, data)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -122,7 +133,8 @@ class TaskTable:
 
     def __init__(self, path: Path | None = None):
         self.tasks: dict[Key, Task] = {}
-        #: The custom storage (AccessKey, SecretKey) of each task that has them: memory only.
+        #: The custom storage (AccessKey, SecretKey) of each task that has them: in memory, and
+        #: with a data file in its ``.keys`` file beside it (never in the data file or the log).
         self.secrets: dict[Key, tuple[str, str]] = {}
         #: When each room's streams stopped publishing (epoch seconds).
         self.streams_stopped: dict[Room, float] = {}
@@ -314,12 +326,39 @@ class TaskTable:
                 )
             for item in doc["streams_stopped"]:
                 self.streams_stopped[(item["AppId"], item["RoomId"])] = float(item["At"])
+            self._load_keys(keys_path(path))
         except DataFileError:
             raise
         except ValidationError as exc:
             raise DataFileError(f"{path}: a stored task is not valid: {describe_validation_error(exc)}") from None
         except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise DataFileError(f"{path}: not an emulator data file ({type(exc).__name__}: {exc})") from None
+
+    def _load_keys(self, path: Path) -> None:
+        """The storage keys of the loaded tasks that still use custom storage."""
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise DataFileError(f"cannot read {path}: {exc.strerror}") from None
+        for item in doc["keys"]:
+            key = (item["AppId"], item["RoomId"], item["TaskId"])
+            task = self.tasks.get(key)
+            if task is not None and "CustomConfig" in task.request["StorageConfig"]:
+                self.secrets[key] = (str(item["AccessKey"]), str(item["SecretKey"]))
+
+    def _files(self) -> list[tuple[Path, bytes]]:
+        """What a save writes: the keys first, so the data file never names a task whose keys are lost."""
+        assert self._path is not None  # saves are only scheduled for a table with a data file
+        keys = [
+            {"AppId": a, "RoomId": r, "TaskId": t, "AccessKey": access, "SecretKey": secret}
+            for (a, r, t), (access, secret) in self.secrets.items()
+        ]
+        return [
+            (keys_path(self._path), orjson.dumps({"version": DATA_VERSION, "keys": keys})),
+            (self._path, self._dump()),
+        ]
 
     def _dump(self) -> bytes:
         doc = {
@@ -338,12 +377,10 @@ class TaskTable:
 
     def _save(self) -> None:
         self._timer = None
-        data = self._dump()
+        files = self._files()
         self._dirty = False
         # The fsync happens off the event loop; only one write is in flight at a time.
-        path = self._path
-        assert path is not None  # saves are only scheduled for a table with a data file
-        self._writing = asyncio.get_running_loop().run_in_executor(None, atomic_write, path, data)
+        self._writing = asyncio.get_running_loop().run_in_executor(None, write_files, files)
         self._writing.add_done_callback(self._saved)
 
     def _saved(self, future: asyncio.Future) -> None:
@@ -379,7 +416,7 @@ class TaskTable:
             await asyncio.wait([self._writing])
         if self._dirty and self._path is not None:
             try:
-                atomic_write(self._path, self._dump())
+                write_files(self._files())
             except OSError as exc:
                 # Reported by the caller (the emulator command exits non-zero).
                 self.save_error = exc.strerror or str(exc)
