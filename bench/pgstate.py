@@ -150,8 +150,13 @@ def block(results: Results, command: str, began: float, quick: bool) -> str:
         "",
         f"Measured {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} with `{command}`"
         f"{' (--quick: smaller counts, fewer repeats)' if quick else ''}, in {time.monotonic() - began:.0f} s; "
-        f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores (above the core count: measured under "
-        "load from other processes, so the times are pessimistic and the ratios the figures to read).",
+        f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores"
+        + (
+            " (above the core count: measured under load from other processes, so the times are pessimistic "
+            "and the ratios the figures to read)."
+            if load[0] > (os.cpu_count() or 1)
+            else " (a quiet machine)."
+        ),
         "",
         *machine(),
         "",
