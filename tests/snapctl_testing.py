@@ -74,6 +74,21 @@ def run_snapctl(
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
+def start_apply(work: Path, env: dict[str, str], *extra: str, quiet: bool = False) -> subprocess.Popen:
+    """``snapctl apply --auto-approve`` in the background (to kill or race it); ``quiet``
+    discards its output, else stdout and stderr are pipes to read with ``communicate``."""
+    output = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen(
+        [SNAPCTL, "apply", "--auto-approve", "--no-color", *extra],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+
+
 def stats(url: str) -> dict:
     return httpx.get(f"{url}/_emulator/stats").json()
 

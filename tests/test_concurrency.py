@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
+from snapctl_testing import new_project, run_snapctl, snapctl_env, start_apply, stats, tasks, wait_for
 
 from reconciler.emulator import EmulatorConfig, EmulatorServer
 from reconciler.state import lock_path, read_lock_holder
@@ -49,18 +49,6 @@ def env(work, server):
 
 
 STATE = Path("state/snapctl.state.json")
-
-
-def start_apply(work: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [SNAPCTL, "apply", "--auto-approve", "--no-color", *extra],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env, stats, tasks
+from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env, start_apply, stats, tasks
 
 from reconciler.emulator import EmulatorConfig, EmulatorServer
 from reconciler.state import backup_path, read_state
@@ -267,14 +267,7 @@ def test_calls_in_flight_at_the_kill_are_not_lost(tmp_path):
 
         # 1. Three Starts done by the API, unheard of by the killed run.
         manifest.write_text(small_manifest(A=320, B=320, C=320))
-        proc = subprocess.Popen(
-            [SNAPCTL, "apply", "--auto-approve"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_apply(tmp_path, env, quiet=True)
         kill_once_the_emulator_did(proc, srv.url, lambda running: len(running) == 3)
         # Now A is no longer wanted and B wants another width: both must be stopped, not
         # adopted as they run ("already started" says nothing about the configuration).
@@ -293,14 +286,7 @@ def test_calls_in_flight_at_the_kill_are_not_lost(tmp_path):
         # 2. A Stop done by the API, unheard of by the killed run; then the task is wanted back.
         manifest.write_text(small_manifest(B=640))
         answer_late()
-        proc = subprocess.Popen(
-            [SNAPCTL, "apply", "--auto-approve"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_apply(tmp_path, env, quiet=True)
         kill_once_the_emulator_did(proc, srv.url, lambda running: key("C") not in running)
         manifest.write_text(small_manifest(B=640, C=320))
         answer_fast()
@@ -324,14 +310,7 @@ def test_state_rm_forgets_a_task_left_uncertain(tmp_path):
         assert run_snapctl(["apply", "--auto-approve"], cwd=tmp_path, env=env).code == 0
         httpx.post(f"{srv.url}/_emulator/config", json={"latency_ms": 3000})
         manifest.write_text(small_manifest(A=320, B=320).replace("{width: 320}}\n", "{width: 320, interval: 9}}\n", 1))
-        proc = subprocess.Popen(
-            [SNAPCTL, "apply", "--auto-approve"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_apply(tmp_path, env, quiet=True)
         kill_once_the_emulator_did(
             proc, srv.url, lambda running: running[f"{APP}/Small/A"]["Request"]["ImageConfig"]["Interval"] == 9
         )

@@ -10,7 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from snapctl_testing import SNAPCTL, Run, run_snapctl, snapctl_env, stats, tasks, wait_for
+from snapctl_testing import SNAPCTL, Run, run_snapctl, snapctl_env, start_apply, stats, tasks, wait_for
 
 from reconciler.state.postgres import SCHEMA_VERSION
 
@@ -42,18 +42,6 @@ def snap(work: Path, env: dict, *args: str, code: int = 0) -> Run:
     assert run.code == code, run.output
     assert "Traceback" not in run.output
     return run
-
-
-def start_apply(work: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [SNAPCTL, "apply", "--auto-approve", "--no-color", *extra],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def holder_pid(pg, workspace: str = "default") -> int | None:
