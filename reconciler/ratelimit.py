@@ -34,9 +34,11 @@ class RateLimiter:
         self._window: collections.deque[float] = collections.deque(maxlen=max(1, int(qps)))
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> float:
+        """Wait for the next free slot; returns the moment (on the limiter's clock) the call
+        was let start, the time every guarantee of the limiter is about."""
         if self.qps <= 0:
-            return
+            return self._clock()
         async with self._lock:
             now = self._clock()
             slot = max(now, self._next)
@@ -47,6 +49,7 @@ class RateLimiter:
             sent = max(self._clock(), slot)
             self._window.append(sent)
             self._next = sent + self._interval
+            return sent
 
     async def _wait_until(self, slot: float) -> None:
         clock = self._clock
