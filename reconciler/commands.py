@@ -551,7 +551,13 @@ def apply(
                 "applied; save a plan with the secrets set (snapctl plan --out FILE), or apply the manifests"
             )
         manifests = _load([Path(p) for p in saved.manifest_paths]) if not saved.destroy else _empty()
-        with _store(state_path, workspace, lock_timeout_s, "snapctl apply") as store:
+        store = _store(state_path, workspace, lock_timeout_s, "snapctl apply")
+        # Refused on a read without the lock first, so that a refused plan creates nothing
+        # (no state directory, no lock file); checked again under the lock.
+        unlocked = store.read()
+        engine.check_binding(unlocked, *target, store.location)
+        engine.verify_saved_plan(saved, store, manifests, target, state=unlocked)
+        with store:
             store.bind(*target)
             engine.verify_saved_plan(saved, store, manifests, target)
             if not saved.has_changes:

@@ -207,29 +207,36 @@ def load_plan(path: Path) -> Plan:
 
 
 def verify_saved_plan(
-    saved: Plan, store: StateStore, manifests: ManifestSet, target: tuple[str, str] | None = None
+    saved: Plan,
+    store: StateStore,
+    manifests: ManifestSet,
+    target: tuple[str, str] | None = None,
+    *,
+    state: State | None = None,
 ) -> None:
     """A saved plan applies only to the state it was made against, with the manifests it was made from,
-    against the endpoint it was made for."""
+    against the endpoint it was made for. ``state``: check against this state (one read without
+    the lock, to refuse before anything is created) instead of the open store's."""
+    state = store.state if state is None else state
     if target is not None and saved.endpoint is not None and (saved.endpoint, saved.region) != target:
         raise UsageError(
             f"the saved plan was made for endpoint {saved.endpoint} (region {saved.region}), not "
             f"{target[0]} (region {target[1]}); nothing was sent. Run snapctl plan against the endpoint to use"
         )
     try:
-        check_plan_current(saved, store.state, store.location)
+        check_plan_current(saved, state, store.location)
     except UsageError as exc:
         if saved.state_path and saved.state_path != store.identity:
             raise UsageError(
                 f"{exc} (it was made against {saved.state_path}: pass --state to apply it there)"
             ) from None
         raise
-    if not store.state.exists and saved.new_state_key:
-        store.state.lineage, store.state.fingerprint_key = saved.state_lineage, saved.new_state_key
+    if not state.exists and saved.new_state_key:
+        state.lineage, state.fingerprint_key = saved.state_lineage, saved.new_state_key
     try:
         fresh = plan(
             manifests,
-            store.state,
+            state,
             targets=saved.targets,
             replace=saved.replace,
             destroy=saved.destroy,

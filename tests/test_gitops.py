@@ -96,6 +96,26 @@ def test_saved_plan_for_another_state_is_refused(work, env, server):
     assert refused.code == 1 and "another state" in refused.stderr
 
 
+def test_a_refused_saved_plan_writes_nothing(work, env, server, tmp_path_factory):
+    """Applied from a directory whose state is not the plan's: one message, exit 1,
+    nothing sent, and no state directory or lock file left behind."""
+    assert snap(work, env, "apply", "--auto-approve").code == 0
+    (work / "manifests" / "app.yaml").write_text(MANIFEST.replace("interval: 3", "interval: 4"))
+    assert snap(work, env, "plan", "--out", "p.plan").code == 0
+    bare = tmp_path_factory.mktemp("bare")
+    with_dir = tmp_path_factory.mktemp("with_dir")
+    (with_dir / "state").mkdir()
+    before = stats(server.url)["total"]
+    for elsewhere in (bare, with_dir):
+        listing = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
+        refused = run_snapctl(["apply", str(work / "p.plan")], cwd=elsewhere, env=env | {"HOME": str(elsewhere)})
+        assert refused.code == 1, refused.output
+        assert refused.stdout == "" and refused.stderr.count("\n") == 1, refused.output
+        assert "stale" in refused.stderr and "pass --state" in refused.stderr
+        assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == listing
+    assert stats(server.url)["total"] == before
+
+
 def test_saved_plan_is_refused_when_manifests_changed(work, env):
     assert snap(work, env, "plan", "--out", "p.plan").code == 0
     (work / "manifests" / "app.yaml").write_text(MANIFEST.replace("interval: 3", "interval: 9"))
