@@ -904,6 +904,7 @@ def import_(
 
     from . import api as wire
     from .client import Outcome
+    from .errors import ApiError
 
     settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     manifests = _load(paths)
@@ -925,7 +926,15 @@ def import_(
                 )
                 if seen.healthy and seen.live is not None:
                     return seen, None
-                return seen, await client.start(task.request)
+                # As apply does: the intent is journaled before the call, so that a run
+                # killed before the outcome is recorded leaves the task pending in the state.
+                previous = store.record_intent(address, "StartSnapshot", declared)
+                try:
+                    return seen, await client.start(task.request)
+                except ApiError as exc:
+                    if not exc.may_have_run:  # refused or never sent: the API did nothing
+                        store.record_not_done(address, previous)
+                    raise
 
         seen, call = asyncio.run(adopt())
         if call is None:  # after a StartSnapshot the observation is out of date already

@@ -1,0 +1,79 @@
+"""``snapctl import``: its StartSnapshot is journaled as an intent first, as apply's calls are."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+from snapctl_testing import SNAPCTL, calls, new_project, run_snapctl, snapctl_env, tasks, wait_for
+
+from reconciler.state import read_state
+
+MANIFEST = """\
+app_id: app1
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+defaults: {storage: archive, image: {interval: 3}}
+rooms:
+  R:
+    tasks:
+      T1: {}
+"""
+ADDRESS = "app1/R/T1"
+
+
+@pytest.fixture
+def work(tmp_path, emulator):
+    return new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
+
+
+@pytest.fixture
+def env(work, emulator):
+    return snapctl_env(emulator.url, work)
+
+
+def test_an_import_killed_while_its_start_is_in_flight_leaves_the_task_pending(work, env, emulator):
+    # The emulator starts the task as soon as the request arrives and answers 1.5 s later:
+    # the kill lands between the API's action and snapctl hearing of it.
+    emulator.configure(latency_ms=1500)
+    proc = subprocess.Popen(
+        [SNAPCTL, "import", ADDRESS, "--timeout", "30"],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: calls(emulator.url, "StartSnapshot") == 1 or proc.poll() is not None,
+            what="the import's StartSnapshot",
+        )
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the import finished before it could be killed"
+    assert ADDRESS in tasks(emulator.url)  # the API started it; snapctl never heard
+    state = read_state(work / "state" / "snapctl.state.json")
+    assert ADDRESS not in state.tasks
+    assert state.pending[ADDRESS]["action"] == "StartSnapshot"
+    listed = run_snapctl(["state", "list"], cwd=work, env=env)
+    assert f"{ADDRESS} (pending: StartSnapshot sent by an interrupted run" in listed.stdout
+    # Importing again settles it: the task runs, so it is recorded and nothing is left pending.
+    emulator.configure(latency_ms=0)
+    again = run_snapctl(["import", ADDRESS], cwd=work, env=env)
+    assert again.code == 0, again.output
+    state = read_state(work / "state" / "snapctl.state.json")
+    assert ADDRESS in state.tasks and not state.pending
+
+
+def test_an_import_that_starts_the_task_leaves_no_pending_intent(work, env, emulator):
+    imported = run_snapctl(["import", ADDRESS, "--json"], cwd=work, env=env)
+    assert imported.code == 0, imported.output
+    assert json.loads(imported.stdout)["outcome"] == "started"
+    assert calls(emulator.url, "StartSnapshot") == 1 and ADDRESS in tasks(emulator.url)
+    document = json.loads((work / "state" / "snapctl.state.json").read_text())
+    assert ADDRESS in document["tasks"] and not document.get("pending")
+    assert not (work / "state" / "snapctl.state.json.journal").exists()
