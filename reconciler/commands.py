@@ -13,7 +13,7 @@ import click
 import orjson
 
 from . import api
-from .errors import SnapctlError, UsageError
+from .errors import CredentialsError, SnapctlError, UsageError
 from .render import Style
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -201,6 +201,10 @@ def handle_errors(f: Callable) -> Callable:
                         "bold",
                     )
                 )
+            elif isinstance(exc, CredentialsError):  # as apply names it, with what to check
+                from .render import credentials_refused
+
+                err(style(f"Error: {credentials_refused(exc)}\n", "red", "bold"))
             else:
                 err(style(f"Error: {exc}\n", "red", "bold"))
             sys.exit(EXIT_ERROR)
@@ -358,9 +362,9 @@ def plan(
     store = _store(state_path, workspace, 0.0, "snapctl plan")
     state = store.read()
     engine.check_binding(state, *target, store.location)
-    if not state.exists:
-        err(f"no state yet at {store.location}: everything is planned as new\n")
     observations, refresh_s = _observe(manifests, state, settings, targets) if refresh else (None, None)
+    if not state.exists:  # after the refresh: a refresh that fails says one line only
+        err(f"no state yet at {store.location}: everything is planned as new\n")
     the_plan = engine.plan(
         manifests,
         state,

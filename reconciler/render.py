@@ -25,6 +25,7 @@ from .plan import (
 
 if TYPE_CHECKING:  # only annotations: rendering a plan does not load the apply machinery
     from .apply import ActionResult, ApplyReport
+    from .errors import ApiError
 
 OUTPUT_FORMAT_VERSION = 1
 
@@ -390,6 +391,13 @@ _CREDENTIAL_HINTS = {
 }
 
 
+def credentials_refused(error: ApiError) -> str:
+    """The credentials the API refused, with its RequestId and what to check (every command says it so)."""
+    hint = _CREDENTIAL_HINTS.get(error.code, "check the credentials and this machine's clock")
+    rid = f" [RequestId {error.request_id}]" if error.request_id else ""
+    return f"the API refused the credentials: {error}{rid}; {hint}"
+
+
 def stopped_line(report: ApplyReport) -> str:
     """The one line that names the error that stopped a run (credentials, an unreachable endpoint)."""
     from .errors import CredentialsError, NotSentError
@@ -397,9 +405,7 @@ def stopped_line(report: ApplyReport) -> str:
     error = report.stopped_by
     assert error is not None
     if isinstance(error, CredentialsError):
-        hint = _CREDENTIAL_HINTS.get(error.code, "check the credentials and this machine's clock")
-        rid = f" [RequestId {error.request_id}]" if error.request_id else ""
-        text = f"the API refused the credentials: {error}{rid}; {hint}. The run stopped at the first such answer"
+        text = f"{credentials_refused(error)}. The run stopped at the first such answer"
     else:
         text = str(error)
     if not isinstance(error, (CredentialsError, NotSentError)):

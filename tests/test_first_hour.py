@@ -115,6 +115,27 @@ def test_credentials_refused_stop_the_run_at_the_first_answer(project, emulator,
     assert [r["code"] for r in document["results"]] == [code]
 
 
+@pytest.mark.parametrize(
+    "credentials, code, hint",
+    [
+        ({"VOLC_SECRETKEY": "wrong-secret"}, "SignatureDoesNotMatch", "check the secret key (VOLC_SECRETKEY"),
+        ({"VOLC_ACCESSKEY": "AKLTnobody"}, "InvalidAccessKey", "check the access key (VOLC_ACCESSKEY"),
+    ],
+)
+def test_credentials_refused_on_reads_say_what_to_check_as_apply_does(project, emulator, credentials, code, hint):
+    env = snapctl_env(emulator.url, project, **credentials)
+    for command in (["plan", "--refresh"], ["status"]):
+        result = run_snapctl([*command, "--parallelism", "1"], cwd=project, env=env)
+        assert result.code == 1 and "Traceback" not in result.output, result.output
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: the API refused the credentials: " + code), lines
+        assert hint in lines[0] and "[RequestId " in lines[0], lines
+    # One read each: the first refusal ends the refresh.
+    assert stats(emulator.url)["by_action"]["GetSnapshotTask"]["outcomes"] == {code: 2}
+    assert not any((project / "state").iterdir())
+
+
 def test_clock_off_by_more_than_15_minutes_stops_the_run(project, make_emulator):
     # X-Date has whole seconds, so with no skew allowed every request is "off".
     server = make_emulator(max_skew_s=0)
