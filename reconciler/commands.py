@@ -1047,7 +1047,7 @@ def state_list(state_path, workspace, as_json, no_color):
 def state_show(address, state_path, workspace, as_json, no_color):
     """Show what the state holds for APP/ROOM/TASK (secrets only as fingerprints)."""
     from .plan import mask_secrets
-    from .render import flatten
+    from .render import code_names, field_value, flatten
 
     current = _store(state_path, workspace, 0.0, "snapctl state show").read()
     entry = current.tasks.get(address)
@@ -1060,6 +1060,7 @@ def state_show(address, state_path, workspace, as_json, no_color):
                 "format_version": 1,
                 "address": address,
                 "request": mask_secrets(entry["request"]),
+                "names": code_names(entry["request"]),
                 "request_id": entry.get("request_id"),
                 "applied_at": entry.get("applied_at"),
                 "observed": seen,
@@ -1068,7 +1069,7 @@ def state_show(address, state_path, workspace, as_json, no_color):
         return
     out(f"# {address}\n")
     for path, value in flatten(entry["request"]):
-        out(f"{path} = {orjson.dumps(value).decode()}\n")
+        out(f"{path} = {field_value(value, path)}\n")
     out(f"# applied at {entry.get('applied_at')} (RequestId {entry.get('request_id') or '-'})\n")
     if seen is not None:
         reason = f" ({seen['stop_reason']})" if seen.get("stop_reason") else ""

@@ -57,7 +57,9 @@ class Style:
         return f"\x1b[{codes}m{text}\x1b[0m"
 
 
-def _value(value: Any, path: str = "") -> str:
+def field_value(value: Any, path: str = "") -> str:
+    """A field's value as plans and ``state show`` print it: JSON, secrets masked, and the
+    manifest's name beside an API code (``0 (jpeg)``)."""
     if value is None:
         return "(none)"
     if value == UNKNOWN_SECRET:
@@ -92,6 +94,12 @@ def _code_enums() -> dict[str, Any]:
 
 
 _CODES = _code_enums()
+
+
+def code_names(body: dict[str, Any] | None) -> dict[str, str]:
+    """The manifest's names of the API codes in ``body``, by flattened path (``{"ImageConfig.Format": "jpeg"}``)."""
+    names = {path: code_name(path, value) for path, value in flatten(body)}
+    return {path: name for path, name in names.items() if name is not None}
 
 
 def flatten(body: dict[str, Any] | list[Any] | None, prefix: str = "") -> list[tuple[str, Any]]:
@@ -168,9 +176,13 @@ def plan_text(plan: Plan, style: Style) -> str:
         width = max((len(c.path) for c in changes), default=0)
         for change in changes:
             if action.kind is ActionKind.create:
-                lines.append(style(f"      + {change.path.ljust(width)} = {_value(change.new, change.path)}", "green"))
+                lines.append(
+                    style(f"      + {change.path.ljust(width)} = {field_value(change.new, change.path)}", "green")
+                )
             elif action.kind is ActionKind.delete:
-                lines.append(style(f"      - {change.path.ljust(width)} = {_value(change.old, change.path)}", "red"))
+                lines.append(
+                    style(f"      - {change.path.ljust(width)} = {field_value(change.old, change.path)}", "red")
+                )
             else:
                 mark = (
                     style("  # forces replacement", "magenta")
@@ -178,8 +190,8 @@ def plan_text(plan: Plan, style: Style) -> str:
                     else ""
                 )
                 lines.append(
-                    f"      ~ {change.path.ljust(width)} = {_value(change.old, change.path)} -> "
-                    f"{_value(change.new, change.path)}{mark}"
+                    f"      ~ {change.path.ljust(width)} = {field_value(change.old, change.path)} -> "
+                    f"{field_value(change.new, change.path)}{mark}"
                 )
         lines.append("")
     lines.append(style(plan.summary.line(), "bold"))
@@ -221,9 +233,9 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
                 body.append(f"#     {action.reason}")
             for change in action_changes(action):
                 if action.kind is ActionKind.create:
-                    body.append(f"+     {change.path} = {_value(change.new, change.path)}")
+                    body.append(f"+     {change.path} = {field_value(change.new, change.path)}")
                 elif action.kind is ActionKind.delete:
-                    body.append(f"-     {change.path} = {_value(change.old, change.path)}")
+                    body.append(f"-     {change.path} = {field_value(change.old, change.path)}")
                 else:
                     note = (
                         "  # forces replacement"
@@ -231,7 +243,7 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
                         else ""
                     )
                     body.append(
-                        f"!     {change.path}: {_value(change.old, change.path)} -> {_value(change.new, change.path)}{note}"
+                        f"!     {change.path}: {field_value(change.old, change.path)} -> {field_value(change.new, change.path)}{note}"
                     )
         body.append("```")
         title = f"Room `{room}`: {len(actions)} action(s)"

@@ -279,6 +279,26 @@ def test_import_state_commands_and_force_unlock(work, env, server):
     assert unlocked.code == 0 and "not locked" in unlocked.stdout
 
 
+def test_state_show_names_codes_as_the_plan_does(work, env):
+    planned = snap(work, env, "plan", "--no-color").stdout
+    assert snap(work, env, "apply", "--auto-approve").code == 0
+    block = planned.split("# app1/RoomA/T2 will be created\n", 1)[1].split("\n\n", 1)[0]
+    plan_fields = dict(re.fullmatch(r"\s+\+ (\S+)\s+= (.*)", line).groups() for line in block.splitlines()[1:])
+    assert plan_fields["StorageConfig.CustomConfig.Vendor"] == "1 (oss)"
+    shown = snap(work, env, "state", "show", "app1/RoomA/T2")
+    assert shown.code == 0, shown.output
+    shown_fields = dict(line.split(" = ", 1) for line in shown.stdout.splitlines() if not line.startswith("#"))
+    assert shown_fields == plan_fields  # every field, codes named beside them, secrets masked alike
+    assert shown_fields["ImageConfig.Format"] == "0 (jpeg)" and shown_fields["StorageConfig.Type"] == "2 (custom)"
+    document = json.loads(snap(work, env, "state", "show", "app1/RoomA/T2", "--json").stdout)
+    assert document["request"]["StorageConfig"]["CustomConfig"]["Vendor"] == 1  # codes stay codes
+    assert document["names"] == {
+        "ImageConfig.Format": "jpeg",
+        "StorageConfig.Type": "custom",
+        "StorageConfig.CustomConfig.Vendor": "oss",
+    }
+
+
 def test_force_unlock_refuses_a_live_holder(work, env):
     holder = subprocess.Popen(
         [
