@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -134,11 +135,12 @@ def emulator(_shared_emulator_server) -> Emulator:
 
 @pytest.fixture
 def make_emulator():
-    """Start dedicated emulators: ``make_emulator(drop_rate=1, seed=3)``; all are stopped after the test."""
+    """Start dedicated emulators: ``make_emulator(drop_rate=1, seed=3)``; all are stopped after the test.
+    ``clock``: the monotonic clock its rate limits read (default: the real one)."""
     started: list[Emulator] = []
 
-    def make(**settings: Any) -> Emulator:
-        harness = Emulator(EmulatorServer(EmulatorConfig(**settings)).start())
+    def make(*, clock: Callable[[], float] = time.monotonic, **settings: Any) -> Emulator:
+        harness = Emulator(EmulatorServer(EmulatorConfig(**settings), clock=clock).start())
         started.append(harness)
         return harness
 

@@ -388,23 +388,46 @@ def test_body_size_limit(emulator):
 # -- rate limit ---------------------------------------------------------------------
 
 
-def test_qps_limit_per_action_with_sliding_window(emulator):
-    emulator.configure(qps=5)
-    began = time.monotonic()
-    statuses = [emulator.signed_post("StartSnapshot", start_body(TaskId=f"t{i}")).status_code for i in range(20)]
-    assert time.monotonic() - began < 1, "the burst must fit in one window for this test"
-    assert statuses == [200] * 5 + [429] * 15
+class HandClock:
+    """A monotonic clock the test sets: the rate limiter sees the moments the test chose,
+    however long the machine takes to send the requests."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_qps_limit_per_action_with_sliding_window(make_emulator):
+    clock = HandClock(1000.0)
+    emulator = make_emulator(qps=5, clock=clock)
+
+    def starts(prefix: str, count: int) -> list[int]:
+        return [
+            emulator.signed_post("StartSnapshot", start_body(TaskId=f"{prefix}{i}")).status_code for i in range(count)
+        ]
+
+    assert starts("t", 20) == [200] * 5 + [429] * 15  # 20 requests at one moment
     assert_error(emulator.signed_post("StartSnapshot", start_body(TaskId="more")), "FlowLimitExceeded")
     # The limit is per action.
     assert_ok(emulator.signed_post("StopSnapshot", key_of(start_body(TaskId="t0"))))
     stats = emulator.stats()
     assert stats["throttled"] == 16
     assert stats["by_action"]["StartSnapshot"] == {"total": 21, "outcomes": {"ok": 5, "FlowLimitExceeded": 16}}
-    # Throttled requests do not fill the window: one second after the accepted ones, 5 more pass.
-    time.sleep(max(0.0, began + 1.05 - time.monotonic()))
-    assert [emulator.signed_post("StartSnapshot", start_body(TaskId=f"u{i}")).status_code for i in range(6)] == [
-        200
-    ] * 5 + [429]
+    # The window is one second long, to the instant: full just before, empty at 1 s.
+    clock.now = 1000.999
+    assert starts("a", 1) == [429]
+    # Sliding, not one fixed window per second: 3 accepted at 1001.0 and 2 at 1001.5 fill it ...
+    clock.now = 1001.0
+    assert starts("b", 3) == [200] * 3
+    clock.now = 1001.5
+    assert starts("c", 3) == [200, 200, 429]
+    # ... and at 1002.0 only the 3 of 1001.0 have left it (refused requests never entered it).
+    clock.now = 1002.0
+    assert starts("d", 4) == [200, 200, 200, 429]
+    clock.now = 1002.5
+    assert starts("e", 3) == [200, 200, 429]
 
 
 def test_qps_zero_disables_the_limit(emulator):

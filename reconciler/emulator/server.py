@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from .app import EmulatorApp
 from .config import EmulatorConfig
@@ -62,9 +63,9 @@ class EmulatorServer:
     ...     server.url
     """
 
-    def __init__(self, config: EmulatorConfig | None = None):
+    def __init__(self, config: EmulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic):
         self.config = config or EmulatorConfig()
-        self.app = EmulatorApp(self.config)
+        self.app = EmulatorApp(self.config, clock=clock)
         self.url = ""
         self._server = None
         self._thread: threading.Thread | None = None
