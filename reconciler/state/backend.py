@@ -97,6 +97,15 @@ def check_binding(state: State, endpoint: str, region: str, location: str) -> No
         )
 
 
+@dataclass
+class _Queued:
+    """A record waiting for its group to be written."""
+
+    entry: dict[str, Any]
+    done: bool = False
+    error: BaseException | None = None
+
+
 class StateStore(abc.ABC):
     """Exclusive, crash-safe write access to one state.
 
@@ -115,8 +124,11 @@ class StateStore(abc.ABC):
         self._command = command
         self._binding: tuple[str, str] | None = None
         self._is_open = False
-        #: Records may come from several threads (apply writes them off its event loop): one at a time.
-        self._record_lock = threading.RLock()
+        # Records come from several threads at once (apply writes them off its event loop):
+        # they queue here and are written in groups, one group at a time (see _append).
+        self._group = threading.Condition()
+        self._queue: list[_Queued] = []
+        self._writing = False
         self.write_failure: WriteError | None = None
         self.state: State = State.new()
 
@@ -150,8 +162,9 @@ class StateStore(abc.ABC):
         """Who holds (or last held) the lock, as recorded; readable without the lock."""
 
     @abc.abstractmethod
-    def _journal(self, entry: dict[str, Any]) -> None:
-        """Make one record durable (``entry`` has op, address, serial), or raise WriteError."""
+    def _journal(self, entries: list[dict[str, Any]]) -> None:
+        """Make these records durable, in order, all or none (each has op, address, serial), or raise
+        WriteError. Whatever the error, none may count as written: the run treats each as lost."""
 
     @abc.abstractmethod
     def checkpoint(self) -> None:
@@ -227,24 +240,61 @@ class StateStore(abc.ABC):
         return error
 
     def _append(self, entry: dict[str, Any]) -> None:
-        """Journal ``entry`` durably, then apply it in memory; on a failed write neither happens."""
-        with self._record_lock:
-            self._append_locked(entry)
+        """Journal ``entry`` durably, then apply it in memory; on a failed write neither happens.
 
-    def _append_locked(self, entry: dict[str, Any]) -> None:
+        Group commit: a record that arrives while another group is being written waits, and the
+        next writer takes every waiting record into one durable write (one commit, one fsync),
+        so concurrent calls share the cost of durability. Each caller returns only once its own
+        record is durable, and every caller of a failed group gets its error.
+        """
+        queued = _Queued(entry)
+        with self._group:
+            self._queue.append(queued)
+            while self._writing and not queued.done:
+                self._group.wait()
+            if not queued.done:
+                self._writing = True
+                group, self._queue = self._queue, []
+        if not queued.done:
+            try:
+                self._write_group(group)
+            finally:
+                with self._group:
+                    self._writing = False
+                    self._group.notify_all()
+        if queued.error is not None:
+            raise queued.error
+
+    def _write_group(self, group: list[_Queued]) -> None:
+        entries = [queued.entry for queued in group]
+        try:
+            self._journal_entries(entries)
+        except BaseException as exc:
+            for queued in group:
+                queued.error = exc
+        for queued in group:
+            queued.done = True
+
+    def _journal_entries(self, entries: list[dict[str, Any]]) -> None:
         if not self._is_open:
             raise RuntimeError("state store is not open")
         if self.write_failure is not None:
             raise self.write_failure
-        if self._binding is not None and self.state.endpoint is None and entry["op"] in ("put", "delete"):
+        if (
+            self._binding is not None
+            and self.state.endpoint is None
+            and any(entry["op"] in ("put", "delete") for entry in entries)
+        ):
             # Bound with its first completed call: a run that reached no API binds nothing.
             self.state.endpoint, self.state.region = self._binding
             self.write_header()
         elif not self.state.exists:
             self.checkpoint()
-        entry["serial"] = self.state.serial + 1
-        self._journal(entry)
-        self.state.apply_entry(entry)
+        for number, entry in enumerate(entries, 1):
+            entry["serial"] = self.state.serial + number
+        self._journal(entries)
+        for entry in entries:
+            self.state.apply_entry(entry)
 
     def record_put(
         self, address: str, request_wire: dict[str, Any], request_id: str = "", applied_at: str | None = None
@@ -287,9 +337,9 @@ class StateStore(abc.ABC):
         """Before sending ``action``: remember that ``address`` may run ``request_wire`` (or, for a
         Stop, may have stopped) until the outcome is recorded. Returns the intent it replaced."""
         intent = {"action": action, "request": self.state.fingerprint(request_wire)}
-        with self._record_lock:
-            previous = self.state.pending.get(address)
-            self._append({"op": "intent", "address": address, "intent": intent})
+        # Only this task records for ``address`` (one record at a time), so nothing moves it meanwhile.
+        previous = self.state.pending.get(address)
+        self._append({"op": "intent", "address": address, "intent": intent})
         return previous
 
     def record_not_done(self, address: str, previous: dict[str, Any] | None) -> None:

@@ -3,7 +3,8 @@
 On disk a state is a JSON document (``snapctl.state.json``) plus, while an
 apply runs, an append-only journal beside it (``…json.journal``): one line per
 record (an intent before each API call, a put or delete after it), written and
-fsynced before the next step, so a process killed at any moment loses nothing.
+fsynced before the next step, so a process killed at any moment loses nothing
+(the records of concurrent calls share one write and one fsync).
 Opening the state for writing folds the journal back into the document (atomic
 write: temporary file, fsync, rename; the previous document kept as
 ``….backup``). Readers replay the journal too, so what they see is always
@@ -388,21 +389,22 @@ class FileStore(StateStore):
 
     # Recording ------------------------------------------------------------------------
 
-    def _journal(self, entry: dict[str, Any]) -> None:
+    def _journal(self, entries: list[dict[str, Any]]) -> None:
         if self._journal_torn:
             assert self.write_failure is not None
             raise self.write_failure
+        lines = b"".join(orjson.dumps(entry) + b"\n" for entry in entries)
         if self._journal_fd is None:
             jpath = journal_path(self.path)
             try:
                 self._journal_fd = os.open(jpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             except OSError as exc:
                 raise self._fail(write_error(exc, jpath, _KEPT)) from None
-            self._write_journal({"lineage": self.state.lineage, "base_serial": self.state.serial})
-        self._write_journal(entry)
+            self._write_journal(orjson.dumps({"lineage": self.state.lineage, "base_serial": self.state.serial}) + b"\n")
+        self._write_journal(lines)
 
-    def _write_journal(self, entry: dict[str, Any]) -> None:
-        """Append one line, whole and fsynced; a line cut short by a full disk is cut off again."""
+    def _write_journal(self, lines: bytes) -> None:
+        """Append whole lines, fsynced; lines cut short by a full disk are cut off again."""
         assert self._journal_fd is not None
         fd = self._journal_fd
         try:
@@ -410,7 +412,7 @@ class FileStore(StateStore):
         except OSError as exc:  # pragma: no cover - lseek on a regular file does not fail
             raise self._fail(write_error(exc, journal_path(self.path), _KEPT)) from None
         try:
-            write_all(fd, orjson.dumps(entry) + b"\n")
+            write_all(fd, lines)
             os.fdatasync(fd)
         except OSError as exc:
             try:
