@@ -8,16 +8,19 @@ import time
 
 
 class RateLimiter:
-    """Spaces calls at least ``1/qps`` apart and never lets more than ``qps``
-    start in any one-second window (a sliding log of the last ``qps`` starts
-    guards against bunching after a late wake-up). ``qps <= 0`` disables it.
+    """Starts calls on a regular schedule ``1/qps`` apart and never lets more than
+    ``qps`` start in any one-second window (a sliding log of the last ``qps`` starts
+    guards against bunching). ``qps <= 0`` disables it.
 
-    Every wake-up that comes late is time lost for good (the next call may not
-    start sooner than ``1/qps`` after it), and the event loop's timers wake up
-    late by design: the selector rounds its timeout up to whole milliseconds,
-    which at 150/s (6.7 ms apart) cost about a tenth of the rate. So the wait
-    sleeps until just before the slot and yields to the loop for the rest of
-    it (:attr:`SPIN_S` at most), starting each call on its slot.
+    The event loop's timers wake up late by design (the selector rounds its timeout
+    up to whole milliseconds, and a busy loop runs other callbacks first), and at
+    150/s (6.7 ms apart) a lateness that pushed every later slot back would cost
+    about a tenth of the rate. So the wait sleeps until just before the slot and
+    yields to the loop for the rest of it (:attr:`SPIN_S` at most), and a call that
+    still starts late does not delay the schedule: the next call may start at once
+    to catch up, by at most one interval (two calls are never closer than that
+    with another between them). Lateness beyond one interval is given up, never
+    made up in a burst.
     """
 
     #: Slack for the trip to the server: arrival times differ a little from send times.
@@ -48,7 +51,7 @@ class RateLimiter:
                 await self._wait_until(slot)
             sent = max(self._clock(), slot)
             self._window.append(sent)
-            self._next = sent + self._interval
+            self._next = max(slot, sent - self._interval) + self._interval
             return sent
 
     async def _wait_until(self, slot: float) -> None:

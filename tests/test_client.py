@@ -196,9 +196,12 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window():
     sent.sort()
     worst = max(sum(1 for t in sent[i:] if t < start + 1.0) for i, start in enumerate(sent))
     assert worst <= qps
-    # Smooth, not bursty. How close to the limit it runs is a speed figure, measured by
-    # bench/ (apply's tasks/s), not asserted here: wall time depends on the machine's load.
-    assert min(b - a for a, b in zip(sent, sent[1:])) >= 1 / qps * 0.999
+    # Smooth, not bursty: a late start may be caught up by the next call, but never by
+    # more than one interval (any two starts with one between are an interval apart).
+    # How close to the limit it runs is a speed figure, measured by bench/ (apply's
+    # tasks/s), not asserted here: wall time depends on the machine's load.
+    assert all(b >= a for a, b in zip(sent, sent[1:]))
+    assert min(c - a for a, c in zip(sent, sent[2:])) >= 1 / qps * 0.999
 
 
 def test_credentials_from_environment_then_file(tmp_path):
