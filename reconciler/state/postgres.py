@@ -231,7 +231,7 @@ class PostgresStore(StateStore):
                 pending: dict[str, dict[str, Any]] = {}
                 observed: dict[str, dict[str, Any]] = {}
                 with conn.cursor(name="snapctl_tasks") as cur:
-                    cur.itersize = 20000
+                    cur.itersize = 2000
                     cur.execute(
                         "SELECT address, entry::text, pending::text, observed::text FROM snapctl.tasks "
                         "WHERE workspace = %s",
