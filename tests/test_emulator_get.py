@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 
+from snapctl_testing import wait_for
 from test_emulator import BLOCKS, TOS, assert_error, assert_ok, start_body
 
 from reconciler import api
@@ -84,6 +85,24 @@ def test_unwritable_bucket_flag(make_emulator):
     emulator = make_emulator(unwritable_buckets=["snaps"])
     start(emulator)
     assert emulator.read(*KEY.values())["Status"] == 4
+
+
+def test_a_new_task_reads_not_started_for_the_start_delay_then_running(emulator):
+    emulator.configure(start_delay_ms=300)
+    start(emulator)
+    assert emulator.read(*KEY.values())["Status"] == 1
+    assert [t["Status"] for t in emulator.tasks()] == [1]
+    # Not started yet is not stopped: a second Start answers "already started", Update works.
+    assert emulator.signed_post("StartSnapshot", start_body()).json()["Result"].startswith("The task has been started")
+    assert_ok(emulator.signed_post("UpdateSnapshot", {**KEY, "ImageConfig": {"Interval": 3}}))
+    wait_for(lambda: emulator.read(*KEY.values())["Status"] == 2, timeout=10, what="Status 2")
+    assert emulator.stats()["tasks_running"] == 1
+
+
+def test_start_delay_flag(make_emulator):
+    emulator = make_emulator(start_delay_ms=60_000)
+    start(emulator)
+    assert emulator.read(*KEY.values())["Status"] == 1
 
 
 def test_out_of_band_rewrite_and_stop(emulator):

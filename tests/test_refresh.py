@@ -197,6 +197,26 @@ def test_converged_reconcile_round_sends_no_start(work, env, emulator):
     assert delta(before, emulator.url) == {"StartSnapshot": len(TASKS)}
 
 
+def test_tasks_not_started_yet_are_healthy_for_plan_status_and_reconcile(work, env, emulator):
+    emulator.configure(start_delay_ms=600_000)
+    converge(work, env, emulator)
+    assert {task["Status"] for task in emulator.tasks()} == {1}
+    before = counts(emulator.url)
+    plan = snap(work, env, "plan", "--refresh", "--detailed-exitcode")
+    assert plan.code == 0, plan.output
+    assert "6 not started" in plan.stdout and "No changes." in plan.stdout
+    shown = snap(work, env, "status", "--no-color")
+    assert shown.code == 0, shown.output
+    assert all("not_started" in line for line in shown.stdout.splitlines() if line.startswith("app1/"))
+    document = json.loads(snap(work, env, "status", "--json").stdout)
+    assert {(t["status"], t["api_status"]) for t in document["tasks"]} == {("not_started", 1)}
+    assert document["not_running"] == 0
+    round_ = snap(work, env, "reconcile", "--json")
+    assert round_.code == 0, round_.output
+    assert json.loads(round_.stdout)["observed"] == {"not_started": len(TASKS)}
+    assert delta(before, emulator.url) == {"GetSnapshotTask": 4 * len(TASKS)}
+
+
 def test_reconcile_fixes_drift_in_one_round(work, env, emulator):
     converge(work, env, emulator)
     drift(emulator)

@@ -429,7 +429,8 @@ class EmulatorApp:
         """Do the action; the ``Result``, or Refusal for a task that is not running (or not found)."""
         if action == "StartSnapshot":
             unwritable = frozenset(self.config.unwritable_buckets)
-            return "ok" if self.table.start(request, now, unwritable=unwritable) else ALREADY_STARTED
+            started = self.table.start(request, now, unwritable=unwritable, delay_s=self.config.start_delay_ms / 1000)
+            return "ok" if started else ALREADY_STARTED
         key = (request.app_id, request.room_id, request.task_id)
         if action == READ_ACTION:
             task = self.table.read(key, now, self.config.read_window_s)
@@ -471,7 +472,7 @@ class EmulatorApp:
     def _tasks(self, _body, now: float) -> dict[str, Any]:
         every = self.table.all(now)
         return {
-            "tasks": [task.view() for task in every if task.running],
+            "tasks": [task.view() | {"Status": task.reported_status(now)} for task in every if task.running],
             "stopped": [task.view() for task in every if not task.running],
         }
 

@@ -52,6 +52,13 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
     metavar="NAME",
     help="Storage it cannot write to: tasks storing there fail to start (Status 4, StartTaskFailed). Repeatable.",
 )
+@click.option(
+    "--start-delay-ms",
+    type=int,
+    default=0,
+    show_default=True,
+    help="How long a newly started task reads Status 1 (not started yet) before Status 2 (running).",
+)
 @click.option("--latency-ms", type=int, default=0, show_default=True, help="Delay added to every API answer.")
 @click.option("--jitter-ms", type=int, default=0, show_default=True, help="Random extra delay, up to this much.")
 @click.option(

@@ -27,6 +27,7 @@ RUNTIME_FIELDS = (
     "deny_apps",
     "unwritable_buckets",
     "api_path",
+    "start_delay_ms",
 )
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -64,6 +65,8 @@ class EmulatorConfig(BaseModel):
     #: Where the API is served: "/" as the real one, or a prefix such as "/api"
     #: to rehearse an endpoint behind a gateway that adds one.
     api_path: str = Field("/", pattern=r"^/[A-Za-z0-9._~/-]*$")
+    #: How long a newly started task reads Status 1 (not started yet) before Status 2 (running).
+    start_delay_ms: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _api_path_apart(self) -> EmulatorConfig:

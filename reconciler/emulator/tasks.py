@@ -42,7 +42,7 @@ class DataFileError(ValueError):
     """The data file exists but is not a task table this emulator wrote."""
 
 
-RUNNING, ENDED, FAILED = 2, 3, 4
+NOT_STARTED, RUNNING, ENDED, FAILED = 1, 2, 3, 4
 
 
 @dataclass(slots=True)
@@ -54,10 +54,16 @@ class Task:
     status: int = RUNNING
     stop_reason: str = ""
     ended_at: float = 0.0
+    #: Until then (epoch seconds) a running task reads Status 1, not started yet.
+    running_from: float = 0.0
 
     @property
     def running(self) -> bool:
         return self.status == RUNNING
+
+    def reported_status(self, now: float) -> int:
+        """The Status GetSnapshotTask reports: 1 while a running task has not started yet."""
+        return NOT_STARTED if self.running and now < self.running_from else self.status
 
     def end(self, reason: str, at: float) -> None:
         self.status, self.stop_reason, self.ended_at = ENDED, reason, at
@@ -175,9 +181,17 @@ class TaskTable:
         task = self.look(key, now)
         return task if task is not None and task.running else None
 
-    def start(self, request: StartSnapshotRequest, now: float, *, unwritable: frozenset[str] = frozenset()) -> bool:
+    def start(
+        self,
+        request: StartSnapshotRequest,
+        now: float,
+        *,
+        unwritable: frozenset[str] = frozenset(),
+        delay_s: float = 0.0,
+    ) -> bool:
         """Start a task; False when it is already running (and then it is left as it is).
-        A task whose bucket is in ``unwritable`` fails to start (Status 4, StartTaskFailed)."""
+        A task whose bucket is in ``unwritable`` fails to start (Status 4, StartTaskFailed);
+        another reads Status 1 (not started yet) for ``delay_s`` seconds."""
         key = (request.app_id, request.room_id, request.task_id)
         running = self.get(key, now) is not None
         # A start means the room's streams publish (again).
@@ -185,7 +199,7 @@ class TaskTable:
             self._changed()
         if running:
             return False
-        task = Task(masked_wire(request), now, now)
+        task = Task(masked_wire(request), now, now, running_from=now + delay_s)
         if bucket_of(task.request) in unwritable:
             task.status, task.stop_reason, task.ended_at = FAILED, "StartTaskFailed", now
         self.tasks[key] = task
@@ -213,7 +227,7 @@ class TaskTable:
         return {
             "StartTime": int(task.started_at * 1000),
             "EndTime": int(task.ended_at * 1000) if not task.running else 0,
-            "Status": task.status,
+            "Status": task.reported_status(now),
             "StopReason": task.stop_reason,
             "MaxIdleTime": request["MaxIdleTime"],
             "ImageConfig": dict(request["ImageConfig"]),
