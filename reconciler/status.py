@@ -20,7 +20,15 @@ from .commands import (
 )
 from .render import Style
 
-_COLOURS = {"running": "green", "not_started": "green", "ended": "red", "failed": "red", "unknown": "yellow"}
+_COLOURS = {
+    "running": "green",
+    "not_started": "green",
+    "ended": "red",
+    "failed": "red",
+    "unknown": "yellow",
+    "unobserved": "yellow",
+}
+_HEALTHY = ("running", "not_started")
 
 
 @click.command(short_help="Show what runs: one line per task, read with GetSnapshotTask.")
@@ -29,19 +37,36 @@ _COLOURS = {"running": "green", "not_started": "green", "ended": "red", "failed"
 @click.option(
     "--target", "targets", multiple=True, metavar="ADDR", help="Limit to APP/ROOM/TASK (or APP/ROOM, APP). Repeatable."
 )
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Show what the state last observed (apply --refresh, reconcile, import) without calling the API.",
+)
 @api_options
 @output_options
 @handle_errors
-def status(paths, state_path, workspace, targets, endpoint, qps, read_qps, parallelism, timeout_s, as_json, no_color):
+def status(
+    paths, state_path, workspace, targets, offline, endpoint, qps, read_qps, parallelism, timeout_s, as_json, no_color
+):
     """Read every declared task (and every task in the state) with GetSnapshotTask
     and show its status, stop reason, start and end.
 
+    With --offline, show instead each task's last observation kept in the state
+    (and when it was made), tasks never observed, and tasks with a call not
+    settled yet: no credentials needed, nothing sent.
+
     Exit status: 0 when every declared task runs (or waits for its streams),
-    2 when some do not (ended, failed or unknown), 1 on errors.
+    2 when some do not (ended, failed or unknown; with --offline also never
+    observed), 1 on errors.
     """
     from . import engine
     from .commands import _load, _settings, _store
 
+    if offline:
+        manifests = _load(paths)
+        state = _store(state_path, workspace, 0.0, "snapctl status").read()
+        _offline_status(manifests, state, engine.refresh_scope(manifests, state, targets), as_json, no_color)
+        return
     settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
     target = settings.target()
     manifests = _load(paths)
@@ -86,5 +111,75 @@ def status(paths, state_path, workspace, targets, endpoint, qps, read_qps, paral
         out(summary + ".\n")
     if errors:
         sys.exit(EXIT_ERROR)
+    if not_running:
+        sys.exit(EXIT_CHANGES)
+
+
+def _offline_status(manifests, state, scope, as_json: bool, no_color: bool) -> None:
+    """``status --offline``: each task's last observation as the state keeps it."""
+    rows = []
+    for address in scope:
+        seen = state.observed.get(address) or {}
+        intent = state.pending.get(address)
+        rows.append(
+            {
+                "address": address,
+                "status": seen.get("status", "unobserved"),
+                "api_status": None,
+                "stop_reason": seen.get("stop_reason"),
+                "started": seen.get("started"),
+                "ended": seen.get("ended"),
+                "detail": None if seen else "never observed",
+                "declared": address in manifests.tasks,
+                "observed_since": seen.get("since"),
+                "pending": intent["action"] if intent else None,
+            }
+        )
+    declared = [row for row in rows if row["declared"]]
+    not_running = [row for row in declared if row["status"] not in _HEALTHY]
+    unobserved = [row for row in rows if row["status"] == "unobserved"]
+    pending = [row for row in rows if row["pending"]]
+    if as_json:
+        print_json(
+            {
+                "format_version": 1,
+                "type": "status",
+                "offline": True,
+                "tasks": rows,
+                "declared": len(declared),
+                "running": len(declared) - len(not_running),
+                "not_running": len(not_running),
+                "errors": 0,
+                "unobserved": len(unobserved),
+                "pending": len(pending),
+            }
+        )
+    else:
+        style = Style(colour_enabled(sys.stdout, no_color))
+        width = max([len("ADDRESS"), *(len(row["address"]) for row in rows)])
+        out(
+            f"{'ADDRESS'.ljust(width)}  {'STATUS':<11}  {'STOP REASON':<17}  {'STARTED':<25}  "
+            f"{'ENDED':<25}  OBSERVED SINCE\n"
+        )
+        for row in rows:
+            status_text = row["status"] + ("" if row["declared"] else "*")
+            line = (
+                f"{row['address'].ljust(width)}  {status_text:<11}  {row['stop_reason'] or '-':<17}  "
+                f"{row['started'] or '-':<25}  {row['ended'] or '-':<25}  {row['observed_since'] or 'never'}"
+            )
+            out(style(line, _COLOURS.get(row["status"], "yellow")) + "\n")
+            if row["pending"]:
+                out(f"{''.ljust(width)}  (pending: a {row['pending']} not settled yet)\n")
+        summary = (
+            f"Offline, from the state: {len(declared) - len(not_running)} of {len(declared)} declared task(s) "
+            f"last observed running"
+        )
+        if unobserved:
+            summary += f"; {len(unobserved)} never observed"
+        if pending:
+            summary += f"; {len(pending)} with a pending call"
+        if len(rows) > len(declared):
+            summary += f"; * = in the state, not declared ({len(rows) - len(declared)})"
+        out(summary + ".\n")
     if not_running:
         sys.exit(EXIT_CHANGES)

@@ -217,6 +217,69 @@ def test_tasks_not_started_yet_are_healthy_for_plan_status_and_reconcile(work, e
     assert delta(before, emulator.url) == {"GetSnapshotTask": 4 * len(TASKS)}
 
 
+def offline(work, env, emulator, *args):
+    """``status --offline`` without API credentials; asserts that no request reached the emulator."""
+    before = stats(emulator.url)["total"]
+    no_keys = {k: v for k, v in env.items() if k not in ("VOLC_ACCESSKEY", "VOLC_SECRETKEY")}
+    shown = run_snapctl(["status", "--offline", "--no-color", *args], cwd=work, env=no_keys)
+    assert stats(emulator.url)["total"] == before, shown.output
+    assert "Traceback" not in shown.stderr
+    return shown
+
+
+def test_status_offline_shows_the_last_observations_kept_in_the_state(work, env, emulator):
+    from reconciler.state import FileStore
+
+    converge(work, env, emulator)
+    never = offline(work, env, emulator)
+    assert never.code == 2, never.output
+    rows = [line for line in never.stdout.splitlines() if line.startswith("app1/")]
+    assert len(rows) == len(TASKS) and all("unobserved" in row and row.endswith("never") for row in rows)
+    assert "0 of 6 declared task(s) last observed running; 6 never observed." in never.stdout
+    assert snap(work, env, "reconcile").code == 0
+    # Stopped since the last observation: the state does not know, and offline means no read.
+    emulator.admin("stop-task", key("app1/Main/Stop"))
+    seen = offline(work, env, emulator)
+    assert seen.code == 0, seen.output
+    assert "6 of 6 declared task(s) last observed running." in seen.stdout
+    assert snap(work, env, "reconcile").code == 0  # observes it ended (and starts it again)
+    with FileStore(work / "state" / "snapctl.state.json") as store:
+        store.record_intent("app1/Main/Fine", "StartSnapshot", {**key("app1/Main/Fine")})
+    ended = offline(work, env, emulator)
+    assert ended.code == 2, ended.output
+    line = next(line for line in ended.stdout.splitlines() if line.startswith("app1/Main/Stop"))
+    assert "ended" in line and "StopByAPI" in line and "never" not in line
+    assert "(pending: a StartSnapshot not settled yet)" in ended.stdout and "1 with a pending call" in ended.stdout
+    document = json.loads(offline(work, env, emulator, "--json").stdout)
+    assert (document["offline"], document["declared"], document["not_running"], document["pending"]) == (
+        True,
+        len(TASKS),
+        1,
+        1,
+    )
+    by_address = {t["address"]: t for t in document["tasks"]}
+    assert (by_address["app1/Main/Stop"]["status"], by_address["app1/Main/Stop"]["stop_reason"]) == (
+        "ended",
+        "StopByAPI",
+    )
+    assert by_address["app1/Main/Stop"]["observed_since"] and by_address["app1/Main/Fine"]["pending"] == "StartSnapshot"
+    assert offline(work, env, emulator, "--target", "app1/Main/Fine").code == 0
+    (work / "broken.json").write_text("{bad")
+    broken = offline(work, env, emulator, "--state", str(work / "broken.json"))
+    assert broken.code == 1 and broken.stderr.startswith("Error: ") and "not valid JSON" in broken.stderr
+
+
+def test_status_offline_reads_a_postgresql_state(work, env, emulator, pg):
+    shared = env | {"SNAPCTL_STATE": pg.state_url}
+    converge(work, shared, emulator)
+    assert offline(work, shared, emulator).code == 2
+    assert snap(work, shared, "reconcile").code == 0
+    document = json.loads(offline(work, shared, emulator, "--json").stdout)
+    assert {t["status"] for t in document["tasks"]} == {"running"} and document["running"] == len(TASKS)
+    assert all(t["observed_since"] for t in document["tasks"])
+    assert offline(work, shared, emulator).code == 0
+
+
 def test_reconcile_fixes_drift_in_one_round(work, env, emulator):
     converge(work, env, emulator)
     drift(emulator)
