@@ -164,9 +164,12 @@ def pg_server():
     server = PgServer()
     try:
         server.start()
+        failure = None
     except (PgServerError, OSError, subprocess.SubprocessError) as exc:
         server.stop()
-        pytest.fail(f"cannot start the test PostgreSQL server: {exc}", pytrace=False)
+        failure = f"cannot start the test PostgreSQL server: {exc}"
+    if failure is not None:  # outside the except block: one message, not the exception chained twice
+        pytest.fail(failure, pytrace=False)
     yield server
     server.stop()
 

@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL server for the tests and the benchmark.
 
-``PgServer().start()`` runs the machine's ``initdb`` and ``pg_ctl`` (found in PATH
-or under /usr/lib/postgresql/*/bin) on a free loopback port, in a temporary
+``PgServer().start()`` runs the machine's ``initdb`` and ``pg_ctl`` (found in
+``$SNAPCTL_PG_BINDIR`` when set, else in PATH or under /usr/lib/postgresql/*/bin)
+on a free loopback port, in a temporary
 directory that ``stop()`` removes. PostgreSQL refuses to run as root, so as root
 the server runs as the unprivileged ``postgres`` user. Clients log in as a role
 with a password (``url``), so the tests see the password handling for real.
@@ -23,6 +24,9 @@ import psycopg
 
 ROLE = "snapctl_test"
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
+#: A directory holding initdb, pg_ctl and pg_dump, used instead of PATH and BIN_GLOB.
+BINDIR_ENV = "SNAPCTL_PG_BINDIR"
+INSTALL_ADVICE = "install PostgreSQL (apt-get install -y postgresql), as .ci/run does"
 
 
 class PgServerError(RuntimeError):
@@ -30,17 +34,24 @@ class PgServerError(RuntimeError):
 
 
 def find_binary(name: str) -> str:
-    """``name`` (initdb, pg_ctl, pg_dump) from PATH, else from the newest /usr/lib/postgresql/*/bin."""
+    """``name`` (initdb, pg_ctl, pg_dump) from ``$SNAPCTL_PG_BINDIR`` when set, else from
+    PATH, else from the newest /usr/lib/postgresql/*/bin."""
+    bindir = os.environ.get(BINDIR_ENV)
+    if bindir:
+        found = shutil.which(name, path=bindir)
+        if found:
+            return found
+        raise PgServerError(
+            f"PostgreSQL's {name} is not in {BINDIR_ENV}={bindir}; point {BINDIR_ENV} at the "
+            f"directory that holds initdb and pg_ctl, or unset it and {INSTALL_ADVICE}"
+        )
     found = shutil.which(name)
     if found:
         return found
     candidates = sorted(glob.glob(f"{BIN_GLOB}/{name}"), key=lambda p: int(p.split("/")[-3].split(".")[0]))
     if candidates:
         return candidates[-1]
-    raise PgServerError(
-        f"PostgreSQL's {name} is not installed (looked in PATH and {BIN_GLOB}); "
-        "install it (apt-get install -y postgresql) or run .ci/run, which does"
-    )
+    raise PgServerError(f"PostgreSQL's {name} is not installed (looked in PATH and {BIN_GLOB}); {INSTALL_ADVICE}")
 
 
 def free_port() -> int:
