@@ -317,6 +317,23 @@ def test_ci_templates_run_in_order_converge_and_fail_loudly(tmp_path, emulator, 
     assert done.returncode == 0 and "Apply complete! Tasks: 1 added" in done.stdout, done.stdout + done.stderr
     assert len(tasks(emulator.url)) == 5
     started_once(emulator.url, 5)
+    # A task that fails to start although StartSnapshot answered "ok": both templates' convergence
+    # check reads what runs and fails the job; once storage works, the next apply restarts it.
+    emulator.configure(unwritable_buckets=["b"])
+    for work, env_job, template in (
+        (gl, env_gl, "gitlab-ci.yml"),
+        (main, template_env(main, env_main), "github-actions.yml"),
+    ):
+        (work / "manifests" / "app.yaml").write_text(manifest(n=6))
+        failed = run_template_steps(docs / template, "apply", env_job, work)
+        assert failed.returncode == 2, (template, failed.stdout + failed.stderr)
+        assert "Apply complete!" in failed.stdout and "failed (StartTaskFailed)" in failed.stdout, failed.stdout
+    emulator.configure(unwritable_buckets=[])
+    done = run_template_steps(docs / "gitlab-ci.yml", "apply", env_gl, gl)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No changes." in done.stdout.split("Apply complete!")[-1] and len(tasks(emulator.url)) == 6
+    for template in docs.glob("*.yml"):
+        assert "|| true" not in template.read_text(), template
 
 
 def test_observations_of_a_refresh_are_kept_in_the_database(tmp_path, emulator, pg):
