@@ -331,22 +331,12 @@ def make_plan(
     unknown: list[UnknownTask] = []
     observed: dict[str, int] = {}
     legacy: list[str] = []
-    for address in addresses:
-        if targets and not in_targets(address, targets):
-            continue
-        want = desired.get(address)
-        entry = tasks.get(address)
-        have = entry.get("request") if entry is not None else None
-        if want is not None:
-            if secrets_unknown:
-                want = _secrets_as_known(fingerprint(want), have)
-            elif have is not None and has_legacy_fingerprints(have):
-                # Compare an old HMAC fingerprint with the same kind, so an unchanged secret stays unchanged.
-                want = state.fingerprint(dict(want), like=have)
-                if want == have:
-                    legacy.append(address)
-            else:
-                want = fingerprint(want)
+    # A task whose secrets' scrypt fingerprints are still being computed (in the background)
+    # is planned after the others: the loop goes on meanwhile.
+    deferred: list[tuple[str, Mapping[str, Any], dict[str, Any] | None]] = []
+
+    def plan_task(address: str, want: dict[str, Any] | None, have: dict[str, Any] | None) -> None:
+        nonlocal unchanged
         seen = observations.get(address) if observations is not None else None
         if seen is not None:
             observed[seen.observed.value] = observed.get(seen.observed.value, 0) + 1
@@ -358,7 +348,7 @@ def make_plan(
                     unchanged += 1
                 else:
                     actions.append(action)
-                continue
+                return
         if have is None:
             actions.append(PlannedAction(address=address, kind=ActionKind.create, desired=want, reason=CREATE_REASON))
         elif want is None:
@@ -387,6 +377,34 @@ def make_plan(
             actions.append(
                 PlannedAction(address=address, kind=kind, desired=want, current=have, changes=changes, reason=reason)
             )
+
+    for address in addresses:
+        if targets and not in_targets(address, targets):
+            continue
+        want = desired.get(address)
+        entry = tasks.get(address)
+        have = entry.get("request") if entry is not None else None
+        if want is not None:
+            if secrets_unknown:
+                want = _secrets_as_known(fingerprint(want), have)
+            elif have is not None and has_legacy_fingerprints(have):
+                # Compare an old HMAC fingerprint with the same kind, so an unchanged secret stays unchanged.
+                want = state.fingerprint(dict(want), like=have)
+                if want == have:
+                    legacy.append(address)
+            else:
+                done = fingerprint.fingerprinted(want, wait=False)
+                if done is None:
+                    deferred.append((address, want, have))
+                    continue
+                want = done
+        plan_task(address, want, have)
+    if deferred:
+        for address, want, have in deferred:
+            plan_task(address, fingerprint(want), have)
+        # Back in address order, as if planned in turn.
+        actions.sort(key=lambda a: a.address)
+        unknown.sort(key=lambda u: u.address)
     if state.pending and not destroy:
         planned = {a.address for a in actions}
         for address, intent in sorted(state.pending.items()):
@@ -524,6 +542,13 @@ class _Fingerprints:
         self.memo: dict[tuple, Any] = {}
 
     def __call__(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        done = self.fingerprinted(request, wait=True)
+        assert done is not None
+        return done
+
+    def fingerprinted(self, request: Mapping[str, Any], *, wait: bool) -> dict[str, Any] | None:
+        """The request fingerprinted; without ``wait``, None while its secrets' fingerprints
+        are being computed (they are started in the background then)."""
         request = request if type(request) is dict else dict(request)
         if not _holds_secret(request):
             return request
@@ -539,9 +564,23 @@ class _Fingerprints:
                 return self.state.fingerprint(dict(request))
             done = self.memo.get(key)
             if done is None:
+                if not wait and not self.state.prefetch_fingerprints(_secret_values({top: value})):
+                    return None
                 done = self.memo[key] = self.state.fingerprint({top: value})[top]
             out[top] = done
         return out
+
+
+def _secret_values(request: Mapping[str, Any]) -> list[Any]:
+    """The secret values ``state.fingerprint`` would fingerprint (scrypt) in ``request``."""
+    values = []
+    for path in SECRET_FIELDS:
+        parent: Any = request
+        for part in path[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and path[-1] in parent and not is_fingerprint(parent[path[-1]]):
+            values.append(parent[path[-1]])
+    return values
 
 
 def _holds_secret(request: dict[str, Any]) -> bool:

@@ -127,6 +127,27 @@ def test_order_is_deterministic():
     assert [a.address for a in make_plan(desired, State.new()).actions] == ["a/r/t1", "a/r/t2", "a/r/t3"]
 
 
+def test_tasks_waiting_for_their_secrets_fingerprints_keep_their_place():
+    # A fresh state knows no fingerprint: tasks with secrets wait for scrypt (computed in the
+    # background) and are planned after the others; the plan must not show it.
+    plain = {k: v for k, v in BASE.items() if k != "StorageConfig"}
+    state = state_with(**{f"a__r__t{i:02}": BASE if i % 2 else plain for i in range(0, 30, 3)})
+    state._memo.clear()
+    desired = {
+        f"a/r/t{i:02}": (changed(ImageConfig__Interval=5) if i % 3 else BASE) if i % 2 else plain for i in range(30)
+    }
+    plan = make_plan(desired, state)
+    assert [a.address for a in plan.actions] == sorted(
+        a for a in desired if a[-2:] not in {f"{i:02}" for i in range(0, 30, 3)}
+    )
+    assert plan.unchanged == 10
+    reference = state_with()
+    reference.fingerprint_key = state.fingerprint_key
+    for action in plan.actions:
+        assert action.kind is ActionKind.create
+        assert action.desired == reference.fingerprint(desired[action.address])
+
+
 def test_diff_of_lists_names_the_index():
     old = changed(TargetStreams={"StreamList": [{"UserId": "u1"}]})
     new = changed(TargetStreams={"StreamList": [{"UserId": "u2"}]})

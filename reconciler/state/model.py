@@ -16,7 +16,8 @@ import hashlib
 import hmac
 import secrets as _secrets
 import uuid
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,8 +160,10 @@ class State:
     endpoint: str | None = None
     region: str | None = None
     fingerprint_params: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_FINGERPRINT_PARAMS))
-    #: Fingerprints computed in this run, by (kind, value): a plan asks for the same secret many times.
-    _memo: dict[tuple[str, str], str] = field(default_factory=dict, repr=False, compare=False)
+    #: Fingerprints computed in this run, by (kind, value, salt and cost): a plan asks for the same secret many times.
+    _memo: dict[tuple, str] = field(default_factory=dict, repr=False, compare=False)
+    #: scrypt fingerprints being computed in the background (see :meth:`prefetch_fingerprints`).
+    _computing: dict[tuple, Future[str]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def new(cls) -> State:
@@ -189,32 +192,70 @@ class State:
         self.pending = dict(other.pending)
         self.observed = dict(other.observed)
         self._memo = {}
+        self._computing = {}
 
     # Fingerprints ----------------------------------------------------------------
+
+    def _memo_key(self, kind: str, text: str) -> tuple:
+        p = self.fingerprint_params
+        return (kind, text, self.fingerprint_key, p.get("n"), p.get("r"), p.get("p"))
+
+    @staticmethod
+    def _scrypt(text: str, salt: str, p: Mapping[str, Any]) -> str:
+        raw = hashlib.scrypt(
+            text.encode(),
+            salt=salt.encode(),
+            n=p["n"],
+            r=p["r"],
+            p=p["p"],
+            maxmem=256 * p["n"] * p["r"] + 2**20,
+            dklen=16,
+        )
+        return FINGERPRINT_PREFIX + raw.hex()
 
     def secret_fingerprint(self, value: Any, *, legacy: bool = False) -> str:
         """The fingerprint of one secret value (scrypt, or the old HMAC to compare with an old state)."""
         text = str(value)
-        key = ("hmac" if legacy else "scrypt", text)
+        key = self._memo_key("hmac" if legacy else "scrypt", text)
         done = self._memo.get(key)
         if done is None:
-            if legacy:
+            computing = self._computing.pop(key, None)
+            if computing is not None:
+                done = computing.result()
+            elif legacy:
                 digest = hmac.new(self.fingerprint_key.encode(), text.encode(), hashlib.sha256).hexdigest()
                 done = LEGACY_FINGERPRINT_PREFIX + digest[:32]
             else:
-                p = self.fingerprint_params
-                raw = hashlib.scrypt(
-                    text.encode(),
-                    salt=self.fingerprint_key.encode(),
-                    n=p["n"],
-                    r=p["r"],
-                    p=p["p"],
-                    maxmem=256 * p["n"] * p["r"] + 2**20,
-                    dklen=16,
-                )
-                done = FINGERPRINT_PREFIX + raw.hex()
+                done = self._scrypt(text, self.fingerprint_key, self.fingerprint_params)
             self._memo[key] = done
         return done
+
+    def prefetch_fingerprints(self, values: Iterable[Any]) -> bool:
+        """Whether the scrypt fingerprints of ``values`` are all known; those that are not
+        start being computed in a background thread (scrypt leaves the GIL), so that the
+        caller can do other work meanwhile. :meth:`secret_fingerprint` takes them over."""
+        ready = True
+        missing: dict[tuple, str] = {}
+        for value in values:
+            text = str(value)
+            key = self._memo_key("scrypt", text)
+            if key in self._memo:
+                continue
+            computing = self._computing.get(key)
+            if computing is None:
+                missing[key] = text
+            elif computing.done():
+                self.secret_fingerprint(text)
+            else:
+                ready = False
+        if missing:
+            # One thread for them all: scrypt's memory is taken once at a time.
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint")
+            params = dict(self.fingerprint_params)
+            for key, text in missing.items():
+                self._computing[key] = pool.submit(self._scrypt, text, self.fingerprint_key, params)
+            pool.shutdown(wait=False)
+        return ready and not missing
 
     def fingerprint(self, request: dict[str, Any], *, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A copy of a wire request with every secret replaced by its fingerprint.
