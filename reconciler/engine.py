@@ -6,21 +6,25 @@ directly with their own client and paths.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import api
-from .apply import ActionResult, Applier, ApplyReport
-from .client import RetryPolicy, SnapshotClient
 from .errors import ApiError, AuthError, UsageError
 from .manifest import ManifestSet, load_manifests
 from .plan import Plan, check_plan_current, check_plan_unchanged, in_targets, make_plan, observations_of
 from .runenv import RunEnv, resolve
-from .signing import SigningKey
 from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, check_binding, read_state, store_for
+
+# The API client and the applier (and asyncio with them) load only for a command that calls
+# the API: an offline plan never needs them.
+if TYPE_CHECKING:
+    from .apply import ActionResult, Applier, ApplyReport
+    from .client import SnapshotClient
+    from .signing import SigningKey
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Settings:
         return env.endpoint, env.region
 
     def client(self, key: SigningKey | None = None, **kwargs) -> SnapshotClient:
+        from .client import RetryPolicy, SnapshotClient
         from .logs import client_event
 
         env = self.resolve(credentials=key is None)
@@ -148,6 +153,8 @@ async def refresh_tasks(
     fingerprinted with the state's key. A read that fails after its retries is
     an ``unknown`` observation saying why; a credentials or permission error
     ends the refresh (every other read would fail the same way)."""
+    import asyncio
+
     semaphore = asyncio.Semaphore(max(1, parallelism))
 
     async def one(address: str) -> api.Observation:
@@ -182,6 +189,7 @@ def refresh(
     on_observation: Callable[[api.Observation], None] | None = None,
 ) -> dict[str, api.Observation]:
     """:func:`refresh_tasks` on its own event loop; the client is closed after."""
+    import asyncio
 
     async def run() -> dict[str, api.Observation]:
         async with client:
@@ -268,6 +276,10 @@ def run_apply(
         task = manifests.tasks.get(address)
         if task is not None:
             store.upgrade_fingerprints(address, task.request.wire())
+    import asyncio
+
+    from .apply import Applier
+
     applier = Applier(
         client, store, requests_of(manifests), parallelism=parallelism, on_result=on_result, stop_event=stop_event
     )
