@@ -24,6 +24,7 @@ _COLOURS = {
     "running": "green",
     "not_started": "green",
     "ended": "red",
+    "started": "green",
     "failed": "red",
     "unknown": "yellow",
     "unobserved": "yellow",
@@ -40,7 +41,8 @@ _HEALTHY = ("running", "not_started")
 @click.option(
     "--offline",
     is_flag=True,
-    help="Show what the state last observed (apply --refresh, reconcile, import) without calling the API.",
+    help="Show what the state last knows (observations of apply --refresh, reconcile, import; starts "
+    "recorded since) without calling the API.",
 )
 @api_options
 @output_options
@@ -51,13 +53,14 @@ def status(
     """Read every declared task (and every task in the state) with GetSnapshotTask
     and show its status, stop reason, start and end.
 
-    With --offline, show instead each task's last observation kept in the state
-    (and when it was made), tasks never observed, and tasks with a call not
-    settled yet: no credentials needed, nothing sent.
+    With --offline, show instead what the state last knows of each task: its
+    last observation (and when it was made), or "started" when snapctl started
+    it after that observation (or it was never observed), "absent" when it was
+    never applied, and a call not settled yet: no credentials needed, nothing sent.
 
-    Exit status: 0 when every declared task runs (or waits for its streams),
-    2 when some do not (ended, failed or unknown; with --offline also never
-    observed), 1 on errors.
+    Exit status: 0 when every declared task runs (or waits for its streams;
+    with --offline also "started"), 2 when some do not (ended, failed or
+    unknown; with --offline also absent), 1 on errors.
     """
     from . import engine
     from .commands import _load, _settings, _store
@@ -115,29 +118,55 @@ def status(
         sys.exit(EXIT_CHANGES)
 
 
+def _newer(entry: dict, seen: dict) -> bool:
+    """Whether the task's record (a start) came after its last observation: by the serials
+    they were written at, else (a state written before they were kept) by their times,
+    a tie going to the start, since a round observes first and starts after."""
+    if entry.get("serial") is not None and seen.get("serial") is not None:
+        return entry["serial"] > seen["serial"]
+    return entry.get("applied_at", "") >= seen.get("since", "")
+
+
+def _described(seen: dict) -> str:
+    """``ended (IdleTimeOut) at TIME`` from an observation the state keeps."""
+    reason = f" ({seen['stop_reason']})" if seen.get("stop_reason") else ""
+    return f"{seen.get('status', 'unknown').replace('_', ' ')}{reason} at {seen.get('since')}"
+
+
 def _offline_status(manifests, state, scope, as_json: bool, no_color: bool) -> None:
     """``status --offline``: each task's last observation as the state keeps it."""
     rows = []
     for address in scope:
         seen = state.observed.get(address) or {}
+        entry = state.tasks.get(address)
+        applied = entry.get("applied_at") if entry is not None else None
         intent = state.pending.get(address)
+        status, detail = seen.get("status", "unobserved"), None if seen else "never observed"
+        if applied is not None and (not seen or _newer(entry, seen)):
+            status = "started"
+            before = f"after it was last observed {_described(seen)}" if seen else "never observed since"
+            detail = f"started by snapctl at {applied}, {before}"
+        elif entry is None and not seen:
+            status, detail = "absent", "not in the state: never applied"
         rows.append(
             {
                 "address": address,
-                "status": seen.get("status", "unobserved"),
+                "status": status,
                 "api_status": None,
-                "stop_reason": seen.get("stop_reason"),
-                "started": seen.get("started"),
-                "ended": seen.get("ended"),
-                "detail": None if seen else "never observed",
+                "stop_reason": seen.get("stop_reason") if status != "started" else None,
+                "started": seen.get("started") if status != "started" else None,
+                "ended": seen.get("ended") if status != "started" else None,
+                "detail": detail,
                 "declared": address in manifests.tasks,
                 "observed_since": seen.get("since"),
+                "applied_at": applied,
                 "pending": intent["action"] if intent else None,
             }
         )
     declared = [row for row in rows if row["declared"]]
-    not_running = [row for row in declared if row["status"] not in _HEALTHY]
-    unobserved = [row for row in rows if row["status"] == "unobserved"]
+    not_running = [row for row in declared if row["status"] not in (*_HEALTHY, "started")]
+    unobserved = [row for row in rows if row["observed_since"] is None]
+    started = [row for row in rows if row["status"] == "started"]
     pending = [row for row in rows if row["pending"]]
     if as_json:
         print_json(
@@ -151,6 +180,7 @@ def _offline_status(manifests, state, scope, as_json: bool, no_color: bool) -> N
                 "not_running": len(not_running),
                 "errors": 0,
                 "unobserved": len(unobserved),
+                "started": len(started),
                 "pending": len(pending),
             }
         )
@@ -168,12 +198,16 @@ def _offline_status(manifests, state, scope, as_json: bool, no_color: bool) -> N
                 f"{row['started'] or '-':<25}  {row['ended'] or '-':<25}  {row['observed_since'] or 'never'}"
             )
             out(style(line, _COLOURS.get(row["status"], "yellow")) + "\n")
+            if row["status"] == "started":
+                out(f"{''.ljust(width)}  ({row['detail']})\n")
             if row["pending"]:
                 out(f"{''.ljust(width)}  (pending: a {row['pending']} not settled yet)\n")
         summary = (
             f"Offline, from the state: {len(declared) - len(not_running)} of {len(declared)} declared task(s) "
-            f"last observed running"
+            f"running as last known"
         )
+        if started:
+            summary += f"; {len(started)} started by snapctl since their last observation"
         if unobserved:
             summary += f"; {len(unobserved)} never observed"
         if pending:

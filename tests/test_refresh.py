@@ -231,19 +231,32 @@ def test_status_offline_shows_the_last_observations_kept_in_the_state(work, env,
     from reconciler.state import FileStore
 
     converge(work, env, emulator)
+    # Applied, never observed: what the state knows is that snapctl started them.
     never = offline(work, env, emulator)
-    assert never.code == 2, never.output
+    assert never.code == 0, never.output
     rows = [line for line in never.stdout.splitlines() if line.startswith("app1/")]
-    assert len(rows) == len(TASKS) and all("unobserved" in row and row.endswith("never") for row in rows)
-    assert "0 of 6 declared task(s) last observed running; 6 never observed." in never.stdout
+    assert len(rows) == len(TASKS) and all("started" in row and row.endswith("never") for row in rows)
+    assert "(started by snapctl at " in never.stdout and ", never observed since)" in never.stdout
+    assert "6 of 6 declared task(s) running as last known; 6 started by snapctl since" in never.stdout
     assert snap(work, env, "reconcile").code == 0
     # Stopped since the last observation: the state does not know, and offline means no read.
     emulator.admin("stop-task", key("app1/Main/Stop"))
     seen = offline(work, env, emulator)
     assert seen.code == 0, seen.output
-    assert "6 of 6 declared task(s) last observed running." in seen.stdout
-    assert snap(work, env, "reconcile").code == 0  # observes it ended (and starts it again)
+    assert "6 of 6 declared task(s) running as last known." in seen.stdout
+    assert snap(work, env, "reconcile").code == 0  # observes it ended, and starts it again
+    restarted = offline(work, env, emulator)
+    assert restarted.code == 0, restarted.output
+    line = restarted.stdout.splitlines()
+    at = next(i for i, text in enumerate(line) if text.startswith("app1/Main/Stop"))
+    assert "started" in line[at] and "after it was last observed ended (StopByAPI) at " in line[at + 1]
+    # An observation newer than the last start is what the state knows: ended.
+    from reconciler import api
+
     with FileStore(work / "state" / "snapctl.state.json") as store:
+        store.record_observations(
+            [api.Observation(address="app1/Main/Stop", observed=api.Observed.ended, stop_reason="StopByAPI")]
+        )
         store.record_intent("app1/Main/Fine", "StartSnapshot", {**key("app1/Main/Fine")})
     ended = offline(work, env, emulator)
     assert ended.code == 2, ended.output
@@ -272,7 +285,9 @@ def test_status_offline_shows_the_last_observations_kept_in_the_state(work, env,
 def test_status_offline_reads_a_postgresql_state(work, env, emulator, pg):
     shared = env | {"SNAPCTL_STATE": pg.state_url}
     converge(work, shared, emulator)
-    assert offline(work, shared, emulator).code == 2
+    started = json.loads(offline(work, shared, emulator, "--json").stdout)
+    assert {t["status"] for t in started["tasks"]} == {"started"} and started["started"] == len(TASKS)
+    assert all(t["applied_at"] and t["observed_since"] is None for t in started["tasks"])
     assert snap(work, shared, "reconcile").code == 0
     document = json.loads(offline(work, shared, emulator, "--json").stdout)
     assert {t["status"] for t in document["tasks"]} == {"running"} and document["running"] == len(TASKS)

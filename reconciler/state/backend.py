@@ -291,7 +291,15 @@ class StateStore(abc.ABC):
         elif not self.state.exists:
             self.checkpoint()
         for number, entry in enumerate(entries, 1):
-            entry["serial"] = self.state.serial + number
+            entry["serial"] = serial = self.state.serial + number
+            # Each record of a task and each observation keeps the serial it was written at,
+            # so which is newer is known exactly (their times have one-second resolution).
+            if entry["op"] == "put":
+                entry["entry"]["serial"] = serial
+            elif entry["op"] == "observe":
+                for seen in entry["observed"].values():
+                    if seen is not None:
+                        seen["serial"] = serial
         self._journal(entries)
         for entry in entries:
             self.state.apply_entry(entry)
