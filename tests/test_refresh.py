@@ -284,6 +284,8 @@ def test_status_offline_shows_the_last_observations_kept_in_the_state(work, env,
 
 def test_status_offline_reads_a_postgresql_state(work, env, emulator, pg):
     shared = env | {"SNAPCTL_STATE": pg.state_url}
+    absent = offline(work, shared, emulator, "--json")
+    assert absent.code == 2 and {t["status"] for t in json.loads(absent.stdout)["tasks"]} == {"absent"}
     converge(work, shared, emulator)
     started = json.loads(offline(work, shared, emulator, "--json").stdout)
     assert {t["status"] for t in started["tasks"]} == {"started"} and started["started"] == len(TASKS)
