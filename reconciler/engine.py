@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import api
 from .errors import ApiError, AuthError, UsageError
@@ -80,6 +80,10 @@ class DesiredBodies(Mapping[str, dict]):
 
     def __getitem__(self, address: str) -> dict:
         return self._tasks[address].request.wire()
+
+    def get(self, address: str, default: Any = None) -> Any:  # Mapping.get, without its two extra calls
+        task = self._tasks.get(address)
+        return default if task is None else task.request.wire()
 
     def __iter__(self):
         return iter(self._tasks)

@@ -33,6 +33,11 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("StorageConfig", "CustomConfig", "SecretKey"),
     ("StorageConfig", "CustomConfig", "AccessKey"),
 )
+#: The same, grouped by the path of the mapping that holds them: (parent path, field names).
+SECRET_PARENTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = tuple(
+    (parent, tuple(path[-1] for path in SECRET_FIELDS if path[:-1] == parent))
+    for parent in dict.fromkeys(path[:-1] for path in SECRET_FIELDS)
+)
 FINGERPRINT_PREFIX = "scrypt:"
 LEGACY_FINGERPRINT_PREFIX = "hmac-sha256:"
 #: scrypt cost for new states: 16 MiB and tens of milliseconds per guess.
@@ -74,6 +79,15 @@ class TaskTable(MutableMapping[str, dict]):
 
     def __getitem__(self, address: str) -> dict[str, Any]:
         entry = self._entries[address]
+        if isinstance(entry, (bytes, str)):
+            entry = _decode_entry(address, entry, self._source)
+        return entry
+
+    def get(self, address: str, default: Any = None) -> Any:  # Mapping.get, without its two extra calls
+        try:
+            entry = self._entries[address]
+        except KeyError:
+            return default
         if isinstance(entry, (bytes, str)):
             entry = _decode_entry(address, entry, self._source)
         return entry
@@ -132,10 +146,17 @@ def _parent_of(request: Any, path: tuple[str, ...]) -> Any:
 
 def has_legacy_fingerprints(request: Any) -> bool:
     """Whether a stored request holds a fingerprint of the old HMAC kind."""
-    for path in SECRET_FIELDS:
-        parent = _parent_of(request, path)
-        if isinstance(parent, dict) and is_legacy_fingerprint(parent.get(path[-1])):
-            return True
+    # Called for every task of a plan: each parent is looked up once.
+    for parent_path, names in SECRET_PARENTS:
+        parent = request
+        for part in parent_path:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+            if parent is None:
+                break
+        if isinstance(parent, dict):
+            for name in names:
+                if is_legacy_fingerprint(parent.get(name)):
+                    return True
     return False
 
 
