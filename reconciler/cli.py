@@ -5,7 +5,6 @@ Subcommands are imported only when invoked, so ``snapctl --version`` stays fast.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
 
@@ -44,6 +43,8 @@ class LazyGroup(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name = args[0] if args else ""
         if name and not name.startswith("-") and name not in COMMANDS:
+            import difflib  # only for a mistyped command
+
             matches = difflib.get_close_matches(name, list(COMMANDS), n=2, cutoff=0.6)
             hint = f" Did you mean {' or '.join(matches)}?" if matches else " See snapctl --help."
             ctx.fail(f"No such command '{name}'.{hint}")
