@@ -148,6 +148,22 @@ def test_tasks_waiting_for_their_secrets_fingerprints_keep_their_place():
         assert action.desired == reference.fingerprint(desired[action.address])
 
 
+def test_secrets_fingerprints_are_computed_one_at_a_time_in_one_thread():
+    # Each scrypt takes 16 MiB at the default cost: a plan with many distinct secrets must
+    # not compute them side by side (memory), whatever order it meets them in.
+    import threading
+
+    state = State.new()
+    values = [f"SK-distinct-{n}" for n in range(6)]
+    for value in values:  # one at a time, as a plan meets them task after task
+        state.prefetch_fingerprints([value])
+    workers = [t for t in threading.enumerate() if t.name.startswith("fingerprint")]
+    assert len(workers) == 1
+    assert [state.secret_fingerprint(v) for v in values] == [
+        State._scrypt(v, state.fingerprint_key, state.fingerprint_params) for v in values
+    ]
+
+
 def test_diff_of_lists_names_the_index():
     old = changed(TargetStreams={"StreamList": [{"UserId": "u1"}]})
     new = changed(TargetStreams={"StreamList": [{"UserId": "u2"}]})

@@ -185,6 +185,7 @@ class State:
     _memo: dict[tuple, str] = field(default_factory=dict, repr=False, compare=False)
     #: scrypt fingerprints being computed in the background (see :meth:`prefetch_fingerprints`).
     _computing: dict[tuple, Future[str]] = field(default_factory=dict, repr=False, compare=False)
+    _fingerprinter: ThreadPoolExecutor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def new(cls) -> State:
@@ -270,12 +271,13 @@ class State:
             else:
                 ready = False
         if missing:
-            # One thread for them all: scrypt's memory is taken once at a time.
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint")
+            # One thread for the whole run, computing one at a time: scrypt takes its
+            # memory (16 MiB at the default cost) once, however many secrets a plan holds.
+            if self._fingerprinter is None:
+                self._fingerprinter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint")
             params = dict(self.fingerprint_params)
             for key, text in missing.items():
-                self._computing[key] = pool.submit(self._scrypt, text, self.fingerprint_key, params)
-            pool.shutdown(wait=False)
+                self._computing[key] = self._fingerprinter.submit(self._scrypt, text, self.fingerprint_key, params)
         return ready and not missing
 
     def fingerprint(self, request: dict[str, Any], *, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
