@@ -153,12 +153,15 @@ def test_secrets_fingerprints_are_computed_one_at_a_time_in_one_thread():
     # not compute them side by side (memory), whatever order it meets them in.
     import threading
 
+    def fingerprinters() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("fingerprint")}
+
+    before = fingerprinters()  # other tests' states may still have theirs
     state = State.new()
     values = [f"SK-distinct-{n}" for n in range(6)]
     for value in values:  # one at a time, as a plan meets them task after task
         state.prefetch_fingerprints([value])
-    workers = [t for t in threading.enumerate() if t.name.startswith("fingerprint")]
-    assert len(workers) == 1
+    assert len(fingerprinters() - before) == 1
     assert [state.secret_fingerprint(v) for v in values] == [
         State._scrypt(v, state.fingerprint_key, state.fingerprint_params) for v in values
     ]
