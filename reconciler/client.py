@@ -36,11 +36,6 @@ from .errors import (
 from .ratelimit import RateLimiter
 from .signing import SigningKey, sign_request
 
-#: Idle connections kept open for reuse. httpcore checks every idle connection (a socket
-#: poll) at each request it sends or finishes, so a large idle pool costs CPU per request:
-#: with 64 kept, 1,000 replaces (Stop then Start) ran CPU-bound in 39 s; with 16, 10.5 s.
-KEEPALIVE_CONNECTIONS = 16
-
 #: Turns the secrets of a wire dict into fingerprints (``State.fingerprint``).
 Fingerprint = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -144,9 +139,7 @@ class SnapshotClient:
         self._on_event = on_event
         self._limiters = {action: RateLimiter(qps) for action in api.WRITE_ACTIONS}
         self._limiters[api.READ_ACTION] = RateLimiter(read_qps)
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=min(max_connections, KEEPALIVE_CONNECTIONS)
-        )
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         # No base_url: the endpoint's own path is where requests go (and what is signed).
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
