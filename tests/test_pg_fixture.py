@@ -26,7 +26,8 @@ def test_pg_fixture_without_postgresql_is_an_error_naming_what_to_install(tmp_pa
     env |= {"SNAPCTL_PG_BINDIR": str(empty), "PATH": path, "PYTHONPATH": str(TESTS)}
     # tests/conftest.py (importable through PYTHONPATH) is loaded as a plugin: the fixture itself, not a copy.
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider", "test_tiny.py"],
+        # -rN: no short summary, which repeats the message in full when CI is set.
+        [sys.executable, "-m", "pytest", "-q", "-rN", "-p", "conftest", "-p", "no:cacheprovider", "test_tiny.py"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
