@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from .api import Observation, Observed, comparable
 from .errors import UsageError
-from .state import SECRET_FIELDS, SECRET_PARENTS, State, has_legacy_fingerprints, is_fingerprint
+from .state import SECRET_FIELDS, State, has_legacy_fingerprints, is_fingerprint, secret_holders
 
 PLAN_FORMAT_VERSION = 1
 #: The reasons of plain creates and deletes (renderers leave these unsaid).
@@ -585,17 +585,11 @@ def _secret_values(request: Mapping[str, Any]) -> list[Any]:
 
 def _holds_secret(request: dict[str, Any]) -> bool:
     """Whether ``state.fingerprint`` has something to fingerprint in ``request``."""
-    for parent_path, names in SECRET_PARENTS:
-        parent: Any = request
-        for part in parent_path:
-            parent = parent.get(part) if isinstance(parent, dict) else None
-            if parent is None:
-                break
-        if isinstance(parent, dict):
-            for name in names:
-                if name in parent and not is_fingerprint(parent[name]):
-                    return True
-    return False
+    return any(
+        name in parent and not is_fingerprint(parent[name])
+        for parent, names in secret_holders(request)
+        for name in names
+    )
 
 
 def check_plan_current(plan: Plan, state: State, state_path: str) -> None:

@@ -43,6 +43,7 @@ from .model import (
     TaskTable,
     has_legacy_fingerprints,
     is_fingerprint,
+    secret_holders,
 )
 from .postgres import PostgresStore, is_database_url
 
@@ -117,6 +118,7 @@ __all__ = [
     "read_state",
     "redact",
     "resolve_path",
+    "secret_holders",
     "state_location",
     "store_for",
 ]

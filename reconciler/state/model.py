@@ -144,9 +144,9 @@ def _parent_of(request: Any, path: tuple[str, ...]) -> Any:
     return parent
 
 
-def has_legacy_fingerprints(request: Any) -> bool:
-    """Whether a stored request holds a fingerprint of the old HMAC kind."""
-    # Called for every task of a plan: each parent is looked up once.
+def secret_holders(request: Any) -> Iterator[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Each mapping of a wire request that may hold secrets, with those fields' names
+    (each parent looked up once: this runs for every task of a plan)."""
     for parent_path, names in SECRET_PARENTS:
         parent = request
         for part in parent_path:
@@ -154,10 +154,12 @@ def has_legacy_fingerprints(request: Any) -> bool:
             if parent is None:
                 break
         if isinstance(parent, dict):
-            for name in names:
-                if is_legacy_fingerprint(parent.get(name)):
-                    return True
-    return False
+            yield parent, names
+
+
+def has_legacy_fingerprints(request: Any) -> bool:
+    """Whether a stored request holds a fingerprint of the old HMAC kind."""
+    return any(is_legacy_fingerprint(parent.get(name)) for parent, names in secret_holders(request) for name in names)
 
 
 @dataclass
