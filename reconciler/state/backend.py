@@ -252,10 +252,11 @@ class StateStore(abc.ABC):
             self._queue.append(queued)
             while self._writing and not queued.done:
                 self._group.wait()
-            if not queued.done:
+            leader = not queued.done  # nobody wrote it: this caller writes every waiting record
+            if leader:
                 self._writing = True
                 group, self._queue = self._queue, []
-        if not queued.done:
+        if leader:
             try:
                 self._write_group(group)
             finally:
