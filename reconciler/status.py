@@ -87,6 +87,7 @@ def status(
             {
                 "format_version": 1,
                 "type": "status",
+                "offline": False,
                 "tasks": [seen.summary() | {"declared": seen.address in manifests.tasks} for seen in rows],
                 "declared": len(declared),
                 "running": len(declared) - len(not_running),

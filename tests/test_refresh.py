@@ -358,6 +358,7 @@ def test_status_exit_codes_and_output(work, env, emulator):
     line = next(line for line in stopped.stdout.splitlines() if line.startswith("app1/Main/Stop"))
     assert "ended" in line and "StopByAPI" in line
     document = json.loads(snap(work, env, "status", "--json", "--target", "app1/Main/Stop").stdout)
+    assert document["offline"] is False
     assert [(t["address"], t["status"], t["stop_reason"]) for t in document["tasks"]] == [
         ("app1/Main/Stop", "ended", "StopByAPI")
     ]
