@@ -352,6 +352,11 @@ class FileStore(StateStore):
         self._lock_fd: int | None = None
         self._journal_fd: int | None = None
         self._journal_torn = False
+        # What this run created, to remove on release when it leaves no state (see _leave_nothing).
+        self._made_dirs: list[Path] = []
+        self._made_lock = False
+        self._scratch = False
+        self._had_backup = False
 
     @property
     def location(self) -> str:
@@ -376,6 +381,9 @@ class FileStore(StateStore):
         return names
 
     def _after_open(self) -> None:
+        # A state that does not exist yet is scratch until it records something (or is copied into).
+        self._scratch = not self.state.exists
+        self._had_backup = backup_path(self.path).exists()
         if journal_path(self.path).exists():
             self.checkpoint()
 
@@ -386,6 +394,10 @@ class FileStore(StateStore):
             else:  # keep the last good document and the journal: readers replay it
                 os.close(self._journal_fd)
                 self._journal_fd = None
+
+    def copy_from(self, source: State) -> None:
+        super().copy_from(source)
+        self._scratch = False  # asked for (state migrate), even if it holds no task
 
     # Recording ------------------------------------------------------------------------
 
@@ -463,41 +475,24 @@ class FileStore(StateStore):
         return True
 
     def _lock(self) -> None:
-        if not self.path.parent.is_dir():
-            if not self._create or self.path.parent.exists():
-                raise StateError(f"state directory {self.path.parent} does not exist")
-            try:
-                os.makedirs(self.path.parent, mode=0o700, exist_ok=True)
-            except OSError as exc:
-                raise write_error(exc, self.path.parent, "cannot create the state directory") from None
+        self._made_dirs, self._made_lock, self._scratch = [], False, False
         lpath = lock_path(self.path)
-        try:
-            fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise write_error(exc, lpath, "cannot create the state's lock file") from None
         deadline = time.monotonic() + self._lock_timeout_s
         while True:
+            self._make_directory()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    os.close(fd)
-                    raise StateError(f"cannot lock {lpath}: {exc.strerror}") from None
-                now = time.monotonic()
-                if now >= deadline:
-                    holder = read_lock_holder(self.path)
-                    if (holder is None or not holder.may_be_alive()) and now < deadline + HOLDER_RECORD_WAIT_S:
-                        time.sleep(0.01)  # the holder took the lock and has not written its record yet
-                        continue
-                    os.close(fd)
-                    who = holder.describe() if holder else "another process"
-                    waited = f" after waiting {self._lock_timeout_s:g}s" if self._lock_timeout_s else ""
-                    raise LockError(
-                        f"state {self.path} is locked by {who}{waited}. Wait for it to finish, "
-                        "or pass --lock-timeout SECONDS to wait"
-                    ) from None
-                time.sleep(0.05)
+                fd, made = self._open_lock_file(lpath)
+            except FileNotFoundError:
+                continue  # its creator removed the directory on release (it left no state): make it again
+            if not self._take_flock(fd, lpath, deadline):
+                continue
+            if not _names(lpath, fd):
+                # Its creator removed it on release (it left no state) after this run opened it:
+                # lock the file that now has that name, or create it.
+                os.close(fd)
+                continue
+            break
+        self._made_lock = made
         holder = LockHolder.me(self._command)
         record = {"host": holder.host, "pid": holder.pid, "started_at": holder.started_at, "command": holder.command}
         with contextlib.suppress(OSError):  # the record only names the holder; the flock is the lock
@@ -505,9 +500,124 @@ class FileStore(StateStore):
             os.pwrite(fd, orjson.dumps(record), 0)
         self._lock_fd = fd
 
+    def _make_directory(self) -> None:
+        """Create the state's directory (and its missing parents) if ``create``; remember which."""
+        directory = self.path.parent
+        if directory.is_dir():
+            return
+        if not self._create or directory.exists():
+            raise StateError(f"state directory {directory} does not exist")
+        missing = [directory]
+        while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
+            missing.append(missing[-1].parent)
+        try:
+            os.makedirs(directory, mode=0o700)
+        except FileExistsError:
+            return  # made by a concurrent run just now: not this run's to remove
+        except OSError as exc:
+            raise write_error(exc, directory, "cannot create the state directory") from None
+        self._made_dirs.extend(missing)
+
+    @staticmethod
+    def _open_lock_file(lpath: Path) -> tuple[int, bool]:
+        """The lock file, opened, and whether this call created it; FileNotFoundError when its directory is gone."""
+        while True:
+            try:
+                return os.open(lpath, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), True
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                raise  # no directory
+            except OSError as exc:
+                raise write_error(exc, lpath, "cannot create the state's lock file") from None
+            try:
+                return os.open(lpath, os.O_RDWR), False
+            except FileNotFoundError:
+                continue  # removed between the two opens: create it
+            except OSError as exc:
+                raise write_error(exc, lpath, "cannot open the state's lock file") from None
+
+    def _take_flock(self, fd: int, lpath: Path, deadline: float) -> bool:
+        """Wait for the flock on ``fd`` until ``deadline``; False when the file was removed meanwhile
+        (``fd`` then closed, to open the new one), LockError naming the holder when the time is up."""
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    raise StateError(f"cannot lock {lpath}: {exc.strerror}") from None
+            if not _names(lpath, fd):
+                os.close(fd)
+                return False
+            now = time.monotonic()
+            if now >= deadline:
+                holder = read_lock_holder(self.path)
+                if (holder is None or not holder.may_be_alive()) and now < deadline + HOLDER_RECORD_WAIT_S:
+                    time.sleep(0.01)  # the holder took the lock and has not written its record yet
+                    continue
+                os.close(fd)
+                who = holder.describe() if holder else "another process"
+                waited = f" after waiting {self._lock_timeout_s:g}s" if self._lock_timeout_s else ""
+                raise LockError(
+                    f"state {self.path} is locked by {who}{waited}. Wait for it to finish, "
+                    "or pass --lock-timeout SECONDS to wait"
+                ) from None
+            time.sleep(0.05)
+
     def _unlock(self) -> None:
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._lock_fd, 0)
+            self._leave_nothing(self._lock_fd)
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = None
+        made, self._made_dirs = self._made_dirs, []
+        for directory in made:  # the deepest first
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty: something else lives there now
+                break
+
+    def _left_no_state(self) -> bool:
+        """Whether this run found no state and leaves none worth keeping: nothing recorded but
+        intents it withdrew (a run refused at its first call), every write done."""
+        state = self.state
+        return (
+            self._scratch
+            and self.write_failure is None
+            and self._journal_fd is None
+            and not (state.tasks or state.pending or state.observed or state.endpoint is not None)
+        )
+
+    def _leave_nothing(self, fd: int) -> None:
+        """Before the flock on ``fd`` is dropped: remove the state this run created if it holds
+        nothing (:meth:`_left_no_state`), and then the lock file if this run created it, so a run
+        that wrote no state leaves no file. Only while ``fd`` still is the lock file at its path:
+        after a ``force-unlock``, another run may hold a new one there and write its state."""
+        lpath = lock_path(self.path)
+        if not _names(lpath, fd):
+            return
+        if self._left_no_state():
+            removed = [self.path, journal_path(self.path)]
+            if not self._had_backup:
+                removed.append(backup_path(self.path))
+            for path in removed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            self.state.exists = False
+        if self._made_lock and not self.path.exists() and not journal_path(self.path).exists():
+            with contextlib.suppress(OSError):
+                os.unlink(lpath)
+        self._scratch = self._made_lock = False
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
