@@ -938,6 +938,11 @@ def import_(
                 except ApiError as exc:
                     if not exc.may_have_run:  # refused or never sent: the API did nothing
                         store.record_not_done(address, previous)
+                        if not exc.stops_run:  # this task's refusal: say which call, and that nothing changed
+                            exc.message = (
+                                f"StartSnapshot of {address} refused: {exc.message}; "
+                                "nothing was started and nothing recorded"
+                            )
                     raise
 
         seen, call = asyncio.run(adopt())

@@ -665,6 +665,8 @@ def test_command_help():
         "--slow-ms",
         "--data",
         "--seed",
+        "--refuse-start",
+        "--refuse-start-code",
     ):
         assert flag in result.stdout
 

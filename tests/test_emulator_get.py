@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 
-from snapctl_testing import wait_for
+from snapctl_testing import run_snapctl, wait_for
 from test_emulator import BLOCKS, TOS, assert_error, assert_ok, start_body
 
 from reconciler import api
@@ -103,6 +104,29 @@ def test_start_delay_flag(make_emulator):
     emulator = make_emulator(start_delay_ms=60_000)
     start(emulator)
     assert emulator.read(*KEY.values())["Status"] == 1
+
+
+def test_refused_starts_answer_the_code_and_start_nothing(emulator):
+    emulator.configure(refuse_starts=["app1/room1/task1"], refuse_start_code="AccessDenied")
+    assert_error(emulator.signed_post("StartSnapshot", start_body()), "AccessDenied", "injected")
+    assert emulator.tasks() == [] and emulator.stats()["by_action"]["StartSnapshot"]["outcomes"] == {"AccessDenied": 1}
+    start(emulator, TaskId="task2")  # only the task named is refused
+    emulator.configure(refuse_starts=["*"], refuse_start_code="InvalidParameter")
+    assert_error(emulator.signed_post("StartSnapshot", start_body(TaskId="task3")), "InvalidParameter", "injected")
+    assert_ok(emulator.signed_post("StopSnapshot", {**KEY, "TaskId": "task2"}))  # the other actions as before
+    for wrong in ({"refuse_start_code": "Nope"}, {"refuse_starts": ["app1/room1"]}):
+        assert_error(emulator.admin("config", wrong), "InvalidParameter")
+    emulator.configure(refuse_starts=[])
+    start(emulator)
+    assert [t["TaskId"] for t in emulator.tasks()] == ["task1"]
+
+
+def test_refuse_start_flags(make_emulator, tmp_path):
+    emulator = make_emulator(refuse_starts=["*"], refuse_start_code="InternalError")
+    assert_error(emulator.signed_post("StartSnapshot", start_body()), "InternalError", "injected")
+    for flags in (["--refuse-start-code", "Nope"], ["--refuse-start", "app1"]):
+        run = run_snapctl(["emulator", "--port", "0", *flags], cwd=tmp_path, env=dict(os.environ))
+        assert run.code == 1 and run.stderr.startswith("Error: invalid settings: refuse_start"), run.output
 
 
 def test_out_of_band_rewrite_and_stop(emulator):

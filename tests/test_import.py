@@ -7,7 +7,7 @@ import signal
 import subprocess
 
 import pytest
-from snapctl_testing import SNAPCTL, calls, new_project, run_snapctl, snapctl_env, tasks, wait_for
+from snapctl_testing import SNAPCTL, calls, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 from reconciler.state import read_state
 
@@ -77,3 +77,41 @@ def test_an_import_that_starts_the_task_leaves_no_pending_intent(work, env, emul
     document = json.loads((work / "state" / "snapctl.state.json").read_text())
     assert ADDRESS in document["tasks"] and not document.get("pending")
     assert not (work / "state" / "snapctl.state.json.journal").exists()
+
+
+def test_an_import_whose_start_is_refused_withdraws_its_intent(work, env, emulator, tmp_path_factory):
+    (work / "manifests" / "app.yaml").write_text(MANIFEST + "      T2: {}\n")
+    assert run_snapctl(["apply", "--auto-approve", "--target", "app1/R/T2"], cwd=work, env=env).code == 0
+    emulator.configure(refuse_starts=[ADDRESS])
+    before = {action: calls(emulator.url, action) for action in ("GetSnapshotTask", "StartSnapshot")}
+    total = stats(emulator.url)["total"]
+    refused = run_snapctl(["import", ADDRESS], cwd=work, env=env)
+    assert refused.code == 1 and refused.stdout == "", refused.output
+    assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("Error: "), refused.stderr
+    assert refused.stderr.startswith(f"Error: InvalidParameter: StartSnapshot of {ADDRESS} refused: injected by")
+    assert refused.stderr.endswith("; nothing was started and nothing recorded\n") and "Traceback" not in refused.stderr
+    # The read, then the refused start; nothing else.
+    assert stats(emulator.url)["total"] - total == 2
+    assert {action: calls(emulator.url, action) - n for action, n in before.items()} == {
+        "GetSnapshotTask": 1,
+        "StartSnapshot": 1,
+    }
+    assert ADDRESS not in tasks(emulator.url)
+    listed = json.loads(run_snapctl(["state", "list", "--json"], cwd=work, env=env).stdout)
+    assert listed["tasks"] == ["app1/R/T2"] and not listed["pending"]
+    state = read_state(work / "state" / "snapctl.state.json")
+    assert not state.pending and not (work / "state" / "snapctl.state.json.journal").exists()
+    # In a directory with no state yet, the same refusal leaves no state behind.
+    fresh = tmp_path_factory.mktemp("fresh")
+    (fresh / "manifests").mkdir()
+    (fresh / "manifests" / "app.yaml").write_text(MANIFEST)
+    again = run_snapctl(["import", ADDRESS], cwd=fresh, env=snapctl_env(emulator.url, fresh))
+    assert again.code == 1 and again.stderr.count("\n") == 1 and "InvalidParameter" in again.stderr, again.output
+    assert sorted(p.name for p in fresh.iterdir()) == ["manifests"]
+    # Once the API takes it, a later import proceeds and records it.
+    emulator.configure(refuse_starts=[])
+    imported = run_snapctl(["import", ADDRESS, "--json"], cwd=work, env=env)
+    assert imported.code == 0, imported.output
+    assert json.loads(imported.stdout)["outcome"] == "started" and ADDRESS in tasks(emulator.url)
+    state = read_state(work / "state" / "snapctl.state.json")
+    assert set(state.tasks) == {ADDRESS, "app1/R/T2"} and not state.pending

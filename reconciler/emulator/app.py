@@ -284,6 +284,8 @@ class EmulatorApp:
                 request = validated(REQUEST_MODELS[action], self._json_object(body, oversized))
             if request.app_id in config.deny_apps:
                 raise Refusal("AccessDenied", f"the access key is not allowed to {action} in app {request.app_id}")
+            if action == "StartSnapshot" and config.refuse_starts:
+                self._refuse_start(request)
         except Refusal as refusal:
             stats.record(bucket, refusal.code)
             await self._answer(send, *self._error(now, action, version, refusal))
@@ -367,6 +369,12 @@ class EmulatorApp:
         # As bytes: compare_digest refuses str with non-ASCII characters, and header values are latin-1.
         if not hmac.compare_digest(expected.encode("ascii"), parsed.signature.encode("latin-1")):
             raise Refusal("SignatureDoesNotMatch", SIGNATURE_MISMATCH)
+
+    def _refuse_start(self, request) -> None:
+        """The injected refusal of a StartSnapshot (``refuse_starts``): nothing is done."""
+        address = f"{request.app_id}/{request.room_id}/{request.task_id}"
+        if "*" in self.config.refuse_starts or address in self.config.refuse_starts:
+            raise Refusal(self.config.refuse_start_code, "injected by the emulator (refuse_starts)")
 
     def _throttle(self, action: str) -> None:
         qps = self.config.read_qps if action == READ_ACTION else self.config.qps

@@ -103,6 +103,20 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
     metavar="APPID",
     help="Answer AccessDenied for this AppId, as an IAM policy would. Repeatable.",
 )
+@click.option(
+    "--refuse-start",
+    "refuse_starts",
+    multiple=True,
+    metavar="APP/ROOM/TASK",
+    help="Refuse StartSnapshot of this task (with --refuse-start-code), doing nothing; '*' for every task. Repeatable.",
+)
+@click.option(
+    "--refuse-start-code",
+    default="InvalidParameter",
+    show_default=True,
+    metavar="CODE",
+    help="The error code --refuse-start answers (any code of docs/emulator.md's table).",
+)
 def emulator(**options) -> None:
     """Serve the RTC snapshot API (StartSnapshot, UpdateSnapshot, StopSnapshot,
     GetSnapshotTask) locally.
@@ -125,6 +139,7 @@ def emulator(**options) -> None:
                 **options,
                 "deny_apps": list(options["deny_apps"]),
                 "unwritable_buckets": list(options["unwritable_buckets"]),
+                "refuse_starts": list(options["refuse_starts"]),
             }
         )
     except ValidationError as exc:

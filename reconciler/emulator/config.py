@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..api import DOCUMENTED_QPS, DOCUMENTED_READ_QPS, READ_WINDOW_S
+from ..api import DOCUMENTED_QPS, DOCUMENTED_READ_QPS, ERROR_CODES, READ_WINDOW_S
 
 DEFAULT_ACCESS_KEY = "AKLTsnapctlemulator"
 DEFAULT_SECRET_KEY = "snapctl-emulator-secret"
@@ -28,6 +28,8 @@ RUNTIME_FIELDS = (
     "unwritable_buckets",
     "api_path",
     "start_delay_ms",
+    "refuse_starts",
+    "refuse_start_code",
 )
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -67,11 +69,24 @@ class EmulatorConfig(BaseModel):
     api_path: str = Field("/", pattern=r"^/[A-Za-z0-9._~/-]*$")
     #: How long a newly started task reads Status 1 (not started yet) before Status 2 (running).
     start_delay_ms: int = Field(0, ge=0)
+    #: StartSnapshot calls refused with ``refuse_start_code`` after every check passed, the API doing
+    #: nothing: of these tasks (``AppId/RoomId/TaskId``), or of every task with ``*``.
+    refuse_starts: list[str] = Field(default_factory=list)
+    refuse_start_code: str = "InvalidParameter"
 
     @model_validator(mode="after")
     def _api_path_apart(self) -> EmulatorConfig:
         if self.api_path.startswith("/_emulator"):
             raise ValueError("api_path must not be under /_emulator")
+        return self
+
+    @model_validator(mode="after")
+    def _refusals_known(self) -> EmulatorConfig:
+        for address in self.refuse_starts:
+            if address != "*" and (address.count("/") != 2 or "" in address.split("/")):
+                raise ValueError(f"refuse_starts: {address!r} is not APP/ROOM/TASK or *")
+        if self.refuse_start_code not in ERROR_CODES:
+            raise ValueError(f"refuse_start_code must be one of {', '.join(ERROR_CODES)}")
         return self
 
     @model_validator(mode="after")
