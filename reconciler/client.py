@@ -139,12 +139,14 @@ class SnapshotClient:
         self._on_event = on_event
         self._limiters = {action: RateLimiter(qps) for action in api.WRITE_ACTIONS}
         self._limiters[api.READ_ACTION] = RateLimiter(read_qps)
+        from .transport import Transport
+
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         # No base_url: the endpoint's own path is where requests go (and what is signed).
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
             limits=limits,
-            transport=transport,
+            transport=transport or Transport(limits=limits),
             verify=True,
             headers={"User-Agent": "snapctl"},
         )
