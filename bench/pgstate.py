@@ -47,8 +47,40 @@ from run import (  # noqa: E402
 from run import write_block as run_write_block  # noqa: E402
 
 
+#: What reading a PostgreSQL state costs in memory before any task: psycopg's modules,
+#: libpq and the libraries it brings (TLS, Kerberos, LDAP), one connection, one query.
+DRIVER_COST = """
+import sys
+
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+import reconciler.commands, reconciler.engine, reconciler.plan, reconciler.state
+before = rss_mb()
+from reconciler.state.postgres import PostgresStore
+assert not PostgresStore(sys.argv[1]).read().exists
+print(rss_mb() - before)
+"""
+
+
+def driver_cost_mb(server: PgServer) -> float:
+    """The resident memory a PostgreSQL state adds before its first task (median of 3)."""
+    url = server.url(server.new_database("driver"))
+    return median([float(run([sys.executable, "-c", DRIVER_COST, url]).stdout) for _ in range(3)])
+
+
 def bench_pg_plan(results: Results, work: Path, server: PgServer, sizes: dict[int, int]) -> None:
     """No-op plans of the same tasks with the state in a file and in PostgreSQL."""
+    driver_mb = driver_cost_mb(server)
+    results.add(
+        "PostgreSQL state",
+        "memory a PostgreSQL state costs before its first task (import psycopg, libpq, connect, one query)",
+        f"{driver_mb:.1f} MB",
+        "",
+        None,
+        "median of 3; resident memory before and after, in one process",
+    )
     for size, repeats in sizes.items():
         status(f"pgstate plan: {size:,} tasks, file state vs PostgreSQL state")
         manifests = work / f"pgplan-{size}"
@@ -81,6 +113,14 @@ def bench_pg_plan(results: Results, work: Path, server: PgServer, sizes: dict[in
             "≤ the file state's",
             pg_mb <= file_mb * 1.02,
             f"largest of {repeats}",
+        )
+        results.add(
+            "PostgreSQL state",
+            f"no-op `snapctl plan`, {size:,} tasks: peak RSS less the driver's fixed cost, vs file state",
+            f"{pg_mb - driver_mb:.0f} MB vs {file_mb:.0f} MB",
+            "",
+            None,
+            "what the PostgreSQL path holds for the tasks, against all the file path holds",
         )
         results.add(
             "PostgreSQL state",
