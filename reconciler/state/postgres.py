@@ -398,13 +398,18 @@ class PostgresStore(StateStore):
             "WHERE name = %(ws)s AND serial = %(serial)s - 1 RETURNING name)"
         )
         params: dict[str, Any] = {"serial": serial, "ws": self.workspace, "address": address}
+
+        def upsert(entry_sql: str, pending_sql: str, updated: str) -> str:
+            """Write the task's row (``entry`` and ``pending`` as given), setting ``updated`` on a conflict."""
+            return (
+                f"{moved}, t AS (INSERT INTO snapctl.tasks (workspace, address, entry, pending) "
+                f"SELECT name, %(address)s, {entry_sql}, {pending_sql} FROM ws ON CONFLICT (workspace, address) "
+                f"DO UPDATE SET {updated}) SELECT count(*) FROM ws"
+            )
+
         if op == "put":
             params["entry"] = orjson.dumps(entry["entry"]).decode()
-            sql = (
-                f"{moved}, t AS (INSERT INTO snapctl.tasks (workspace, address, entry, pending) "
-                "SELECT name, %(address)s, %(entry)s::jsonb, NULL FROM ws ON CONFLICT (workspace, address) "
-                "DO UPDATE SET entry = EXCLUDED.entry, pending = NULL) SELECT count(*) FROM ws"
-            )
+            sql = upsert("%(entry)s::jsonb", "NULL", "entry = EXCLUDED.entry, pending = NULL")
         elif op == "delete":
             sql = (
                 f"{moved}, t AS (DELETE FROM snapctl.tasks USING ws WHERE workspace = ws.name "
@@ -412,11 +417,7 @@ class PostgresStore(StateStore):
             )
         elif op == "intent" and entry.get("intent") is not None:
             params["pending"] = orjson.dumps(entry["intent"]).decode()
-            sql = (
-                f"{moved}, t AS (INSERT INTO snapctl.tasks (workspace, address, entry, pending) "
-                "SELECT name, %(address)s, NULL, %(pending)s::jsonb FROM ws ON CONFLICT (workspace, address) "
-                "DO UPDATE SET pending = EXCLUDED.pending) SELECT count(*) FROM ws"
-            )
+            sql = upsert("NULL", "%(pending)s::jsonb", "pending = EXCLUDED.pending")
         elif op == "intent":
             sql = (
                 f"{moved}, gone AS (DELETE FROM snapctl.tasks USING ws WHERE workspace = ws.name "
