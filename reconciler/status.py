@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -68,48 +70,139 @@ def status(
     if offline:
         manifests = _load(paths)
         state = _store(state_path, workspace, 0.0, "snapctl status").read()
-        _offline_status(manifests, state, engine.refresh_scope(manifests, state, targets), as_json, no_color)
-        return
-    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
-    target = settings.target()
-    manifests = _load(paths)
-    store = _store(state_path, workspace, 0.0, "snapctl status")
-    state = store.read()
-    engine.check_binding(state, *target, store.location)
-    scope = engine.refresh_scope(manifests, state, targets)
-    observations = engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
-    rows = [observations[address] for address in scope]
-    declared = [seen for seen in rows if seen.address in manifests.tasks]
-    errors = [seen for seen in rows if seen.read_error]
-    not_running = [seen for seen in declared if not seen.healthy]
-    if as_json:
-        print_json(
-            {
-                "format_version": 1,
-                "type": "status",
-                "offline": False,
-                "tasks": [seen.summary() | {"declared": seen.address in manifests.tasks} for seen in rows],
-                "declared": len(declared),
-                "running": len(declared) - len(not_running),
-                "not_running": len(not_running),
-                "errors": len(errors),
-            }
+        scope = engine.refresh_scope(manifests, state, targets)
+        rows = [Row.kept(address, state, address in manifests.tasks) for address in scope]
+    else:
+        settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
+        target = settings.target()
+        manifests = _load(paths)
+        store = _store(state_path, workspace, 0.0, "snapctl status")
+        state = store.read()
+        engine.check_binding(state, *target, store.location)
+        scope = engine.refresh_scope(manifests, state, targets)
+        observations = engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
+        rows = [Row.read(observations[address], address in manifests.tasks) for address in scope]
+    _show(rows, offline, as_json, no_color)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One task of ``status``: as a read showed it (:meth:`read`), or as the state last knows it
+    (:meth:`kept`, with ``--offline``: then also since when, the recorded start and a pending call)."""
+
+    address: str
+    #: An ``api.Observed`` value; offline also "started", "absent" and "unobserved".
+    status: str
+    declared: bool
+    api_status: int | None = None
+    stop_reason: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    detail: str | None = None
+    #: The read itself failed (online).
+    read_error: bool = False
+    observed_since: str | None = None
+    applied_at: str | None = None
+    #: The action of a call not settled yet.
+    pending: str | None = None
+
+    @classmethod
+    def read(cls, seen, declared: bool) -> Row:
+        """From a GetSnapshotTask observation (``api.Observation``)."""
+        return cls(**seen.summary(), declared=declared, read_error=seen.read_error)
+
+    @classmethod
+    def kept(cls, address: str, state, declared: bool) -> Row:
+        """From what the state keeps: the last observation, or a start recorded after it."""
+        seen = state.observed.get(address) or {}
+        entry = state.tasks.get(address)
+        applied = entry.get("applied_at") if entry is not None else None
+        intent = state.pending.get(address)
+        status, detail = seen.get("status", "unobserved"), None if seen else "never observed"
+        if applied is not None and (not seen or _newer(entry, seen)):
+            status = "started"
+            before = f"after it was last observed {_described(seen)}" if seen else "never observed since"
+            detail = f"started by snapctl at {applied}, {before}"
+        elif entry is None and not seen:
+            status, detail = "absent", "not in the state: never applied"
+        last = {} if status == "started" else seen
+        return cls(
+            address=address,
+            status=status,
+            declared=declared,
+            stop_reason=last.get("stop_reason"),
+            started=last.get("started"),
+            ended=last.get("ended"),
+            detail=detail,
+            observed_since=seen.get("since"),
+            applied_at=applied,
+            pending=intent["action"] if intent else None,
         )
+
+    @property
+    def running(self) -> bool:
+        """Runs, waits for its streams, or (offline) was started by snapctl since it was last seen."""
+        return self.status in (*_HEALTHY, "started")
+
+    def summary(self, offline: bool) -> dict[str, Any]:
+        """The task in ``status --json``."""
+        fields = ["address", "status", "api_status", "stop_reason", "started", "ended", "detail", "declared"]
+        if offline:
+            fields += ["observed_since", "applied_at", "pending"]
+        return {name: getattr(self, name) for name in fields}
+
+
+def _show(rows: list[Row], offline: bool, as_json: bool, no_color: bool) -> None:
+    """The table (or JSON) and totals of ``status``, online and offline alike; exits 1 on a failed
+    read, 2 when a declared task does not run."""
+    declared = [row for row in rows if row.declared]
+    not_running = [row for row in declared if not row.running]
+    errors = [row for row in rows if row.read_error]
+    unobserved = [row for row in rows if row.observed_since is None]
+    started = [row for row in rows if row.status == "started"]
+    pending = [row for row in rows if row.pending]
+    if as_json:
+        document: dict[str, Any] = {
+            "format_version": 1,
+            "type": "status",
+            "offline": offline,
+            "tasks": [row.summary(offline) for row in rows],
+            "declared": len(declared),
+            "running": len(declared) - len(not_running),
+            "not_running": len(not_running),
+            "errors": len(errors),
+        }
+        if offline:
+            document.update(unobserved=len(unobserved), started=len(started), pending=len(pending))
+        print_json(document)
     else:
         style = Style(colour_enabled(sys.stdout, no_color))
-        width = max((len(seen.address) for seen in rows), default=7)
-        out(f"{'ADDRESS'.ljust(width)}  {'STATUS':<11}  {'STOP REASON':<17}  {'STARTED':<25}  ENDED\n")
-        for seen in rows:
-            info = seen.summary()
-            status_text = seen.observed.value + ("" if seen.address in manifests.tasks else "*")
+        width = max([len("ADDRESS"), *(len(row.address) for row in rows)])
+        ended = f"{'ENDED':<25}  OBSERVED SINCE" if offline else "ENDED"
+        out(f"{'ADDRESS'.ljust(width)}  {'STATUS':<11}  {'STOP REASON':<17}  {'STARTED':<25}  {ended}\n")
+        for row in rows:
+            status_text = row.status + ("" if row.declared else "*")
             line = (
-                f"{seen.address.ljust(width)}  {status_text:<11}  {seen.stop_reason or '-':<17}  "
-                f"{info['started'] or '-':<25}  {info['ended'] or '-'}"
+                f"{row.address.ljust(width)}  {status_text:<11}  {row.stop_reason or '-':<17}  "
+                f"{row.started or '-':<25}  "
             )
-            out(style(line, _COLOURS[seen.observed.value]) + "\n")
-            if seen.observed.value == "unknown" and seen.detail:
-                out(f"{''.ljust(width)}  ({seen.detail})\n")
-        summary = f"{len(declared) - len(not_running)} of {len(declared)} declared task(s) running"
+            line += f"{row.ended or '-':<25}  {row.observed_since or 'never'}" if offline else row.ended or "-"
+            out(style(line, _COLOURS.get(row.status, "yellow")) + "\n")
+            if row.status in ("unknown", "started") and row.detail:
+                out(f"{''.ljust(width)}  ({row.detail})\n")
+            if row.pending:
+                out(f"{''.ljust(width)}  (pending: a {row.pending} not settled yet)\n")
+        running = f"{len(declared) - len(not_running)} of {len(declared)} declared task(s) running"
+        if offline:
+            summary = f"Offline, from the state: {running} as last known"
+            if started:
+                summary += f"; {len(started)} started by snapctl since their last observation"
+            if unobserved:
+                summary += f"; {len(unobserved)} never observed"
+            if pending:
+                summary += f"; {len(pending)} with a pending call"
+        else:
+            summary = running
         if len(rows) > len(declared):
             summary += f"; * = in the state, not declared ({len(rows) - len(declared)})"
         out(summary + ".\n")
@@ -132,89 +225,3 @@ def _described(seen: dict) -> str:
     """``ended (IdleTimeOut) at TIME`` from an observation the state keeps."""
     reason = f" ({seen['stop_reason']})" if seen.get("stop_reason") else ""
     return f"{seen.get('status', 'unknown').replace('_', ' ')}{reason} at {seen.get('since')}"
-
-
-def _offline_status(manifests, state, scope, as_json: bool, no_color: bool) -> None:
-    """``status --offline``: each task's last observation as the state keeps it."""
-    rows = []
-    for address in scope:
-        seen = state.observed.get(address) or {}
-        entry = state.tasks.get(address)
-        applied = entry.get("applied_at") if entry is not None else None
-        intent = state.pending.get(address)
-        status, detail = seen.get("status", "unobserved"), None if seen else "never observed"
-        if applied is not None and (not seen or _newer(entry, seen)):
-            status = "started"
-            before = f"after it was last observed {_described(seen)}" if seen else "never observed since"
-            detail = f"started by snapctl at {applied}, {before}"
-        elif entry is None and not seen:
-            status, detail = "absent", "not in the state: never applied"
-        rows.append(
-            {
-                "address": address,
-                "status": status,
-                "api_status": None,
-                "stop_reason": seen.get("stop_reason") if status != "started" else None,
-                "started": seen.get("started") if status != "started" else None,
-                "ended": seen.get("ended") if status != "started" else None,
-                "detail": detail,
-                "declared": address in manifests.tasks,
-                "observed_since": seen.get("since"),
-                "applied_at": applied,
-                "pending": intent["action"] if intent else None,
-            }
-        )
-    declared = [row for row in rows if row["declared"]]
-    not_running = [row for row in declared if row["status"] not in (*_HEALTHY, "started")]
-    unobserved = [row for row in rows if row["observed_since"] is None]
-    started = [row for row in rows if row["status"] == "started"]
-    pending = [row for row in rows if row["pending"]]
-    if as_json:
-        print_json(
-            {
-                "format_version": 1,
-                "type": "status",
-                "offline": True,
-                "tasks": rows,
-                "declared": len(declared),
-                "running": len(declared) - len(not_running),
-                "not_running": len(not_running),
-                "errors": 0,
-                "unobserved": len(unobserved),
-                "started": len(started),
-                "pending": len(pending),
-            }
-        )
-    else:
-        style = Style(colour_enabled(sys.stdout, no_color))
-        width = max([len("ADDRESS"), *(len(row["address"]) for row in rows)])
-        out(
-            f"{'ADDRESS'.ljust(width)}  {'STATUS':<11}  {'STOP REASON':<17}  {'STARTED':<25}  "
-            f"{'ENDED':<25}  OBSERVED SINCE\n"
-        )
-        for row in rows:
-            status_text = row["status"] + ("" if row["declared"] else "*")
-            line = (
-                f"{row['address'].ljust(width)}  {status_text:<11}  {row['stop_reason'] or '-':<17}  "
-                f"{row['started'] or '-':<25}  {row['ended'] or '-':<25}  {row['observed_since'] or 'never'}"
-            )
-            out(style(line, _COLOURS.get(row["status"], "yellow")) + "\n")
-            if row["status"] == "started":
-                out(f"{''.ljust(width)}  ({row['detail']})\n")
-            if row["pending"]:
-                out(f"{''.ljust(width)}  (pending: a {row['pending']} not settled yet)\n")
-        summary = (
-            f"Offline, from the state: {len(declared) - len(not_running)} of {len(declared)} declared task(s) "
-            f"running as last known"
-        )
-        if started:
-            summary += f"; {len(started)} started by snapctl since their last observation"
-        if unobserved:
-            summary += f"; {len(unobserved)} never observed"
-        if pending:
-            summary += f"; {len(pending)} with a pending call"
-        if len(rows) > len(declared):
-            summary += f"; * = in the state, not declared ({len(rows) - len(declared)})"
-        out(summary + ".\n")
-    if not_running:
-        sys.exit(EXIT_CHANGES)
