@@ -9,7 +9,7 @@ import os
 import subprocess
 
 import pytest
-from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env, stats, wait_for
+from snapctl_testing import SNAPCTL, Run, run_snapctl, snapctl_env, stats, wait_for
 
 from reconciler.state.file import lock_is_held, lock_path
 
@@ -72,20 +72,27 @@ def test_a_first_apply_that_succeeds_keeps_its_state(work, emulator):
 
 def start(work, env, *args) -> subprocess.Popen:
     return subprocess.Popen(
-        [SNAPCTL, *args], cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [SNAPCTL, *args],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-def holding(work, proc) -> int:
-    """Wait until ``proc`` holds the state's lock; the lock file's inode."""
+def holding(work, proc) -> tuple[int, int]:
+    """Wait until ``proc`` holds the state's lock; the lock file's inode and device."""
     wait_for(lambda: proc.poll() is not None or lock_is_held(work / STATE), what="the run to take the lock")
     assert proc.poll() is None, proc.communicate()
-    return os.stat(lock_path(work / STATE)).st_ino
+    lock = os.stat(lock_path(work / STATE))
+    return lock.st_ino, lock.st_dev
 
 
-def finished(proc):
+def finished(proc) -> Run:
     stdout, stderr = proc.communicate(timeout=60)
-    return type("Run", (), {"code": proc.returncode, "stderr": stderr.decode(), "output": (stdout + stderr).decode()})
+    return Run(proc.returncode, stdout, stderr)
 
 
 def test_a_run_waiting_for_the_lock_takes_it_again_when_the_refused_run_removes_it(work, emulator):
@@ -93,21 +100,23 @@ def test_a_run_waiting_for_the_lock_takes_it_again_when_the_refused_run_removes_
     B locks a new one (it never runs holding a lock file nobody else can see) and applies."""
     emulator.configure(latency_ms=3000)  # A holds the lock while its call waits for the answer
     first = start(work, wrong_keys(emulator, work), "apply", "--auto-approve")
-    inode = holding(work, first)
+    lock_file = holding(work, first)
     second = start(work, snapctl_env(emulator.url, work), "apply", "--auto-approve", "--lock-timeout", "60")
 
     def waits_on_that_lock_file() -> bool:
         with_fds = f"/proc/{second.pid}/fd"
         try:
-            return any(os.stat(f"{with_fds}/{n}").st_ino == inode for n in os.listdir(with_fds))
+            opened = [os.stat(f"{with_fds}/{n}") for n in os.listdir(with_fds)]
         except OSError:
             return False
+        return any((file.st_ino, file.st_dev) == lock_file for file in opened)
 
     wait_for(waits_on_that_lock_file, what="the second run to wait on the first one's lock file")
     refused(finished(first))
     applied = finished(second)
+    # It wrote its state in the directory the refused run removed: it made that again and locked a new file.
     assert applied.code == 0, applied.output
-    assert os.stat(lock_path(work / STATE)).st_ino != inode
+    assert lock_path(work / STATE).exists()
     document = json.loads((work / STATE).read_text())
     assert list(document["tasks"]) == ["app1/Main/T1"] and not document.get("pending")
     assert stats(emulator.url)["total"] == 2
