@@ -46,7 +46,6 @@ from run import (  # noqa: E402
 )
 from run import write_block as run_write_block  # noqa: E402
 
-
 #: What reading a PostgreSQL state costs in memory before any task: psycopg's modules,
 #: libpq and the libraries it brings (TLS, Kerberos, LDAP), one connection, one query.
 DRIVER_COST = """
