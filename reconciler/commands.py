@@ -1121,8 +1121,8 @@ def state_migrate(state_path, workspace, destination, to_workspace, lock_timeout
     """Copy the state (lineage, serial, tasks, pending calls, endpoint) to another backend or workspace.
 
     Both states are locked while copying. A destination holding another state
-    (another lineage) is refused; one holding an older copy of this state is
-    brought up to date. The source is left as it is: point --state at the
+    (another lineage) is refused, unless it holds nothing (no task, never bound
+    to an endpoint); one holding an older copy of this state is brought up to date. The source is left as it is: point --state at the
     destination from now on, and remove the source when you no longer need it.
     """
     source = _store(state_path, workspace, lock_timeout_s, "snapctl state migrate")

@@ -223,6 +223,31 @@ def test_migrate_both_ways_keeps_the_lineage_and_a_clean_plan(tmp_path, emulator
     started_once(emulator.url, 5)
 
 
+def test_migrate_takes_over_a_workspace_a_refused_first_run_left_empty(tmp_path, emulator, pg):
+    # A pipeline's first apply with a wrong secret: refused at its first call, it leaves
+    # the workspace holding nothing (no task, never bound to an endpoint).
+    ci, env_ci = runner(tmp_path, "ci", emulator.url, pg.state_url, manifest(n=2), VOLC_SECRETKEY="wrong")
+    assert "refused the credentials" in snap(ci, env_ci, "apply", "--auto-approve", code=1).stderr
+    assert recorded(pg) == 0
+    # The team then moves its file state there: nothing in the way is nothing to keep.
+    work, env = runner(tmp_path, "w", emulator.url, "state/snapctl.state.json", manifest(n=2))
+    snap(work, env, "apply", "--auto-approve")
+    lineage = re.search(r'"lineage": "([^"]+)"', snap(work, env, "state", "list", "--json").stdout)[1]
+    assert "2 task(s)" in snap(work, env, "state", "migrate", "--to", pg.state_url).stdout
+    on_pg = env | {"SNAPCTL_STATE": pg.state_url}
+    assert lineage in snap(work, on_pg, "state", "list", "--json").stdout
+    assert snap(work, on_pg, "plan").stdout.startswith("No changes. 2 task(s)")
+    # A workspace that was applied against and then emptied is another state still: refused.
+    other, env_other = runner(tmp_path, "o", emulator.url, pg.state_url, manifest(n=1, app="other"))
+    on_z = env_other | {"SNAPCTL_WORKSPACE": "z"}
+    snap(other, on_z, "apply", "--auto-approve")
+    snap(other, on_z, "destroy", "--auto-approve")
+    assert recorded(pg, "z") == 0
+    refused = snap(work, env, "state", "migrate", "--to", pg.state_url, "--to-workspace", "z", code=1)
+    assert "holds another state (lineage" in refused.stderr
+    assert stats(emulator.url)["by_action"]["StartSnapshot"]["outcomes"]["ok"] == 3  # each task started once
+
+
 def test_another_endpoint_is_refused_before_any_request(tmp_path, emulator, make_emulator, pg):
     work, env = runner(tmp_path, "w", emulator.url, pg.state_url, manifest(n=2))
     snap(work, env, "plan", "--out", "first.plan")

@@ -373,7 +373,10 @@ class StateStore(abc.ABC):
         self.checkpoint()
 
     def copy_from(self, source: State) -> None:
-        """Make this state an exact copy of ``source`` (``state migrate``): same lineage and serial."""
+        """Make this state an exact copy of ``source`` (``state migrate``): same lineage and serial.
+        A destination that holds nothing (:meth:`State.holds_nothing`) is taken over whatever its lineage."""
+        if self.state.exists and self.state.holds_nothing():
+            self.state.exists = False  # nothing there to keep, nor to be ahead of
         if self.state.exists and self.state.lineage != source.lineage:
             raise StateError(
                 f"{self.location} holds another state (lineage {self.state.lineage}, the source has "

@@ -207,6 +207,11 @@ class State:
             header |= {"endpoint": self.endpoint, "region": self.region}
         return header
 
+    def holds_nothing(self) -> bool:
+        """Whether this state never recorded a completed call and holds no task, pending
+        call or observation: a run refused at its first call leaves such a state behind."""
+        return self.endpoint is None and not (self.tasks or self.pending or self.observed)
+
     def copy_as(self, other: State) -> None:
         """Take ``other``'s content (lineage, serial, key, binding, tasks, pending, observations)."""
         self.lineage, self.serial, self.fingerprint_key = other.lineage, other.serial, other.fingerprint_key
