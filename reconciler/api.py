@@ -111,6 +111,10 @@ class WireModel(BaseModel):
         """The JSON-ready body, with the API's field names and no unset optionals."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+    def wire_json(self) -> bytes:
+        """:meth:`wire` as compact JSON."""
+        return self.__pydantic_serializer__.to_json(self, by_alias=True, exclude_none=True)
+
 
 class Stream(WireModel):
     index: StreamIndex | None = None

@@ -85,6 +85,11 @@ class DesiredBodies(Mapping[str, dict]):
         task = self._tasks.get(address)
         return default if task is None else task.request.wire()
 
+    def json_of(self, address: str) -> bytes:
+        """The wire body of ``address`` as compact JSON, keys in field order (as orjson
+        writes :meth:`__getitem__`'s dict), without making the dict."""
+        return self._tasks[address].request.wire_json()
+
     def __iter__(self):
         return iter(self._tasks)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -265,6 +265,10 @@ def in_targets(address: str, targets: Iterable[str]) -> bool:
     return False
 
 
+#: How a state entry written by snapctl starts: its request (see ``StateStore.record_put``).
+_STORED = b'{"request":'
+
+
 def make_plan(
     desired: Mapping[str, Mapping[str, Any]],
     state: State,
@@ -378,9 +382,23 @@ def make_plan(
                 PlannedAction(address=address, kind=kind, desired=want, current=have, changes=changes, reason=reason)
             )
 
+    # Where the state keeps a task's entry as written (snapctl's compact JSON, request first: _STORED)
+    # and the desired request serializes to the same bytes, the task is unchanged: no dict is
+    # made, decoded or compared. Anything else (secrets, which the state fingerprints; another
+    # layout) takes the comparison below, which decides alike.
+    json_of: Callable[[str], bytes] | None = getattr(desired, "json_of", None)
+    stored_bytes: Callable[[str], bytes | None] | None = getattr(tasks, "stored_bytes", None)
+    if observations is not None or secrets_unknown:
+        json_of = None
+    compared = set(replace) | set(state.pending)
     for address in addresses:
         if targets and not in_targets(address, targets):
             continue
+        if json_of is not None and stored_bytes is not None and address not in compared:
+            stored = stored_bytes(address)
+            if stored is not None and address in desired and stored.startswith(_STORED + json_of(address) + b","):
+                unchanged += 1
+                continue
         want = desired.get(address)
         entry = tasks.get(address)
         have = entry.get("request") if entry is not None else None

@@ -226,3 +226,50 @@ def test_ended_and_unknown_tasks():
     unknown = api.Observation("a/r/t", api.Observed.unknown, detail="not found: X")
     plan = make_plan({"a/r/t": BASE}, state, observations={"a/r/t": unknown})
     assert not plan.actions and [(u.address, u.detail) for u in plan.unknown] == [("a/r/t", "not found: X")]
+
+
+def test_entries_kept_as_written_are_planned_as_decoded_ones(tmp_path):
+    """A file state keeps each entry as written; the plan takes an entry whose request is
+    byte for byte the desired one as unchanged without decoding it. It must decide as the
+    comparison of decoded entries does: changes, secrets (fingerprinted in the state),
+    creates and deletes alike."""
+    from reconciler import engine
+    from reconciler.manifest import load_manifests
+    from reconciler.state import FileStore, TaskTable
+
+    def manifest(interval: int, width: int, last: int) -> str:
+        rows = "".join(f"      t{n}: {{}}\n" for n in range(last))
+        return (
+            "app_id: app\nstorage:\n"
+            "  tos: {type: tos, account_id: '2100000990', bucket: b}\n"
+            "  s3: {type: custom, bucket: c, access_key: '${env:S3_AK}', secret_key: '${env:S3_SK}'}\n"
+            f"defaults: {{storage: tos, image: {{interval: 5, width: 640}}}}\nrooms:\n"
+            f"  r1:\n    tasks:\n{rows}      odd: {{image: {{interval: {interval}, width: {width}}}}}\n"
+            "  r2:\n    storage: s3\n    tasks:\n      k1: {}\n      k2: {image: {interval: 9}}\n"
+        )
+
+    directory = tmp_path / "manifests"
+    directory.mkdir()
+    (directory / "app.yaml").write_text(manifest(interval=5, width=640, last=6))
+    environ = {"S3_AK": "AK-1", "S3_SK": "SK-1"}
+    path = tmp_path / "state" / "snapctl.state.json"
+    with FileStore(path) as store:
+        for address, task in load_manifests([directory], environ=environ).tasks.items():
+            store.record_put(address, task.request.wire(), "req")
+    rounds = {
+        (5, 640, "SK-1", 6): "Plan: 0 to add, 0 to change, 0 to replace, 0 to destroy.",
+        (7, 640, "SK-1", 6): "Plan: 0 to add, 1 to change, 0 to replace, 0 to destroy.",
+        (5, 800, "SK-2", 4): "Plan: 0 to add, 0 to change, 3 to replace, 2 to destroy.",
+        (5, 640, "SK-1", 8): "Plan: 2 to add, 0 to change, 0 to replace, 0 to destroy.",
+    }
+    for (interval, width, secret, last), summary in rounds.items():
+        (directory / "app.yaml").write_text(manifest(interval, width, last))
+        manifests = load_manifests([directory], environ=environ | {"S3_SK": secret})
+        kept = FileStore(path).read()
+        assert isinstance(kept.tasks, TaskTable) and kept.tasks.stored_bytes("app/r1/t0") is not None
+        decoded = FileStore(path).read()
+        decoded.tasks = {address: decoded.tasks[address] for address in decoded.tasks}
+        as_kept, as_decoded = engine.plan(manifests, kept), engine.plan(manifests, decoded)
+        assert as_kept.model_dump(mode="json") == as_decoded.model_dump(mode="json")
+        assert as_kept.summary.line() == summary
+        assert as_kept.unchanged >= 4

@@ -119,6 +119,12 @@ class TaskTable(MutableMapping[str, dict]):
             return entry.encode()
         return orjson.dumps(entry)
 
+    def stored_bytes(self, address: str) -> bytes | None:
+        """The entry of ``address`` as read from storage in snapctl's own compact JSON
+        (orjson's, keys in the order written), or None (absent, decoded, or another text)."""
+        entry = self._entries.get(address)
+        return entry if type(entry) is bytes else None
+
     def encoded(self) -> Iterator[tuple[str, bytes]]:
         """(address, compact JSON of the entry) in address order, without decoding stored entries."""
         for address in sorted(self._entries):
