@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,43 @@ def output_options(f):
     return f
 
 
+@dataclass(frozen=True)
+class ApiOptions:
+    """The API options of a command (see :func:`api_options`), as given."""
+
+    endpoint: str | None
+    qps: float
+    read_qps: float
+    parallelism: int
+    timeout_s: float
+
+    def settings(self, *, credentials: bool = True):
+        """The run's settings with its environment checked (credentials, endpoint, region,
+        proxies): a bad input is one line before any output and before any request."""
+        from .engine import Settings
+
+        settings = Settings(
+            endpoint=self.endpoint,
+            qps=self.qps,
+            read_qps=self.read_qps,
+            parallelism=self.parallelism,
+            timeout_s=self.timeout_s,
+        )
+        settings.resolve(credentials=credentials)
+        return settings
+
+
 def api_options(f):
-    """The options of every command that can call the API (the same everywhere)."""
+    """The options of every command that can call the API (the same everywhere), given
+    to the command as one ``api_opts`` argument, an :class:`ApiOptions`."""
+
+    run = f
+
+    @functools.wraps(run)
+    def command(*args, endpoint, qps, read_qps, parallelism, timeout_s, **kwargs):
+        return run(*args, api_opts=ApiOptions(endpoint, qps, read_qps, parallelism, timeout_s), **kwargs)
+
+    f = command
     f = click.option(
         "--endpoint",
         help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).",
@@ -220,18 +256,6 @@ def refresh_option(f):
     )(f)
 
 
-def _settings(
-    endpoint, qps, parallelism, timeout_s, read_qps=float(api.DOCUMENTED_READ_QPS), *, credentials: bool = True
-):
-    """The run's settings with its environment checked (credentials, endpoint, region,
-    proxies): a bad input is one line before any output and before any request."""
-    from .engine import Settings
-
-    settings = Settings(endpoint=endpoint, qps=qps, read_qps=read_qps, parallelism=parallelism, timeout_s=timeout_s)
-    settings.resolve(credentials=credentials)
-    return settings
-
-
 def _observe(manifests, state, settings, targets=()):
     """Read the tasks in scope (every declared one and every one in the state);
     the observations, and how long the reads took."""
@@ -327,11 +351,7 @@ def plan(
     workspace,
     targets,
     replace,
-    endpoint,
-    qps,
-    read_qps,
-    parallelism,
-    timeout_s,
+    api_opts,
     as_json,
     no_color,
     fmt,
@@ -351,7 +371,7 @@ def plan(
     from .manifest import SECRETS_REQUIRED, SECRETS_UNKNOWN
 
     refresh = refresh and not destroy
-    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps, credentials=refresh)
+    settings = api_opts.settings(credentials=refresh)
     target = settings.target()
     secrets = SECRETS_UNKNOWN if no_secrets else SECRETS_REQUIRED
     manifests = (
@@ -523,11 +543,7 @@ def apply(
     workspace,
     targets,
     replace,
-    endpoint,
-    qps,
-    read_qps,
-    parallelism,
-    timeout_s,
+    api_opts,
     lock_timeout_s,
     as_json,
     no_color,
@@ -543,7 +559,7 @@ def apply(
     """
     from . import engine, render
 
-    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
+    settings = api_opts.settings()
     target = settings.target()
     if _looks_like_plan_file(paths):
         if targets or replace or refresh:
@@ -646,11 +662,7 @@ def destroy(
     state_path,
     workspace,
     targets,
-    endpoint,
-    qps,
-    read_qps,
-    parallelism,
-    timeout_s,
+    api_opts,
     lock_timeout_s,
     as_json,
     no_color,
@@ -659,7 +671,7 @@ def destroy(
     """Stop every task in the state (StopSnapshot) and forget it."""
     from . import engine
 
-    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
+    settings = api_opts.settings()
     target = settings.target()
     with _store(state_path, workspace, lock_timeout_s, "snapctl destroy") as store:
         store.bind(*target)
@@ -737,11 +749,7 @@ def reconcile(
     paths,
     state_path,
     workspace,
-    endpoint,
-    qps,
-    read_qps,
-    parallelism,
-    timeout_s,
+    api_opts,
     lock_timeout_s,
     as_json,
     no_color,
@@ -764,7 +772,7 @@ def reconcile(
     from . import controller, render
     from .runenv import check_metrics_address
 
-    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
+    settings = api_opts.settings()
     if metrics_port is not None:
         check_metrics_address(metrics_host, metrics_port)
     paths = list(paths) or [Path("manifests")]
@@ -886,11 +894,7 @@ def import_(
     paths,
     state_path,
     workspace,
-    endpoint,
-    qps,
-    read_qps,
-    parallelism,
-    timeout_s,
+    api_opts,
     lock_timeout_s,
     as_json,
     no_color,
@@ -910,7 +914,7 @@ def import_(
     from .client import Outcome
     from .errors import ApiError
 
-    settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
+    settings = api_opts.settings()
     manifests = _load(paths)
     task = manifests.tasks.get(address)
     if task is None:

@@ -49,9 +49,7 @@ _HEALTHY = ("running", "not_started")
 @api_options
 @output_options
 @handle_errors
-def status(
-    paths, state_path, workspace, targets, offline, endpoint, qps, read_qps, parallelism, timeout_s, as_json, no_color
-):
+def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no_color):
     """Read every declared task (and every task in the state) with GetSnapshotTask
     and show its status, stop reason, start and end.
 
@@ -65,7 +63,7 @@ def status(
     unknown; with --offline also absent), 1 on errors.
     """
     from . import engine
-    from .commands import _load, _settings, _store
+    from .commands import _load, _store
 
     if offline:
         manifests = _load(paths)
@@ -73,7 +71,7 @@ def status(
         scope = engine.refresh_scope(manifests, state, targets)
         rows = [Row.kept(address, state, address in manifests.tasks) for address in scope]
     else:
-        settings = _settings(endpoint, qps, parallelism, timeout_s, read_qps)
+        settings = api_opts.settings()
         target = settings.target()
         manifests = _load(paths)
         store = _store(state_path, workspace, 0.0, "snapctl status")
