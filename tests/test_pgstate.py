@@ -223,12 +223,19 @@ def test_migrate_both_ways_keeps_the_lineage_and_a_clean_plan(tmp_path, emulator
     started_once(emulator.url, 5)
 
 
-def test_migrate_takes_over_a_workspace_a_refused_first_run_left_empty(tmp_path, emulator, pg):
-    # A pipeline's first apply with a wrong secret: refused at its first call, it leaves
-    # the workspace holding nothing (no task, never bound to an endpoint).
+def test_a_refused_first_run_leaves_no_workspace_and_migrate_takes_over_an_empty_one(tmp_path, emulator, pg):
+    # A pipeline's first apply with a wrong secret: refused at its first call, it records
+    # nothing, and leaves no workspace (the schema, made on first use, stays).
     ci, env_ci = runner(tmp_path, "ci", emulator.url, pg.state_url, manifest(n=2), VOLC_SECRETKEY="wrong")
     assert "refused the credentials" in snap(ci, env_ci, "apply", "--auto-approve", code=1).stderr
-    assert recorded(pg) == 0
+    assert pg.query("SELECT count(*) FROM snapctl.workspaces")[0][0] == 0
+    assert pg.query("SELECT count(*) FROM snapctl.tasks")[0][0] == 0
+    # An earlier snapctl left such a run's workspace behind: holding nothing, never bound.
+    pg.query(
+        "INSERT INTO snapctl.workspaces (name, lineage, serial, format_version, fingerprint_key, "
+        "fingerprint_params, snapctl_version) VALUES ('default', 'left-by-an-earlier-run', 2, 2, 'k', "
+        """'{"kdf": "scrypt", "n": 16384, "r": 8, "p": 1}', '0.1.0')"""
+    )
     # The team then moves its file state there: nothing in the way is nothing to keep.
     work, env = runner(tmp_path, "w", emulator.url, "state/snapctl.state.json", manifest(n=2))
     snap(work, env, "apply", "--auto-approve")

@@ -131,6 +131,8 @@ class StateStore(abc.ABC):
         self._writing = False
         self.write_failure: WriteError | None = None
         self.state: State = State.new()
+        #: This run found no state: one it leaves holding nothing is removed on release.
+        self._scratch = False
 
     # The protocol: what a backend implements ---------------------------------------
 
@@ -208,6 +210,7 @@ class StateStore(abc.ABC):
         self._lock()
         try:
             self.state = self.read()
+            self._scratch = not self.state.exists
             self._after_open()
             self._is_open = True
         except BaseException:
@@ -233,6 +236,12 @@ class StateStore(abc.ABC):
         self.state.endpoint, self.state.region = endpoint, region
         self.state.serial += 1
         self.write_header()
+
+    def _left_no_state(self) -> bool:
+        """Whether this run found no state and leaves none worth keeping: nothing recorded but
+        intents it withdrew (a run refused at its first call), every write done. Such a state
+        is removed when the lock is released, so that a refused first run writes nothing."""
+        return self._scratch and self.write_failure is None and self.state.holds_nothing()
 
     def _fail(self, error: WriteError) -> WriteError:
         if self.write_failure is None:
@@ -375,6 +384,7 @@ class StateStore(abc.ABC):
     def copy_from(self, source: State) -> None:
         """Make this state an exact copy of ``source`` (``state migrate``): same lineage and serial.
         A destination that holds nothing (:meth:`State.holds_nothing`) is taken over whatever its lineage."""
+        self._scratch = False  # asked for, even if it holds no task
         if self.state.exists and self.state.holds_nothing():
             self.state.exists = False  # nothing there to keep, nor to be ahead of
         if self.state.exists and self.state.lineage != source.lineage:

@@ -355,7 +355,6 @@ class FileStore(StateStore):
         # What this run created, to remove on release when it leaves no state (see _leave_nothing).
         self._made_dirs: list[Path] = []
         self._made_lock = False
-        self._scratch = False
         self._had_backup = False
 
     @property
@@ -381,8 +380,7 @@ class FileStore(StateStore):
         return names
 
     def _after_open(self) -> None:
-        # A state that does not exist yet is scratch until it records something (or is copied into).
-        self._scratch = not self.state.exists
+        # A state this run removes on release (_leave_nothing) takes only its own backup with it.
         self._had_backup = backup_path(self.path).exists()
         if journal_path(self.path).exists():
             self.checkpoint()
@@ -394,10 +392,6 @@ class FileStore(StateStore):
             else:  # keep the last good document and the journal: readers replay it
                 os.close(self._journal_fd)
                 self._journal_fd = None
-
-    def copy_from(self, source: State) -> None:
-        super().copy_from(source)
-        self._scratch = False  # asked for (state migrate), even if it holds no task
 
     # Recording ------------------------------------------------------------------------
 
@@ -581,15 +575,7 @@ class FileStore(StateStore):
                 break
 
     def _left_no_state(self) -> bool:
-        """Whether this run found no state and leaves none worth keeping: nothing recorded but
-        intents it withdrew (a run refused at its first call), every write done."""
-        state = self.state
-        return (
-            self._scratch
-            and self.write_failure is None
-            and self._journal_fd is None
-            and not (state.tasks or state.pending or state.observed or state.endpoint is not None)
-        )
+        return super()._left_no_state() and self._journal_fd is None
 
     def _leave_nothing(self, fd: int) -> None:
         """Before the flock on ``fd`` is dropped: remove the state this run created if it holds

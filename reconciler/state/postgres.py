@@ -347,6 +347,14 @@ class PostgresStore(StateStore):
             return
         try:
             if not conn.closed and holder is not None:
+                if self._left_no_state():
+                    # Still under the lock: no other writer can have made this workspace meanwhile.
+                    # (Its rows of tasks, withdrawn intents at most, go with it: ON DELETE CASCADE.)
+                    conn.execute(
+                        "DELETE FROM snapctl.workspaces WHERE name = %s AND lineage = %s",
+                        (self.workspace, self.state.lineage),
+                    )
+                    self.state.exists = False
                 conn.execute(
                     "DELETE FROM snapctl.locks WHERE workspace = %s AND host = %s AND pid = %s",
                     (self.workspace, holder.host, holder.pid),
