@@ -5,8 +5,11 @@ server's keep-alive timeout does."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 
 import httpx
+import pytest
 
 from reconciler.transport import Transport
 
@@ -15,15 +18,17 @@ class CountingServer:
     """HTTP/1.1 with keep-alive: answers every request ``ok`` after ``delay_s``;
     counts the connections it accepted; ``drop_idle(keep=...)`` closes its idle ones."""
 
-    def __init__(self, delay_s: float = 0.02):
+    def __init__(self, delay_s: float = 0.02, tls: ssl.SSLContext | None = None):
         self.delay_s = delay_s
+        self.tls = tls
         self.accepted: list[asyncio.StreamWriter] = []
         self.idle: set[asyncio.StreamWriter] = set()
         self.requests = 0
 
     async def __aenter__(self) -> CountingServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/"
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/"
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -126,3 +131,34 @@ def test_idle_connections_the_server_closed_are_let_go_of_while_another_serves()
     pooled, before, accepted = asyncio.run(scenario())
     assert pooled == 1
     assert accepted == before  # nothing new was opened: the first connection served every request
+
+
+def test_tls_connections_verify_the_server_and_are_reused(tmp_path, monkeypatch):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def scenario(trusted: bool):
+        async with CountingServer(delay_s=0.005, tls=tls) as server:
+            if trusted:
+                monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # as a user points at a private CA
+            else:
+                monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+            http, transport = client(3)
+            async with http:
+                for _ in range(2):
+                    answers = await asyncio.gather(*(http.get(server.url) for _ in range(9)))
+                    assert [a.status_code for a in answers] == [200] * 9
+                assert len(transport.connections) <= 3
+            return len(server.accepted)
+
+    assert 1 <= asyncio.run(scenario(trusted=True)) <= 3
+    # The same server, its certificate not trusted: refused before any request is sent.
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(scenario(trusted=False))
