@@ -1126,8 +1126,9 @@ def state_migrate(state_path, workspace, destination, to_workspace, lock_timeout
 
     Both states are locked while copying. A destination holding another state
     (another lineage) is refused, unless it holds nothing (no task, never bound
-    to an endpoint); one holding an older copy of this state is brought up to date. The source is left as it is: point --state at the
-    destination from now on, and remove the source when you no longer need it.
+    to an endpoint); one holding an older copy of this state is brought up to
+    date. The source is left as it is: point --state at the destination from
+    now on, and remove the source when you no longer need it.
     """
     source = _store(state_path, workspace, lock_timeout_s, "snapctl state migrate")
     target = _store(destination, to_workspace or workspace, lock_timeout_s, "snapctl state migrate")
