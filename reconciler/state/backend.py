@@ -207,6 +207,7 @@ class StateStore(abc.ABC):
 
     def open(self) -> None:
         """Take the lock, then read the state and fold in anything a killed run left."""
+        self._scratch = False  # until this open has read what is there
         self._lock()
         try:
             self.state = self.read()
@@ -224,6 +225,7 @@ class StateStore(abc.ABC):
         finally:
             self._is_open = False
             self._unlock()
+            self._scratch = False
 
     def bind(self, endpoint: str, region: str) -> None:
         """Refuse another endpoint than the state's; a state not bound yet is bound when it next

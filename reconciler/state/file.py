@@ -469,7 +469,7 @@ class FileStore(StateStore):
         return True
 
     def _lock(self) -> None:
-        self._made_dirs, self._made_lock, self._scratch = [], False, False
+        self._made_dirs, self._made_lock = [], False
         lpath = lock_path(self.path)
         deadline = time.monotonic() + self._lock_timeout_s
         while True:
@@ -596,7 +596,7 @@ class FileStore(StateStore):
         if self._made_lock and not self.path.exists() and not journal_path(self.path).exists():
             with contextlib.suppress(OSError):
                 os.unlink(lpath)
-        self._scratch = self._made_lock = False
+        self._made_lock = False
 
 
 def _names(path: Path, fd: int) -> bool:
