@@ -55,7 +55,7 @@ def rss_mb():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
-import reconciler.commands, reconciler.engine, reconciler.plan, reconciler.state
+import reconciler.commands.plan, reconciler.engine, reconciler.plan, reconciler.state
 before = rss_mb()
 from reconciler.state.postgres import PostgresStore
 assert not PostgresStore(sys.argv[1]).read().exists

@@ -14,17 +14,17 @@ from . import __version__
 
 # name -> "module:attribute" of a click command, imported on first use.
 COMMANDS: dict[str, str] = {
-    "validate": "reconciler.commands:validate",
-    "plan": "reconciler.commands:plan",
-    "apply": "reconciler.commands:apply",
-    "destroy": "reconciler.commands:destroy",
-    "reconcile": "reconciler.commands:reconcile",
-    "import": "reconciler.commands:import_",
-    "state": "reconciler.commands:state",
-    "force-unlock": "reconciler.commands:force_unlock",
-    "show": "reconciler.commands:show",
-    "status": "reconciler.status:status",
-    "schema": "reconciler.commands:schema",
+    "validate": "reconciler.commands.validate:validate",
+    "plan": "reconciler.commands.plan:plan",
+    "apply": "reconciler.commands.apply:apply",
+    "destroy": "reconciler.commands.apply:destroy",
+    "reconcile": "reconciler.commands.reconcile:reconcile",
+    "import": "reconciler.commands.import_:import_",
+    "state": "reconciler.commands.state:state",
+    "force-unlock": "reconciler.commands.state:force_unlock",
+    "show": "reconciler.commands.plan:show",
+    "status": "reconciler.commands.status:status",
+    "schema": "reconciler.commands.schema:schema",
     "emulator": "reconciler.emulator.command:emulator",
 }
 

@@ -8,19 +8,9 @@ from typing import Any
 
 import click
 
-from .commands import (
-    EXIT_CHANGES,
-    EXIT_ERROR,
-    api_options,
-    colour_enabled,
-    handle_errors,
-    out,
-    output_options,
-    paths_argument,
-    print_json,
-    state_option,
-)
-from .render import Style
+from ..render import Style
+from .options import api_options, load, open_store, output_options, paths_argument, state_option
+from .output import EXIT_CHANGES, EXIT_ERROR, colour_enabled, handle_errors, out, print_json
 
 _COLOURS = {
     "running": "green",
@@ -62,19 +52,18 @@ def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no
     with --offline also "started"), 2 when some do not (ended, failed or
     unknown; with --offline also absent), 1 on errors.
     """
-    from . import engine
-    from .commands import _load, _store
+    from .. import engine
 
     if offline:
-        manifests = _load(paths)
-        state = _store(state_path, workspace, 0.0, "snapctl status").read()
+        manifests = load(paths)
+        state = open_store(state_path, workspace, 0.0, "snapctl status").read()
         scope = engine.refresh_scope(manifests, state, targets)
         rows = [Row.kept(address, state, address in manifests.tasks) for address in scope]
     else:
         settings = api_opts.settings()
         target = settings.target()
-        manifests = _load(paths)
-        store = _store(state_path, workspace, 0.0, "snapctl status")
+        manifests = load(paths)
+        store = open_store(state_path, workspace, 0.0, "snapctl status")
         state = store.read()
         engine.check_binding(state, *target, store.location)
         scope = engine.refresh_scope(manifests, state, targets)

@@ -1,0 +1,213 @@
+"""The options shared by the commands, and the steps they share: loading the manifests,
+opening the state, reading the tasks. Commands use this module and :mod:`.output`,
+never each other."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import api
+from .output import EXIT_ERROR, print_json
+
+
+def paths_argument(f):
+    return click.argument("paths", nargs=-1, type=click.Path(path_type=Path))(f)
+
+
+def state_option(f):
+    f = click.option(
+        "--workspace",
+        default="default",
+        show_default=True,
+        envvar="SNAPCTL_WORKSPACE",
+        help="Which of the states kept at --state (env SNAPCTL_WORKSPACE).",
+    )(f)
+    return click.option(
+        "--state",
+        "state_path",
+        default="state/snapctl.state.json",
+        show_default=True,
+        envvar="SNAPCTL_STATE",
+        help="State file, or a postgresql:// URL of a shared state (env SNAPCTL_STATE).",
+    )(f)
+
+
+def endpoint_option(f):
+    return click.option(
+        "--endpoint",
+        envvar="SNAPCTL_ENDPOINT",
+        help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).",
+    )(f)
+
+
+def open_store(state_path, workspace, lock_timeout_s, command):
+    from ..state import store_for
+
+    return store_for(state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command=command)
+
+
+def output_options(f):
+    f = click.option("--no-color", is_flag=True, help="No ANSI colour (also NO_COLOR=1).")(f)
+    f = click.option(
+        "--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout (see docs/json-output.md)."
+    )(f)
+    return f
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    """The API options of a command (see :func:`api_options`), as given."""
+
+    endpoint: str | None
+    qps: float
+    read_qps: float
+    parallelism: int
+    timeout_s: float
+
+    def settings(self, *, credentials: bool = True):
+        """The run's settings with its environment checked (credentials, endpoint, region,
+        proxies): a bad input is one line before any output and before any request."""
+        from ..engine import Settings
+
+        settings = Settings(
+            endpoint=self.endpoint,
+            qps=self.qps,
+            read_qps=self.read_qps,
+            parallelism=self.parallelism,
+            timeout_s=self.timeout_s,
+        )
+        settings.resolve(credentials=credentials)
+        return settings
+
+
+def api_options(f):
+    """The options of every command that can call the API (the same everywhere), given
+    to the command as one ``api_opts`` argument, an :class:`ApiOptions`."""
+
+    run = f
+
+    @functools.wraps(run)
+    def command(*args, endpoint, qps, read_qps, parallelism, timeout_s, **kwargs):
+        return run(*args, api_opts=ApiOptions(endpoint, qps, read_qps, parallelism, timeout_s), **kwargs)
+
+    f = command
+    f = click.option(
+        "--endpoint",
+        help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).",
+    )(f)
+    f = click.option(
+        "--qps",
+        type=click.FloatRange(min=0),
+        default=float(api.DOCUMENTED_QPS),
+        show_default=True,
+        help="Requests per second per write action (0: no limit).",
+    )(f)
+    f = click.option(
+        "--read-qps",
+        type=click.FloatRange(min=0),
+        default=float(api.DOCUMENTED_READ_QPS),
+        show_default=True,
+        help="GetSnapshotTask reads per second (0: no limit).",
+    )(f)
+    f = click.option(
+        "--parallelism", type=click.IntRange(min=1), default=64, show_default=True, help="Tasks in flight at once."
+    )(f)
+    f = click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        help="Seconds to wait for one answer.",
+    )(f)
+    return f
+
+
+def lock_option(f):
+    return click.option(
+        "--lock-timeout",
+        "lock_timeout_s",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Seconds to wait for the state lock.",
+    )(f)
+
+
+def scope_options(f):
+    f = click.option(
+        "--target",
+        "targets",
+        multiple=True,
+        metavar="ADDR",
+        help="Limit to APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.",
+    )(f)
+    f = click.option(
+        "--replace",
+        "replace",
+        multiple=True,
+        metavar="ADDR",
+        help="Force the replacement of APP/ROOM/TASK. Repeatable.",
+    )(f)
+    return f
+
+
+def format_option(f):
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json", "markdown"]),
+        default="text",
+        show_default=True,
+        help="Output format (--json is --format json).",
+    )(f)
+
+
+def refresh_option(f):
+    return click.option(
+        "--refresh",
+        is_flag=True,
+        help="Read every task concerned with GetSnapshotTask (60/s) and plan against what runs.",
+    )(f)
+
+
+def observe(manifests, state, settings, targets=()):
+    """Read the tasks in scope (every declared one and every one in the state);
+    the observations, and how long the reads took."""
+    import time
+
+    from .. import engine
+
+    scope = engine.refresh_scope(manifests, state, targets)
+    began = time.monotonic()
+    observations = engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
+    return observations, round(time.monotonic() - began, 3)
+
+
+def load(paths, *, as_json: bool = False, command: str = "", **options) -> Any:
+    """The manifests under ``paths``; with ``as_json``, manifests that cannot be used are
+    a JSON document on stdout (``valid: false`` and every diagnostic) and exit 1."""
+    from ..manifest import ManifestError, load_manifests
+
+    try:
+        return load_manifests(list(paths) or ["manifests"], **options)
+    except ManifestError as exc:
+        if not as_json:
+            raise
+        from ..render import invalid_document
+
+        print_json(invalid_document(exc.diagnostics, command))
+        sys.exit(EXIT_ERROR)
+
+
+def no_manifests():
+    """An empty manifest set (destroy, and plan --destroy without paths)."""
+    from ..manifest import ManifestSet
+
+    return ManifestSet(tasks={}, warnings=[], files=[])

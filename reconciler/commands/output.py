@@ -1,0 +1,145 @@
+"""Terminal output shared by the commands: colour, JSON, warnings, plans, progress, and
+errors as one line with an exit status (never a traceback)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+
+from ..errors import CredentialsError, SnapctlError
+from ..render import Style
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def colour_enabled(stream, no_color: bool) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR, --no-color or TERM=dumb."""
+    if no_color or os.environ.get("NO_COLOR", "") != "" or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def out(text: str) -> None:
+    click.echo(text, nl=False)
+
+
+def err(text: str) -> None:
+    click.echo(text, err=True, nl=False)
+
+
+def print_json(document: Any) -> None:
+    click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+
+
+def print_warnings(manifests, style: Style) -> None:
+    for warning in manifests.warnings:
+        err(style(f"{warning}\n", "yellow"))
+
+
+def print_plan(the_plan, fmt: str, no_color: bool) -> None:
+    """A plan on stdout as text, Markdown or JSON."""
+    from .. import render
+
+    if fmt == "json":
+        print_json(render.plan_document(the_plan))
+    elif fmt == "markdown":
+        out(render.plan_markdown(the_plan))
+    else:
+        out(render.plan_text(the_plan, Style(colour_enabled(sys.stdout, no_color))))
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Every failure is one clear message on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except SnapctlError as exc:
+            style = Style(colour_enabled(sys.stderr, kwargs.get("no_color", False)))
+            from ..manifest import ManifestError
+
+            if isinstance(exc, ManifestError):
+                for diagnostic in exc.diagnostics:
+                    err(style(f"{diagnostic}\n", "red" if diagnostic.severity == "error" else "yellow"))
+                errors = sum(d.severity == "error" for d in exc.diagnostics)
+                err(
+                    style(
+                        f"Error: {errors} problem(s) in the manifests; nothing was sent and nothing written.\n",
+                        "red",
+                        "bold",
+                    )
+                )
+            elif isinstance(exc, CredentialsError):  # as apply names it, with what to check
+                from ..render import credentials_refused
+
+                err(style(f"Error: {credentials_refused(exc)}\n", "red", "bold"))
+            else:
+                err(style(f"Error: {exc}\n", "red", "bold"))
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+class Progress:
+    """A live bar (done/total, rate, ETA) on a terminal, else one line per finished task."""
+
+    def __init__(self, total: int, style: Style, *, quiet: bool, stream=None):
+        self.total = total
+        self.style = style
+        self.stream = stream or sys.stderr
+        self._bar = None
+        self._quiet = quiet
+        if not quiet and total and self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as Bar,
+            )
+
+            console = Console(file=self.stream, no_color=not style.colour)
+            self._bar = Bar(
+                TextColumn("applying"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self._task = self._bar.add_task("apply", total=total, rate="")
+            self._bar.start()
+            import time
+
+            self._t0 = time.monotonic()
+
+    def __call__(self, result) -> None:
+        from ..render import result_line
+
+        if self._bar is not None:
+            import time
+
+            done = self._bar.tasks[0].completed + 1
+            rate = done / max(time.monotonic() - self._t0, 1e-6)
+            self._bar.update(self._task, advance=1, rate=f"{rate:.0f} tasks/s")
+            if not result.ok:
+                self._bar.console.print(result_line(result, self.style), markup=False, highlight=False)
+        elif not self._quiet:
+            click.echo(result_line(result, self.style), file=self.stream)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

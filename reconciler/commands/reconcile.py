@@ -1,0 +1,174 @@
+"""``snapctl reconcile``: observe the declared tasks and fix them, once or as a controller."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from ..errors import UsageError
+from ..render import Style
+from .options import api_options, lock_option, output_options, paths_argument, state_option
+from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_errors, out
+
+
+@click.command(short_help="Read every declared task, fix what is not as declared (--watch: keep doing it).")
+@paths_argument
+@state_option
+@api_options
+@lock_option
+@output_options
+@click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until SIGTERM/SIGINT.")
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between rounds with --watch.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="With --watch: serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+@click.option(
+    "--no-refresh",
+    is_flag=True,
+    help="Do not read the tasks: StartSnapshot every declared one instead (the blind re-assert).",
+)
+@handle_errors
+def reconcile(
+    paths,
+    state_path,
+    workspace,
+    api_opts,
+    lock_timeout_s,
+    as_json,
+    no_color,
+    watch,
+    interval_s,
+    metrics_port,
+    metrics_host,
+    no_refresh,
+):
+    """Observe every declared task, then fix what is not as declared, without asking.
+
+    Each round reads every declared task (GetSnapshotTask, at --read-qps), starts
+    the ones that ended or failed ("healed"), corrects tasks changed outside
+    snapctl, applies pending manifest changes as `apply` would, and confirms the
+    tasks it cannot see with StartSnapshot ("already started" = running). A round
+    over tasks that all run as declared sends no write call. --no-refresh instead
+    sends StartSnapshot for every declared task. With --watch this runs as a
+    controller; a failed round is reported and the loop goes on.
+    """
+    from .. import controller, render
+    from ..runenv import check_metrics_address
+
+    settings = api_opts.settings()
+    if metrics_port is not None:
+        check_metrics_address(metrics_host, metrics_port)
+    paths = list(paths) or [Path("manifests")]
+    style = Style(colour_enabled(sys.stdout, no_color))
+    stream = sys.stderr if as_json else sys.stdout
+
+    def on_result(result):
+        if not result.ok or result.healed or result.kind != "reassert":
+            click.echo(render.result_line(result, style), file=stream)
+
+    def report_round(round_):
+        if as_json:
+            document = {
+                "format_version": 1,
+                "type": "reconcile",
+                "ok": round_.ok,
+                "error": str(round_.error) if round_.error else None,
+                "declared": round_.declared,
+                "duration_s": round(round_.duration_s, 3),
+                "refreshed": round_.refreshed,
+                "reads": round_.reads,
+                "observed": round_.observed_counts,
+            }
+            if round_.report is not None:
+                document |= {"result": render.apply_document(round_.report, round_.plan, command="reconcile")}
+            click.echo(orjson.dumps(document).decode())
+            return
+        if round_.error is not None:
+            if hasattr(round_.error, "diagnostics"):
+                for diagnostic in round_.error.diagnostics:
+                    err(f"{diagnostic}\n")
+            err(style(f"Error: reconcile round failed: {round_.error}\n", "red"))
+            return
+        report = round_.report
+        if report.stopped_by is not None:
+            err(style(f"Error: reconcile round stopped: {render.stopped_line(report)}\n", "red"))
+            return
+        healed = len(report.healed)
+        changed = round_.plan.summary.total
+        failed = len(report.failures)
+        read = f"{round_.reads} read, " if round_.refreshed else ""
+        if report.interrupted:
+            line = (
+                f"Reconcile interrupted after {round_.duration_s:.1f}s: {len(report.results) - failed} task(s) done"
+                + (f", {failed} failed" if failed else "")
+                + f", {report.skipped} not attempted; finished calls are recorded in the state."
+            )
+            out(style(line + "\n", "yellow"))
+            return
+        line = (
+            f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {read}{changed} change(s) applied, "
+            f"{healed} healed, {failed} failed."
+        )
+        out(style(line + "\n", "red" if failed else "green"))
+        if healed:
+            out("Healed: " + ", ".join(r.address for r in report.healed) + "\n")
+
+    if not watch:
+        # Like apply: the first SIGINT/SIGTERM lets calls in flight finish and be recorded.
+        with controller.graceful_stop() as stop:
+            round_ = controller.reconcile_once(
+                paths,
+                state_path,
+                settings,
+                lock_timeout_s=lock_timeout_s,
+                on_result=on_result,
+                refresh=not no_refresh,
+                workspace=workspace,
+                stop_event=stop,
+            )
+        if round_.error is not None and not as_json:
+            raise round_.error
+        report_round(round_)
+        if round_.report is not None and round_.report.interrupted:
+            sys.exit(EXIT_INTERRUPTED)
+        if not round_.ok:
+            sys.exit(EXIT_ERROR)
+        return
+    try:
+        metrics = controller.Metrics(metrics_port, metrics_host) if metrics_port is not None else None
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}") from None
+    if metrics is not None:
+        err(f"Serving metrics on http://{metrics_host}:{metrics.server.server_port}/metrics\n")
+    with controller.graceful_stop() as stop:
+        try:
+            rounds = controller.watch(
+                paths,
+                state_path,
+                settings,
+                workspace=workspace,
+                interval_s=interval_s,
+                stop=stop,
+                lock_timeout_s=lock_timeout_s,
+                metrics=metrics,
+                on_round=report_round,
+                on_result=on_result,
+                refresh=not no_refresh,
+            )
+        finally:
+            if metrics is not None:
+                metrics.close()
+    err(f"Stopped after {rounds} round(s); the state is written.\n")
