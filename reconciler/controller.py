@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import api, engine
 from .apply import ActionResult, ApplyReport
-from .errors import SnapctlError
+from .errors import Interrupted, SnapctlError
 from .plan import Plan
 from .state import DEFAULT_WORKSPACE, store_for
 
@@ -39,6 +39,9 @@ class Round:
     #: The round read the tasks first (not --no-refresh), and what it saw.
     refreshed: bool = False
     observations: dict[str, api.Observation] | None = None
+    #: SIGINT/SIGTERM stopped the round during its reads (before it changed anything):
+    #: how far the reads got.
+    interrupted: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -160,6 +163,7 @@ def reconcile_once(
     started, t0 = time.time(), time.monotonic()
     client = reader = None
     observations = None
+    interrupted: str | None = None
     try:
         manifests = engine.load_manifests(list(paths))
         target = settings.target()
@@ -169,9 +173,18 @@ def reconcile_once(
             store.bind(*target)
             if refresh:
                 reader = settings.client()
-                observations = engine.refresh(
-                    reader, sorted(manifests.tasks), store.state, parallelism=settings.parallelism
-                )
+                try:
+                    observations = engine.refresh(
+                        reader,
+                        sorted(manifests.tasks),
+                        store.state,
+                        parallelism=settings.parallelism,
+                        stop_event=stop_event,
+                    )
+                except Interrupted as exc:  # SIGINT/SIGTERM: stop reading at once, keep what was read
+                    observations = exc.observations
+                    store.record_observations(observations.values())
+                    raise
                 store.record_observations(observations.values())
             client = settings.client()
             plan = engine.plan(manifests, store.state, observations=observations, target=target)
@@ -190,6 +203,9 @@ def reconcile_once(
                 stop_event=stop_event,
             )
         error, declared = None, len(manifests.tasks)
+    except Interrupted as exc:
+        plan, report, error, declared = None, None, None, len(manifests.tasks)
+        interrupted = f"{len(exc.observations)} of {exc.total} task(s) read (recorded in the state)"
     except SnapctlError as exc:
         plan, report, error, declared = None, None, exc, 0
     except Exception as exc:  # a round must never end the controller: report it and go on
@@ -214,6 +230,7 @@ def reconcile_once(
         throttled,
         refreshed=refresh,
         observations=observations,
+        interrupted=interrupted,
     )
 
 

@@ -6,14 +6,15 @@ directly with their own client and paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import api
-from .errors import ApiError, AuthError, UsageError
+from .errors import ApiError, AuthError, Interrupted, UsageError
 from .manifest import ManifestSet, load_manifests
 from .plan import Plan, check_plan_current, check_plan_unchanged, in_targets, make_plan, observations_of
 from .runenv import RunEnv, resolve
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .apply import ActionResult, Applier, ApplyReport
     from .client import SnapshotClient
     from .signing import SigningKey
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -156,17 +159,23 @@ async def refresh_tasks(
     *,
     parallelism: int = 64,
     on_observation: Callable[[api.Observation], None] | None = None,
+    stop_event: StopEvent | None = None,
 ) -> dict[str, api.Observation]:
     """Read every task of ``addresses`` with GetSnapshotTask (at the client's read
     limit, ``parallelism`` in flight). The storage keys of each answer are
     fingerprinted with the state's key. A read that fails after its retries is
     an ``unknown`` observation saying why; a credentials or permission error
-    ends the refresh (every other read would fail the same way)."""
+    ends the refresh (every other read would fail the same way).
+
+    ``stop_event`` (anything with ``is_set()``, set by a signal handler): once set,
+    the reads stop at once (those in flight are abandoned: a read changes nothing)
+    and :class:`Interrupted` is raised carrying the observations made so far."""
     import asyncio
 
     semaphore = asyncio.Semaphore(max(1, parallelism))
+    seen: dict[str, api.Observation] = {}
 
-    async def one(address: str) -> api.Observation:
+    async def one(address: str) -> None:
         app, room, task = address.split("/")
         async with semaphore:
             try:
@@ -174,19 +183,59 @@ async def refresh_tasks(
                 # equal whatever the record's fingerprint scheme.
                 entry = state.tasks.get(address)
                 stored = entry.get("request") if entry is not None else None
-                seen = await client.get_task(
+                observation = await client.get_task(
                     app, room, task, fingerprint=lambda raw: state.fingerprint(raw, like=stored)
                 )
             except ApiError as exc:
                 if isinstance(exc, AuthError) or getattr(exc, "stops_run", False):
                     raise  # every other read would fail the same way
-                seen = api.Observation(address, api.Observed.unknown, detail=f"read failed: {exc}", read_error=True)
+                observation = api.Observation(
+                    address, api.Observed.unknown, detail=f"read failed: {exc}", read_error=True
+                )
+        seen[address] = observation
         if on_observation is not None:
-            on_observation(seen)
-        return seen
+            on_observation(observation)
 
-    seen = await asyncio.gather(*(one(address) for address in addresses))
-    return {observation.address: observation for observation in seen}
+    try:
+        await unless_stopped(asyncio.gather(*(one(address) for address in addresses)), stop_event)
+    except Interrupted:
+        read = {address: seen[address] for address in addresses if address in seen}
+        raise Interrupted(
+            f"stopped reading after {len(read)} of {len(addresses)} task(s)", observations=read, total=len(addresses)
+        ) from None
+    return {address: seen[address] for address in addresses}
+
+
+class StopEvent(Protocol):
+    """What stops a run: a ``threading.Event`` set by a signal handler (see ``controller.graceful_stop``)."""
+
+    def is_set(self) -> bool: ...
+
+
+#: How often a stoppable wait looks at its stop event (seconds).
+STOP_POLL_S = 0.05
+
+
+async def unless_stopped(work: Awaitable[T], stop_event: StopEvent | None) -> T:
+    """``await work``, unless ``stop_event`` is set first (or already): then ``work`` is
+    cancelled and :class:`Interrupted` raised. For reads only: a cancelled write
+    could leave its outcome unknown, so writes finish instead (see ``Applier``)."""
+    import asyncio
+
+    if stop_event is None:
+        return await work
+    future = asyncio.ensure_future(work)
+    try:
+        while not stop_event.is_set():
+            done, _ = await asyncio.wait({future}, timeout=STOP_POLL_S)
+            if done:
+                return future.result()
+    finally:
+        if not future.done():
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                await future
+    raise Interrupted("stopped")
 
 
 def refresh(
@@ -196,13 +245,21 @@ def refresh(
     *,
     parallelism: int = 64,
     on_observation: Callable[[api.Observation], None] | None = None,
+    stop_event: StopEvent | None = None,
 ) -> dict[str, api.Observation]:
     """:func:`refresh_tasks` on its own event loop; the client is closed after."""
     import asyncio
 
     async def run() -> dict[str, api.Observation]:
         async with client:
-            return await refresh_tasks(client, addresses, state, parallelism=parallelism, on_observation=on_observation)
+            return await refresh_tasks(
+                client,
+                addresses,
+                state,
+                parallelism=parallelism,
+                on_observation=on_observation,
+                stop_event=stop_event,
+            )
 
     return asyncio.run(run())
 

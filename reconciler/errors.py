@@ -6,6 +6,7 @@ SnapctlError
 │   └── StateError
 ├── LockError             another process holds the state lock
 ├── WriteError            a file could not be written (disk full, read-only); what was written before is intact
+├── Interrupted           SIGINT/SIGTERM stopped the run before it acted (exit 130)
 └── ApiError              the API answered an error, or could not be reached
     ├── AuthError         signature, access key, timestamp, permission
     │   └── CredentialsError  the account's credentials or clock: every call would fail (stops the run)
@@ -51,6 +52,18 @@ class WriteError(SnapctlError):
         super().__init__(message)
         self.path = path
         self.errno = errno
+
+
+class Interrupted(SnapctlError):
+    """SIGINT or SIGTERM stopped the run before it changed anything (during its reads):
+    exit status 130. ``observations``: the tasks read before the stop, by address
+    (the caller records them where it holds the state's lock); ``total``: how many
+    reads there were to make."""
+
+    def __init__(self, message: str, *, observations: dict | None = None, total: int = 0):
+        super().__init__(message)
+        self.observations = observations or {}
+        self.total = total
 
 
 class ApiError(SnapctlError):

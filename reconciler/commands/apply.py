@@ -155,7 +155,11 @@ def apply(
     print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
     with open_store(state_path, workspace, lock_timeout_s, "snapctl apply") as store:
         store.bind(*target)
-        observations, refresh_s = observe(manifests, store.state, settings, targets) if refresh else (None, None)
+        observations, refresh_s = (
+            observe(manifests, store.state, settings, targets, record=store.record_observations)
+            if refresh
+            else (None, None)
+        )
         if observations is not None:
             store.record_observations(observations.values())
         the_plan = engine.plan(

@@ -39,8 +39,10 @@ def import_(
     import asyncio
 
     from .. import api as wire
+    from .. import engine
     from ..client import Outcome
-    from ..errors import ApiError
+    from ..controller import graceful_stop
+    from ..errors import ApiError, Interrupted
 
     settings = api_opts.settings()
     manifests = load(paths)
@@ -57,11 +59,20 @@ def import_(
 
         async def adopt():
             async with client:
-                seen = await client.get_task(
-                    task.request.app_id, task.request.room_id, task.request.task_id, fingerprint=store.state.fingerprint
+                # SIGINT/SIGTERM stop the read at once, and no StartSnapshot follows.
+                seen = await engine.unless_stopped(
+                    client.get_task(
+                        task.request.app_id,
+                        task.request.room_id,
+                        task.request.task_id,
+                        fingerprint=store.state.fingerprint,
+                    ),
+                    stop,
                 )
                 if seen.healthy and seen.live is not None:
                     return seen, None
+                if stop.is_set():
+                    raise Interrupted("stopped")
                 # As apply does: the intent is journaled before the call, so that a run
                 # killed before the outcome is recorded leaves the task pending in the state.
                 previous = store.record_intent(address, "StartSnapshot", declared)
@@ -77,7 +88,11 @@ def import_(
                             )
                     raise
 
-        seen, call = asyncio.run(adopt())
+        try:
+            with graceful_stop() as stop:
+                seen, call = asyncio.run(adopt())
+        except Interrupted:
+            raise Interrupted(f"nothing was started and nothing recorded for {address}") from None
         if call is None:  # after a StartSnapshot the observation is out of date already
             store.record_observations([seen])
         differs: list[str] = []

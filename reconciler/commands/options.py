@@ -177,16 +177,32 @@ def refresh_option(f):
     )(f)
 
 
-def observe(manifests, state, settings, targets=()):
+def observe(manifests, state, settings, targets=(), *, record=None):
     """Read the tasks in scope (every declared one and every one in the state);
-    the observations, and how long the reads took."""
+    the observations, and how long the reads took.
+
+    SIGINT/SIGTERM stop the reads at once: what was read is given to ``record`` (a
+    command that holds the state's lock records it), and :class:`Interrupted` says so
+    (exit 130)."""
     import time
 
     from .. import engine
+    from ..controller import graceful_stop
+    from ..errors import Interrupted
 
     scope = engine.refresh_scope(manifests, state, targets)
     began = time.monotonic()
-    observations = engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
+    try:
+        with graceful_stop() as stop:
+            observations = engine.refresh(
+                settings.client(), scope, state, parallelism=settings.parallelism, stop_event=stop
+            )
+    except Interrupted as exc:
+        read = f"{len(exc.observations)} of {exc.total} task(s) read"
+        if record is not None:
+            record(exc.observations.values())
+            raise Interrupted(f"{read} (recorded in the state) before the stop; nothing was changed") from None
+        raise Interrupted(f"{read} before the stop; nothing was planned") from None
     return observations, round(time.monotonic() - began, 3)
 
 

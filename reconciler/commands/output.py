@@ -12,7 +12,7 @@ from typing import Any
 import click
 import orjson
 
-from ..errors import CredentialsError, SnapctlError
+from ..errors import CredentialsError, Interrupted, SnapctlError
 from ..render import Style
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -76,6 +76,9 @@ def handle_errors(f: Callable) -> Callable:
                         "bold",
                     )
                 )
+            elif isinstance(exc, Interrupted):  # SIGINT/SIGTERM before anything changed
+                err(style(f"Interrupted: {exc}.\n", "yellow", "bold"))
+                sys.exit(EXIT_INTERRUPTED)
             elif isinstance(exc, CredentialsError):  # as apply names it, with what to check
                 from ..render import credentials_refused
 

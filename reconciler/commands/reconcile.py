@@ -91,10 +91,16 @@ def reconcile(
                 "refreshed": round_.refreshed,
                 "reads": round_.reads,
                 "observed": round_.observed_counts,
+                "interrupted": round_.interrupted is not None,
             }
             if round_.report is not None:
                 document |= {"result": render.apply_document(round_.report, round_.plan, command="reconcile")}
             click.echo(orjson.dumps(document).decode())
+            return
+        if round_.interrupted is not None:
+            out(
+                style(f"Reconcile interrupted during its reads: {round_.interrupted}; nothing was changed.\n", "yellow")
+            )
             return
         if round_.error is not None:
             if hasattr(round_.error, "diagnostics"):
@@ -142,7 +148,7 @@ def reconcile(
         if round_.error is not None and not as_json:
             raise round_.error
         report_round(round_)
-        if round_.report is not None and round_.report.interrupted:
+        if round_.interrupted is not None or (round_.report is not None and round_.report.interrupted):
             sys.exit(EXIT_INTERRUPTED)
         if not round_.ok:
             sys.exit(EXIT_ERROR)

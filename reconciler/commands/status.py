@@ -67,7 +67,16 @@ def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no
         state = store.read()
         engine.check_binding(state, *target, store.location)
         scope = engine.refresh_scope(manifests, state, targets)
-        observations = engine.refresh(settings.client(), scope, state, parallelism=settings.parallelism)
+        from ..controller import graceful_stop
+        from ..errors import Interrupted
+
+        try:
+            with graceful_stop() as stop:
+                observations = engine.refresh(
+                    settings.client(), scope, state, parallelism=settings.parallelism, stop_event=stop
+                )
+        except Interrupted as exc:
+            raise Interrupted(f"{len(exc.observations)} of {exc.total} task(s) read before the stop") from None
         rows = [Row.read(observations[address], address in manifests.tasks) for address in scope]
     _show(rows, offline, as_json, no_color)
 
