@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="snapctl", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.UsageError as exc:  # a bad flag or argument: one line, as every bad input
+        message = exc.format_message()
+        if exc.ctx is not None and "--help" not in message:
+            message = f"{message.rstrip('.')} (see {exc.ctx.command_path} --help)"
+        click.echo(f"Error: {message}", err=True)
+        return 1
     except click.ClickException as exc:
         exc.show()
         return 1

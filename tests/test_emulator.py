@@ -672,7 +672,7 @@ def test_command_help():
 
 
 @pytest.mark.parametrize(
-    "args, text", [(["--error-rate", "2"], "error_rate"), (["--drop-rate", "0.7", "--slow-rate", "0.7"], "exceed 1")]
+    "args, text", [(["--error-rate", "2"], "--error-rate"), (["--drop-rate", "0.7", "--slow-rate", "0.7"], "exceed 1")]
 )
 def test_command_refuses_bad_flags(args, text):
     result = subprocess.run([SNAPCTL, "emulator", *args], capture_output=True, text=True, timeout=30)

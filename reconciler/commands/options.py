@@ -16,6 +16,46 @@ from .. import api
 from .output import EXIT_ERROR, print_json
 
 
+class Number(click.ParamType):
+    """The type of every numeric flag (and of an option's environment variable): a finite
+    number in ``[low, high]``, an integer with ``integer``. NaN and infinities are refused
+    (Python's float() reads "nan", "inf" and "1e999" as numbers that compare false or never
+    end: a wait of NaN seconds never waits, one of infinity never stops)."""
+
+    def __init__(self, low: float, high: float, *, integer: bool = False):
+        self.low, self.high, self.integer = low, high, integer
+        self.name = "integer" if integer else "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        if isinstance(value, bool):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        try:
+            if self.integer:
+                number: float = value if isinstance(value, int) else int(str(value).strip(), 10)
+            else:
+                number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not {'an integer' if self.integer else 'a number'}.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{value!r} is not in the range {_plain(self.low)}..{_plain(self.high)}.", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"Number({self.low}, {self.high}, integer={self.integer})"
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+#: The longest wait a duration flag takes (seconds): about 11.6 days.
+MAX_SECONDS = 1_000_000.0
+
+
 def paths_argument(f):
     return click.argument("paths", nargs=-1, type=click.Path(path_type=Path))(f)
 
@@ -103,25 +143,29 @@ def api_options(f):
     )(f)
     f = click.option(
         "--qps",
-        type=click.FloatRange(min=0),
+        type=Number(0, 1_000_000),
         default=float(api.DOCUMENTED_QPS),
         show_default=True,
         help="Requests per second per write action (0: no limit).",
     )(f)
     f = click.option(
         "--read-qps",
-        type=click.FloatRange(min=0),
+        type=Number(0, 1_000_000),
         default=float(api.DOCUMENTED_READ_QPS),
         show_default=True,
         help="GetSnapshotTask reads per second (0: no limit).",
     )(f)
     f = click.option(
-        "--parallelism", type=click.IntRange(min=1), default=64, show_default=True, help="Tasks in flight at once."
+        "--parallelism",
+        type=Number(1, 100_000, integer=True),
+        default=64,
+        show_default=True,
+        help="Tasks in flight at once.",
     )(f)
     f = click.option(
         "--timeout",
         "timeout_s",
-        type=click.FloatRange(min=0.1),
+        type=Number(0.1, MAX_SECONDS),
         default=10.0,
         show_default=True,
         help="Seconds to wait for one answer.",
@@ -133,7 +177,7 @@ def lock_option(f):
     return click.option(
         "--lock-timeout",
         "lock_timeout_s",
-        type=click.FloatRange(min=0),
+        type=Number(0, MAX_SECONDS),
         default=0.0,
         show_default=True,
         help="Seconds to wait for the state lock.",

@@ -10,7 +10,7 @@ import orjson
 
 from ..errors import UsageError
 from ..render import Style
-from .options import api_options, lock_option, output_options, paths_argument, state_option
+from .options import MAX_SECONDS, Number, api_options, lock_option, output_options, paths_argument, state_option
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_errors, out
 
 
@@ -24,14 +24,14 @@ from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_er
 @click.option(
     "--interval",
     "interval_s",
-    type=click.FloatRange(min=0.1),
+    type=Number(0.1, MAX_SECONDS),
     default=60.0,
     show_default=True,
     help="Seconds between rounds with --watch.",
 )
 @click.option(
     "--metrics-port",
-    type=click.IntRange(0, 65535),
+    type=Number(0, 65535, integer=True),
     help="With --watch: serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")

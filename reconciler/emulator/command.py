@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, EmulatorConfig
+from ..commands.options import Number
+from .config import (
+    DEFAULT_ACCESS_KEY,
+    DEFAULT_REGION,
+    DEFAULT_SECRET_KEY,
+    MAX_MS,
+    MAX_QPS,
+    MAX_READ_WINDOW_S,
+    EmulatorConfig,
+)
 
 
 @click.command(
@@ -14,7 +23,13 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on (0: any free port).")
+@click.option(
+    "--port",
+    type=Number(0, 65535, integer=True),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
 @click.option(
     "--access-key",
     envvar="SNAPCTL_EMULATOR_ACCESS_KEY",
@@ -32,15 +47,23 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
 )
 @click.option("--region", default=DEFAULT_REGION, show_default=True, help="Region requests must be signed for.")
 @click.option(
-    "--qps", type=int, default=150, show_default=True, help="Requests per second per action before 429 (0: no limit)."
+    "--qps",
+    type=Number(0, MAX_QPS, integer=True),
+    default=150,
+    show_default=True,
+    help="Requests per second per action before 429 (0: no limit).",
 )
 @click.option(
-    "--read-qps", type=int, default=60, show_default=True, help="GetSnapshotTask requests per second before 429."
+    "--read-qps",
+    type=Number(0, MAX_QPS, integer=True),
+    default=60,
+    show_default=True,
+    help="GetSnapshotTask requests per second before 429.",
 )
 @click.option(
     "--read-window",
     "read_window_s",
-    type=float,
+    type=Number(0, MAX_READ_WINDOW_S),
     default=72 * 3600,
     show_default=True,
     help="Seconds after its start a task can still be read; later GetSnapshotTask answers not found.",
@@ -54,42 +77,65 @@ from .config import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY, Emul
 )
 @click.option(
     "--start-delay-ms",
-    type=int,
+    type=Number(0, MAX_MS, integer=True),
     default=0,
     show_default=True,
     help="How long a newly started task reads Status 1 (not started yet) before Status 2 (running).",
 )
-@click.option("--latency-ms", type=int, default=0, show_default=True, help="Delay added to every API answer.")
-@click.option("--jitter-ms", type=int, default=0, show_default=True, help="Random extra delay, up to this much.")
+@click.option(
+    "--latency-ms",
+    type=Number(0, MAX_MS, integer=True),
+    default=0,
+    show_default=True,
+    help="Delay added to every API answer.",
+)
+@click.option(
+    "--jitter-ms",
+    type=Number(0, MAX_MS, integer=True),
+    default=0,
+    show_default=True,
+    help="Random extra delay, up to this much.",
+)
 @click.option(
     "--error-rate",
-    type=float,
+    type=Number(0, 1),
     default=0.0,
     show_default=True,
     help="Share of requests answered 500 InternalError, not done.",
 )
 @click.option(
     "--drop-rate",
-    type=float,
+    type=Number(0, 1),
     default=0.0,
     show_default=True,
     help="Share of requests whose connection is dropped, half before and half after doing the action.",
 )
 @click.option(
     "--slow-rate",
-    type=float,
+    type=Number(0, 1),
     default=0.0,
     show_default=True,
     help="Share of requests done, then answered after --slow-ms.",
 )
-@click.option("--slow-ms", type=int, default=5000, show_default=True, help="Delay of the slow answers.")
+@click.option(
+    "--slow-ms",
+    type=Number(0, MAX_MS, integer=True),
+    default=5000,
+    show_default=True,
+    help="Delay of the slow answers.",
+)
 @click.option(
     "--data",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Keep the tasks in this JSON file so they survive restarts.",
 )
-@click.option("--seed", type=int, default=None, help="Seed of the fault and jitter draws, for repeatable runs.")
+@click.option(
+    "--seed",
+    type=Number(-(2**63), 2**63 - 1, integer=True),
+    default=None,
+    help="Seed of the fault and jitter draws, for repeatable runs.",
+)
 @click.option(
     "--api-path",
     default="/",

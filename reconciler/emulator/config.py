@@ -32,7 +32,12 @@ RUNTIME_FIELDS = (
     "refuse_start_code",
 )
 
-Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+Rate = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+#: The bounds of the numeric settings (flags and POST /_emulator/config alike): a delay of at
+#: most an hour, a rate limit of at most a million per second, a read window of ten years.
+MAX_MS = 3_600_000
+MAX_QPS = 1_000_000
+MAX_READ_WINDOW_S = 10 * 365 * 86400.0
 
 
 class EmulatorConfig(BaseModel):
@@ -43,17 +48,17 @@ class EmulatorConfig(BaseModel):
     access_key: str = Field(DEFAULT_ACCESS_KEY, min_length=1)
     secret_key: str = Field(DEFAULT_SECRET_KEY, min_length=1, repr=False)
     region: str = Field(DEFAULT_REGION, min_length=1)
-    qps: int = Field(DOCUMENTED_QPS, ge=0)
+    qps: int = Field(DOCUMENTED_QPS, ge=0, le=MAX_QPS)
     #: GetSnapshotTask's own limit.
-    read_qps: int = Field(DOCUMENTED_READ_QPS, ge=0)
+    read_qps: int = Field(DOCUMENTED_READ_QPS, ge=0, le=MAX_QPS)
     #: GetSnapshotTask answers "not found" for a task started longer ago than this.
-    read_window_s: float = Field(READ_WINDOW_S, ge=0)
-    latency_ms: int = Field(0, ge=0)
-    jitter_ms: int = Field(0, ge=0)
+    read_window_s: float = Field(READ_WINDOW_S, ge=0, le=MAX_READ_WINDOW_S, allow_inf_nan=False)
+    latency_ms: int = Field(0, ge=0, le=MAX_MS)
+    jitter_ms: int = Field(0, ge=0, le=MAX_MS)
     error_rate: Rate = 0.0
     drop_rate: Rate = 0.0
     slow_rate: Rate = 0.0
-    slow_ms: int = Field(5000, ge=0)
+    slow_ms: int = Field(5000, ge=0, le=MAX_MS)
     max_body: int = Field(65536, ge=1)
     data: Path | None = None
     seed: int | None = None
@@ -68,7 +73,7 @@ class EmulatorConfig(BaseModel):
     #: to rehearse an endpoint behind a gateway that adds one.
     api_path: str = Field("/", pattern=r"^/[A-Za-z0-9._~/-]*$")
     #: How long a newly started task reads Status 1 (not started yet) before Status 2 (running).
-    start_delay_ms: int = Field(0, ge=0)
+    start_delay_ms: int = Field(0, ge=0, le=MAX_MS)
     #: StartSnapshot calls refused with ``refuse_start_code`` after every check passed, the API doing
     #: nothing: of these tasks (``AppId/RoomId/TaskId``), or of every task with ``*``.
     refuse_starts: list[str] = Field(default_factory=list)
