@@ -24,14 +24,15 @@ from ..errors import StateError, UsageError, WriteError
 from .model import State, has_legacy_fingerprints
 
 DEFAULT_WORKSPACE = "default"
-WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: A workspace name, matched whole (fullmatch: ``$`` would also match before a final newline).
+WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 #: A new holder writes its record just after taking the lock: how long a refused
 #: process waits for that record, to name the holder rather than "another process".
 HOLDER_RECORD_WAIT_S = 2.0
 
 
 def check_workspace(name: str) -> str:
-    if not WORKSPACE_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not WORKSPACE_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"workspace {name!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit (at most 63)"
         )
