@@ -92,3 +92,90 @@ def test_identifiers_with_a_trailing_newline_are_refused_by_manifests_and_the_em
     answer = emulator.signed_post("StartSnapshot", body)
     assert answer.json()["ResponseMetadata"]["Error"]["Code"].startswith("InvalidParameter"), answer.text
     assert emulator.tasks() == []
+
+
+# -- the database password ----------------------------------------------------------------
+
+
+def login_role(pg, name: str, password: str) -> None:
+    """A role of its own (roles are per server) owning the test's database."""
+    with pg.server.admin() as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        conn.execute(f"ALTER DATABASE {pg.dbname} OWNER TO {name}")
+
+
+def test_the_database_password_never_shows_however_the_url_writes_it(tmp_path, emulator, pg):
+    # libpq reads '#' and '?' in the user part raw, and a password given as a (percent-encoded)
+    # query parameter: whatever libpq takes as the password must never be shown or saved.
+    role, password = f"leaky_{pg.dbname}", "Hash#Sec?ret42"
+    login_role(pg, role, password)
+    host = f"127.0.0.1:{pg.server.port}/{pg.dbname}"
+    forms = {
+        "raw": f"postgresql://{role}:{password}@{host}",
+        "query": f"postgresql://{role}@{host}?password=Hash%23Sec%3Fret42",
+        "encoded key": f"postgresql://{role}@{host}?p%61ssword=Hash%23Sec%3Fret42&sslmode=disable",
+    }
+    work, env = project(tmp_path, emulator.url, forms["raw"])
+    runs: list[Run] = [snap(work, env, "apply", "--auto-approve")]
+    for name, url in forms.items():
+        with_url = env | {"SNAPCTL_STATE": url}
+        runs += [
+            snap(work, with_url, "state", "list"),
+            snap(work, with_url, "state", "list", "--json"),
+            snap(work, with_url, "plan", "--out", f"{name}.plan"),
+            snap(work, with_url, "show", f"{name}.plan"),
+            snap(work, with_url, "state", "show", f"{APP}/R/T0"),
+            snap(work, with_url, "status", "--offline"),
+            snap(work, with_url, "force-unlock"),
+        ]
+        listed = runs[-6].stdout
+        assert f'"location": "postgresql://{role}:***@{host}' in listed, listed
+        saved = (work / f"{name}.plan").read_text()
+        assert f"postgresql://{role}:***@{host}" in saved, saved
+    # A wrong password in each form, a bad percent-escape in it: one line each, none of it shown.
+    wrong = {
+        "raw": f"postgresql://{role}:Hash#Sec?ret43@{host}",
+        "query": f"postgresql://{role}@{host}?password=Hash%23Sec%3Fret43",
+        "escape": f"postgresql://{role}@{host}?password=Hash%zzSec%3Fret42",
+        "slash": f"postgresql://{role}:Hash/Sec?ret42@{host}",
+    }
+    for name, url in wrong.items():
+        for args in (["plan"], ["state", "list"], ["apply", "--auto-approve"]):
+            runs.append(run_snapctl(args, cwd=work, env=env | {"SNAPCTL_STATE": url}))
+            line = one_error_line(runs[-1])
+            assert ("password authentication failed" in line) == (name in ("raw", "query")), line
+    # The password from PGPASSWORD (libpq's variable): not shown either.
+    from_env = env | {"SNAPCTL_STATE": f"postgresql://{role}@{host}", "PGPASSWORD": password}
+    runs.append(snap(work, from_env, "state", "list"))
+    for run in runs:
+        for fragment in ("Sec?ret4", "Sec%3Fret4", "Sec%zzSec", "Hash#", "Hash%23", "Hash/"):
+            assert fragment not in run.output, run.output
+    for path in work.rglob("*"):
+        if path.is_file():
+            assert "ret42" not in path.read_text(errors="replace"), path
+
+
+def test_an_unreadable_state_url_is_one_line_showing_none_of_it(tmp_path, emulator):
+    work, env = project(tmp_path, emulator.url, "state/snapctl.state.json")
+    snap(work, env, "apply", "--auto-approve")
+    for url in (
+        "postgresql://u:pw-Secret42@[::1:5432/db",
+        "postgresql://u:pw-Secret42@[::1]x/db",
+        "postgresql://u@h/db?password=pw-Secret42=x",
+        "postgresql://u@h/db?password=pw-Secret42%00",
+    ):
+        for args in (
+            ["plan"],
+            ["apply", "--auto-approve"],
+            ["state", "list", "--json"],
+            ["status", "--offline"],
+            ["force-unlock"],
+            ["reconcile"],
+        ):
+            refused = run_snapctl(args, cwd=work, env=env | {"SNAPCTL_STATE": url})
+            line = one_error_line(refused, "postgresql:// URL cannot be read (libpq: ")
+            assert "Secret42" not in refused.output and "::1" not in line, line
+        moved = run_snapctl(["state", "migrate", "--to", url], cwd=work, env=env)
+        line = one_error_line(moved, "URL cannot be read")
+        assert "Secret42" not in moved.output, line
+    assert emulator.stats()["by_action"].keys() == {"StartSnapshot"}  # the first apply's only

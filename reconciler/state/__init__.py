@@ -18,7 +18,6 @@ from .backend import (
     StateStore,
     check_binding,
     check_workspace,
-    redact,
 )
 from .file import (
     DEFAULT_STATE_PATH,
@@ -45,7 +44,7 @@ from .model import (
     is_fingerprint,
     secret_holders,
 )
-from .postgres import PostgresStore, is_database_url
+from .postgres import PostgresStore, is_database_url, redact
 
 
 def state_location(value: str | Path | None) -> Path | str:

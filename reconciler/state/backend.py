@@ -18,7 +18,6 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StateError, UsageError, WriteError
 from .model import State, has_legacy_fingerprints
@@ -37,22 +36,6 @@ def check_workspace(name: str) -> str:
             f"workspace {name!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit (at most 63)"
         )
     return name
-
-
-def redact(url: str) -> str:
-    """A database URL without its password (in the user part or a ``password=`` parameter)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable database URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        if ":" in user:
-            user = user.split(":", 1)[0] + ":***"
-        netloc = f"{user}@{host}"
-    query = re.sub(r"(?i)(^|&)(password)=[^&]*", r"\1\2=***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def now_iso() -> str:

@@ -26,15 +26,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote
 
 import orjson
 
-from ..errors import LockError, StateError, WriteError
-from .backend import HOLDER_RECORD_WAIT_S, LockHolder, StateStore, redact
+from ..errors import LockError, StateError, UsageError, WriteError
+from .backend import HOLDER_RECORD_WAIT_S, LockHolder, StateStore
 from .model import FORMAT_VERSION, State, TaskTable, check_fingerprint_params
 
 SCHEMA_VERSION = 1
@@ -84,6 +85,91 @@ def is_database_url(spec: Any) -> bool:
     return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
 
 
+# The URL, as libpq reads it ------------------------------------------------------------------
+
+#: Connection parameters whose value is a secret: never shown.
+SECRET_PARAMETERS = ("password", "sslpassword")
+#: What libpq quotes in its complaints that may be shown: separators it expected.
+_SHOWN_QUOTES = frozenset({"]", ":", "/", "=", "@", "?", "&"})
+
+
+def _libpq_complaint(exc: BaseException) -> str:
+    """libpq's reason for refusing a URL, without what it quotes of the URL (the URL itself,
+    a parameter's value: either may be the password)."""
+    text = " ".join(str(exc).split()).split(': "', 1)[0] or "unreadable"
+    return re.sub(r'"([^"]*)"', lambda m: m.group(0) if m.group(1) in _SHOWN_QUOTES else '"…"', text)
+
+
+def parse_database_url(url: str) -> dict[str, str]:
+    """The connection parameters of ``url`` exactly as libpq reads them (psycopg's conninfo
+    parsing is libpq's own ``PQconninfoParse``), or UsageError in one line that shows none of it."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError as exc:  # pragma: no cover - a dependency; only a broken install lacks it
+        raise StateError(f"a postgresql:// state needs psycopg ({exc}); reinstall snapctl-rtc") from None
+    try:
+        read = conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError; any other refusal is the same to the user
+        raise UsageError(
+            f"the state's postgresql:// URL cannot be read (libpq: {_libpq_complaint(exc)}); it is not shown, "
+            "as it may hold the password. Percent-encode '@', ':', '/', '?', '#' and '%' in the user name "
+            "and password, and close the brackets of an IPv6 address"
+        ) from None
+    params = {k: str(v) for k, v in read.items() if v is not None}
+    if any("@" in params.get(key, "") for key in ("host", "port", "dbname")):
+        # An '@' libpq took for part of the host, port or database: a user name or password
+        # holding '/' (libpq's user part ends there), whose rest would be shown as those.
+        raise UsageError(
+            "the state's postgresql:// URL has an '@' after the first '/': libpq would read the user name "
+            "and password as the host and database (it is not shown, as it may hold the password). "
+            "Percent-encode '/' as %2F in the user name and password"
+        )
+    return params
+
+
+def _quoted(value: str, safe: str = "") -> str:
+    """A URL component as text that cannot break a line or hide a character (percent-encoded)."""
+    return quote(value, safe=safe + "-._~!$'()*+;")
+
+
+def masked_url(params: dict[str, str]) -> str:
+    """A URL naming the database of ``params`` (libpq's reading) with every secret as ``***``,
+    built from those parameters, never from the text given: nothing libpq takes as the password
+    can be shown, however the URL was written."""
+    user = params.get("user")
+    userinfo = ""
+    if user is not None or params.get("password"):
+        userinfo = _quoted(user or "") + (":***" if params.get("password") else "") + "@"
+    hosts = (params.get("host") or "").split(",")
+    ports = (params.get("port") or "").split(",")
+    query: list[tuple[str, str]] = []
+    netloc_hosts: list[str] = []
+    if any("/" in host for host in hosts) or len(ports) not in (1, len(hosts)):
+        # A socket directory, or what libpq will refuse at connect: as parameters.
+        query += [(key, params[key]) for key in ("host", "port") if params.get(key)]
+    else:
+        for number, host in enumerate(hosts):
+            port = ports[number] if len(ports) > 1 else ports[0]
+            shown = f"[{_quoted(host, ':')}]" if ":" in host else _quoted(host)
+            netloc_hosts.append(shown + (f":{_quoted(port)}" if port else ""))
+    for key, value in params.items():
+        if key in ("user", "password", "host", "port", "dbname"):
+            continue
+        query.append((key, "***" if key in SECRET_PARAMETERS and value else value))
+    text = f"postgresql://{userinfo}{','.join(netloc_hosts)}/{_quoted(params.get('dbname', ''))}"
+    if query:
+        text += "?" + "&".join(f"{_quoted(k)}={v if v == '***' else _quoted(v, '/:,')}" for k, v in query)
+    return text
+
+
+def redact(url: str) -> str:
+    """A database URL without its password (as libpq reads it), or a placeholder if libpq cannot read it."""
+    try:
+        return masked_url(parse_database_url(url))
+    except UsageError:
+        return "<an unreadable postgresql:// URL>"
+
+
 def lock_key(workspace: str) -> int:
     """The second key of a workspace's advisory lock (a stable signed 32-bit hash)."""
     return int.from_bytes(hashlib.sha256(workspace.encode()).digest()[:4], "big", signed=True)
@@ -108,24 +194,34 @@ class PostgresStore(StateStore):
 
     def __init__(self, url: str, *, workspace: str = "default", lock_timeout_s: float = 0.0, command: str = "snapctl"):
         super().__init__(workspace=workspace, lock_timeout_s=lock_timeout_s, command=command)
+        #: The URL as given: only ever handed to libpq, never shown (see :attr:`masked`).
         self.url = url
+        self._params = parse_database_url(url)
+        #: The URL with its secrets masked, rebuilt from what libpq reads.
+        self.masked = masked_url(self._params)
         self._conn: Any = None
         self._holder: LockHolder | None = None
-        parts = urlsplit(url)
-        self._secrets = [s for s in (unquote(parts.password or ""), os.environ.get("PGPASSWORD", "")) if len(s) >= 3]
+        given = [self._params.get(key, "") for key in SECRET_PARAMETERS] + [os.environ.get("PGPASSWORD", "")]
+        # Each secret as libpq reads it and as it may be written in the URL (percent-encoded), longest first.
+        self._secrets = sorted(
+            {form for secret in given if secret for form in (secret, quote(secret, safe=""), quote(secret))},
+            key=len,
+            reverse=True,
+        )
 
     @property
     def location(self) -> str:
-        return f"{redact(self.url)} (workspace {self.workspace})"
+        return f"{self.masked} (workspace {self.workspace})"
 
     # Connections and errors -------------------------------------------------------------
 
     def _reason(self, exc: BaseException) -> str:
-        """One line from a driver error, with no password in it."""
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        """One line from a driver error, with no password in it and no control character."""
+        text = str(exc).replace(self.url, self.masked)
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return text.replace(self.url, redact(self.url))
+        text = " ".join(text.split()) or type(exc).__name__
+        return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
     def _connect(self, purpose: str):
         psycopg = _psycopg()
@@ -137,11 +233,11 @@ class PostgresStore(StateStore):
                 application_name=f"{self._command} ({purpose})"[:63],
             )
         except psycopg.Error as exc:
-            raise StateError(f"cannot connect to the state database {redact(self.url)}: {self._reason(exc)}") from None
+            raise StateError(f"cannot connect to the state database {self.masked}: {self._reason(exc)}") from None
 
     def _lost(self, exc: BaseException) -> WriteError:
         return self._fail(
-            WriteError(f"lost the state database {self.location}: {self._reason(exc)}; {_KEPT}", path=redact(self.url))
+            WriteError(f"lost the state database {self.location}: {self._reason(exc)}; {_KEPT}", path=self.masked)
         )
 
     # Schema ----------------------------------------------------------------------------------
@@ -156,7 +252,7 @@ class PostgresStore(StateStore):
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise StateError(
-                f"the state database {redact(self.url)} has snapctl schema version {version}; this snapctl "
+                f"the state database {self.masked} has snapctl schema version {version}; this snapctl "
                 f"knows version {SCHEMA_VERSION}. Upgrade snapctl"
             )
 
@@ -260,7 +356,7 @@ class PostgresStore(StateStore):
         )
 
     def workspaces(self) -> list[str]:
-        with self._reading("list", f"cannot read {redact(self.url)}") as conn:
+        with self._reading("list", f"cannot read {self.masked}") as conn:
             if self._schema_version(conn) == 0:
                 return []
             return [r[0] for r in conn.execute("SELECT name FROM snapctl.workspaces ORDER BY name")]
@@ -392,7 +488,7 @@ class PostgresStore(StateStore):
                 WriteError(
                     f"the state {self.location} is no longer at serial {stale}: another writer changed it "
                     f"while this run held the lock. {_KEPT}",
-                    path=redact(self.url),
+                    path=self.masked,
                 )
             )
 
