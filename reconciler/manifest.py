@@ -448,11 +448,15 @@ def _judge_unset(collector: _Collector, unset: list[tuple[str, Location]], secre
     places = {location for _, location in unset}
     broken = {d.location for d in collector.diagnostics if d.severity == "error" and d.location in places}
     collector.diagnostics = [d for d in collector.diagnostics if d.location not in broken or d.severity != "error"]
-    collector.diagnostics.extend(_unset_diagnostics(unset, collector.tasks, secrets, broken))
+    collector.diagnostics.extend(_unset_diagnostics(unset, collector.tasks, secrets, broken, collector.unmade))
 
 
 def _unset_diagnostics(
-    unset: list[tuple[str, Location]], tasks: Mapping[str, DesiredTask], secrets: str, broken: set
+    unset: list[tuple[str, Location]],
+    tasks: Mapping[str, DesiredTask],
+    secrets: str,
+    broken: set,
+    unmade: Sequence[tuple[Any, str]] = (),
 ) -> list[Diagnostic]:
     if secrets == SECRETS_OPTIONAL:
         return [
@@ -475,11 +479,26 @@ def _unset_diagnostics(
                     used.add(name)
         if used == names:
             break
+    for key, value in unmade:  # tasks another error kept from being made
+        if "${env:" in value and not (secrets == SECRETS_UNKNOWN and key in _SECRET_KEYS):
+            used.update(name for name in names if needles[name] in value)
     return [
         Diagnostic(location, f"environment variable {name} is not set (referenced as ${{env:{name}}})")
         for name, location in unset
         if name in used or location in broken
     ]
+
+
+def _keyed_strings(value: Any, key: Any) -> Iterator[tuple[Any, str]]:
+    """The strings in a manifest value, each with the key it is under."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _keyed_strings(item, name)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keyed_strings(item, key)
 
 
 def _strings(value: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
@@ -597,6 +616,9 @@ class _Collector:
         self.fast = fast
         self.diagnostics: list[Diagnostic] = []
         self.tasks: dict[str, DesiredTask] = {}
+        #: What the declared tasks that could not be made (another error) would use, as
+        #: (key, text) pairs: a variable not set there is reported in the same run.
+        self.unmade: list[tuple[Any, str]] = []
         # Locations where YAML itself already reported an error: validation
         # errors at the same place would only repeat it.
         self.reported: set[Location] = set()
@@ -705,6 +727,8 @@ class _DocumentLoader:
                 if spec is not None:
                     self.check_secrets(spec, ("storage", name))
         defaults_ok = defaults is not None and self.check_storage_ref(defaults, ("defaults",))
+        if defaults is None:
+            self.check_raw_storage_ref(data.get("defaults"), ("defaults",))
 
         rooms = data.get("rooms")
         if not isinstance(rooms, dict):
@@ -716,6 +740,8 @@ class _DocumentLoader:
             if room is not None:
                 self.check_settings(room, path)
                 room_ok = self.check_storage_ref(room, path)
+            else:
+                self.check_raw_storage_ref(room_raw, path)
             tasks = room_raw.get("tasks") if isinstance(room_raw, dict) else None
             if not isinstance(tasks, dict):
                 continue
@@ -730,6 +756,8 @@ class _DocumentLoader:
                         task = validate(task_raw)
                     except ValidationError as exc:
                         self.report(exc.errors(include_url=False), Settings, (*path, "tasks", task_name))
+                        self.check_raw_storage_ref(task_raw, (*path, "tasks", task_name))
+                        self.unmade(task_raw, room_raw)
                         continue
                 # The rules check_settings and check_storage_ref apply, when they can apply.
                 if task.streams or (task.storage is not None and not isinstance(task.storage, str)):
@@ -737,6 +765,23 @@ class _DocumentLoader:
                 task_ok = type(task.storage) is not str or self.check_storage_ref(task, (*path, "tasks", task_name))
                 if inherited is not None and task_ok and _is_id(task_name):
                     self.add_task(app_id, room_name, task_name, inherited, task)  # type: ignore[arg-type]  # usable: app_id is an ID
+                else:
+                    self.unmade(task_raw, room_raw)
+
+    def unmade(self, task_raw: Any, room_raw: Any) -> None:
+        """A declared task that another error keeps from being made: what it would use (its
+        own values, its room's and the defaults', the storage block it would take) is kept,
+        so that a ``${env:NAME}`` not set there is reported in this run too."""
+        data = self.doc.data
+        defaults = data.get("defaults")
+        levels = [level for level in (task_raw, room_raw, defaults) if isinstance(level, dict)]
+        storage = next((level["storage"] for level in levels if "storage" in level), None)
+        if isinstance(storage, str):
+            profiles = data.get("storage")
+            storage = profiles.get(storage) if isinstance(profiles, dict) else None
+        used = [{k: v for k, v in level.items() if k not in ("storage", "tasks")} for level in levels]
+        for value in (*used, storage):
+            self.collector.unmade.extend(_keyed_strings(value, None))
 
     def check_settings(self, settings: Settings, path: tuple) -> None:
         """Rules that span several values of one level: unique stream index, plain secrets."""
@@ -772,9 +817,18 @@ class _DocumentLoader:
                     ),
                 )
 
+    def check_raw_storage_ref(self, raw: Any, path: tuple) -> None:
+        """A level that failed validation for another reason: the profile it names is still
+        checked, so that one run reports every problem (not the unknown profile only once
+        the rest is fixed)."""
+        if isinstance(raw, dict) and _is_id(raw.get("storage")):
+            self.check_ref(raw["storage"], path)
+
     def check_storage_ref(self, settings: Settings, path: tuple) -> bool:
         """Whether the storage named at this level (if any) is usable; reports unknown profiles."""
-        ref = settings.storage
+        return self.check_ref(settings.storage, path)
+
+    def check_ref(self, ref: Any, path: tuple) -> bool:
         if not isinstance(ref, str):
             return True
         if ref in self.profiles:

@@ -1,0 +1,62 @@
+"""The first week's rough edges (issue 18, item 5): each found by a new user, each tested
+end to end with the real ``snapctl`` command (against the emulator where it calls the API)."""
+
+from __future__ import annotations
+
+from snapctl_testing import new_project, run_snapctl, snapctl_env
+
+# -- every manifest problem in one run --------------------------------------------------------
+
+EVERY_PROBLEM = """\
+app_id: app1
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+  offsite: {type: custom, bucket: b, access_key: "${env:EDGES_UNSET_AK}", secret_key: "${env:EDGES_UNSET_SK}"}
+defaults:
+  storage: evidance
+  max_idle_time: 0
+rooms:
+  R1:
+    image: {width: 5000}
+    storage: evidance
+    tasks:
+      T1: {storage: evidance, image: {interval: 0}}
+      T2: {storage: evidance, imgae: {}}
+      T3: {storage: offsite, max_idle_time: 0}
+"""
+
+# Each problem, by line: an unknown profile where the same level has another error was
+# reported only once that error was fixed, and so was a variable not set in the profile a
+# task with another error uses.
+EXPECTED = [
+    "manifests/app.yaml:4:50: error: environment variable EDGES_UNSET_AK is not set",
+    "manifests/app.yaml:4:87: error: environment variable EDGES_UNSET_SK is not set",
+    "manifests/app.yaml:6:12: error: defaults.storage: unknown storage profile 'evidance'",
+    "manifests/app.yaml:7:18: error: defaults.max_idle_time: must be between 1 and 86400",
+    "manifests/app.yaml:10:20: error: rooms.R1.image.width: must be between 0 and 1920",
+    "manifests/app.yaml:11:14: error: rooms.R1.storage: unknown storage profile 'evidance'",
+    "manifests/app.yaml:13:21: error: rooms.R1.tasks.T1.storage: unknown storage profile 'evidance'",
+    "manifests/app.yaml:13:49: error: rooms.R1.tasks.T1.image.interval: must be between 1 and 600",
+    "manifests/app.yaml:14:21: error: rooms.R1.tasks.T2.storage: unknown storage profile 'evidance'",
+    "manifests/app.yaml:14:31: error: rooms.R1.tasks.T2: unknown key 'imgae'; did you mean 'image'?",
+    "manifests/app.yaml:15:45: error: rooms.R1.tasks.T3.max_idle_time: must be between 1 and 86400",
+]
+
+
+def test_every_manifest_problem_is_reported_in_one_run(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": EVERY_PROBLEM})
+    env = snapctl_env(emulator.url, work)
+    for command in (["plan"], ["apply", "--auto-approve"]):
+        run = run_snapctl(command, cwd=work, env=env)
+        assert run.code == 1 and run.stdout == "", run.output
+        lines = run.stderr.splitlines()
+        assert [line for line in lines if line.startswith("manifests/")] == [
+            next(line for line in lines if line.startswith(fragment)) for fragment in EXPECTED
+        ], run.stderr
+        assert lines[-1].startswith(f"Error: {len(EXPECTED)} problem(s) in the manifests"), run.stderr
+    # validate needs no secret values: the variables are warnings there, every error still reported
+    run = run_snapctl(["validate"], cwd=work, env=env)
+    assert run.code == 1 and "Error: 9 problem(s)" in run.stderr, run.output
+    assert run.stderr.count("warning: environment variable EDGES_UNSET_") == 2, run.stderr
+    assert emulator.stats()["total"] == 0
+    assert not (work / "state" / "snapctl.state.json").exists()
