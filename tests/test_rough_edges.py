@@ -60,3 +60,33 @@ def test_every_manifest_problem_is_reported_in_one_run(emulator, tmp_path):
     assert run.stderr.count("warning: environment variable EDGES_UNSET_") == 2, run.stderr
     assert emulator.stats()["total"] == 0
     assert not (work / "state" / "snapctl.state.json").exists()
+
+
+# -- a --no-secrets plan is not offered for apply ---------------------------------------------
+
+OFFSITE = """\
+app_id: app1
+storage:
+  offsite: {type: custom, bucket: b, access_key: "${env:EDGES_AK}", secret_key: "${env:EDGES_SK}"}
+rooms:
+  R1:
+    tasks:
+      T1: {storage: offsite}
+"""
+
+
+def test_a_no_secrets_plan_saved_to_a_file_is_not_offered_for_apply(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": OFFSITE})
+    env = snapctl_env(emulator.url, work)
+    run = run_snapctl(["plan", "--no-secrets", "--out", "review.plan"], cwd=work, env=env)
+    assert run.code == 0, run.output
+    assert "Apply exactly this plan" not in run.stdout and "snapctl apply review.plan" not in run.stdout, run.stdout
+    assert "Saved the plan to review.plan, for review only (snapctl show review.plan)" in run.stdout, run.stdout
+    assert "cannot be applied" in run.stdout.splitlines()[-1], run.stdout
+    # what it says holds: apply refuses it, and sends nothing
+    run = run_snapctl(["apply", "review.plan"], cwd=work, env={**env, "EDGES_AK": "ak1", "EDGES_SK": "sk1"})
+    assert run.code == 1 and "planned with --no-secrets" in run.stderr, run.output
+    assert emulator.stats()["total"] == 0
+    # a plan made with the secrets says how to apply it
+    run = run_snapctl(["plan", "--out", "p.plan"], cwd=work, env={**env, "EDGES_AK": "ak1", "EDGES_SK": "sk1"})
+    assert run.code == 0 and "Apply exactly this plan with: snapctl apply p.plan" in run.stdout, run.output

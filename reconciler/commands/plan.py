@@ -104,7 +104,13 @@ def plan(
         print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
     print_plan(the_plan, fmt, no_color)
     if fmt == "text" and out_file:
-        out(f"\nSaved the plan to {out_file}. Apply exactly this plan with: snapctl apply {out_file}\n")
+        if no_secrets:  # such a plan is for review: apply refuses it
+            out(
+                f"\nSaved the plan to {out_file}, for review only (snapctl show {out_file}): made with --no-secrets, "
+                "it cannot be applied. To apply, plan again with the secrets set: snapctl plan --out FILE\n"
+            )
+        else:
+            out(f"\nSaved the plan to {out_file}. Apply exactly this plan with: snapctl apply {out_file}\n")
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(EXIT_CHANGES)
 
