@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "show": "reconciler.commands.plan:show",
     "status": "reconciler.commands.status:status",
     "schema": "reconciler.commands.schema:schema",
+    "completion": "reconciler.commands.completion:completion",
     "emulator": "reconciler.emulator.command:emulator",
 }
 

@@ -3,7 +3,11 @@ end to end with the real ``snapctl`` command (against the emulator where it call
 
 from __future__ import annotations
 
-from snapctl_testing import new_project, run_snapctl, snapctl_env
+import os
+import subprocess
+from pathlib import Path
+
+from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env
 
 # -- every manifest problem in one run --------------------------------------------------------
 
@@ -90,3 +94,37 @@ def test_a_no_secrets_plan_saved_to_a_file_is_not_offered_for_apply(emulator, tm
     # a plan made with the secrets says how to apply it
     run = run_snapctl(["plan", "--out", "p.plan"], cwd=work, env={**env, "EDGES_AK": "ak1", "EDGES_SK": "sk1"})
     assert run.code == 0 and "Apply exactly this plan with: snapctl apply p.plan" in run.stdout, run.output
+
+
+# -- shell completion -------------------------------------------------------------------------
+
+
+def test_completion_scripts_are_printed_and_the_bash_one_completes(tmp_path):
+    env = snapctl_env(None, tmp_path)
+    scripts = {}
+    for shell, marker in (
+        ("bash", "complete -o nosort -F _snapctl_completion snapctl"),
+        ("zsh", "#compdef snapctl"),
+        ("fish", "complete --no-files --command snapctl"),
+    ):
+        run = run_snapctl(["completion", shell], cwd=tmp_path, env=env)
+        assert run.code == 0 and run.stderr == "", run.output
+        assert marker in run.stdout and "_SNAPCTL_COMPLETE" in run.stdout, run.stdout
+        scripts[shell] = run.stdout
+    # The variable form the script itself uses prints the same script.
+    run = run_snapctl([], cwd=tmp_path, env={**env, "_SNAPCTL_COMPLETE": "bash_source"})
+    assert run.stdout == scripts["bash"], run.output
+    # Sourced in a real bash, it completes commands and an option's choices.
+    script = tmp_path / "snapctl.bash"
+    script.write_text(scripts["bash"])
+    probe = (
+        f"source {script}; "
+        'COMP_WORDS=(snapctl pl); COMP_CWORD=1; _snapctl_completion snapctl; echo "${COMPREPLY[*]}"; '
+        'COMPREPLY=(); COMP_WORDS=(snapctl plan --format ""); COMP_CWORD=3; _snapctl_completion snapctl; echo "${COMPREPLY[*]}"'
+    )
+    path = f"{Path(SNAPCTL).parent}:{os.environ.get('PATH', '')}"
+    done = subprocess.run(["bash", "-c", probe], env={**env, "PATH": path}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["plan", "text json markdown"], done.stdout + done.stderr
+    run = run_snapctl(["completion", "tcsh"], cwd=tmp_path, env=env)
+    assert run.code == 1 and len(run.stderr.splitlines()) == 1 and "'tcsh' is not one of" in run.stderr, run.output
