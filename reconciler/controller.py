@@ -1,18 +1,35 @@
 """Reconcile: observe every declared task (GetSnapshotTask), then start what
 ended or failed, correct drift and apply pending changes, once or as a
 long-running GitOps controller with Prometheus metrics. A round over tasks that
-all run as declared sends reads only."""
+all run as declared sends reads only.
+
+The controller's surface for an ops layer (HTTP probes, notifications, logs):
+
+- :class:`Event`: what happened that someone may want to hear about (a task
+  failing, recovered, healed, drift corrected, manifests broken or fixed,
+  leadership changed). Observers (``Callable[[Event], None]``) are given to
+  :func:`watch` (``observers=``) or added with :meth:`ControllerStatus.subscribe`;
+  they are called on the controller's loop, one event at a time, and must not
+  block (queue the work elsewhere); an observer that raises is logged and kept.
+  Events hold no secret: addresses, StopReasons and error lines only.
+- :class:`Health`: the facts a probe needs (:meth:`ControllerStatus.health`):
+  when the loop last ticked, whether this replica leads or stands by (and who
+  leads), whether manifests are loaded (and the error of a broken set), whether
+  the state is reachable. :meth:`Health.alive` and :meth:`Health.ready` judge them.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from . import api, engine
 from .apply import ActionResult, ApplyReport
@@ -21,6 +38,133 @@ from .plan import Plan
 from .state import DEFAULT_WORKSPACE, store_for
 
 log = logging.getLogger("snapctl.controller")
+
+
+class EventKind(str, enum.Enum):
+    """What an :class:`Event` reports."""
+
+    #: A declared task fails to run (Status 4, or ended again right after snapctl started it).
+    failing = "failing"
+    #: A task that was failing runs again.
+    recovered = "recovered"
+    #: A task found ended (not failing) was started again.
+    healed = "healed"
+    #: A task changed outside snapctl was put back as declared.
+    drift_corrected = "drift_corrected"
+    #: The manifests fail to load or validate: the last good set stays in force.
+    manifests_broken = "manifests_broken"
+    #: The manifests load again (after ``manifests_broken``).
+    manifests_fixed = "manifests_fixed"
+    #: This replica started or stopped leading (``reason``: "leading" or "standing_by").
+    leadership_changed = "leadership_changed"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing the controller did or found. Never holds a secret."""
+
+    kind: EventKind
+    #: When (seconds since the epoch).
+    at: float
+    #: The task, for task events.
+    address: str | None = None
+    #: The API's StopReason of a failing task, the first error line of broken manifests,
+    #: "leading" or "standing_by" for leadership.
+    reason: str | None = None
+    #: One human-readable line.
+    detail: str = ""
+
+    def document(self) -> dict[str, Any]:
+        """The event as JSON-ready data."""
+        return {
+            "type": "event",
+            "event": self.kind.value,
+            "at": self.at,
+            "address": self.address,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+Observer = Callable[[Event], None]
+
+
+class Role(str, enum.Enum):
+    starting = "starting"
+    leading = "leading"
+    standing_by = "standing_by"
+    stopped = "stopped"
+
+
+@dataclass(frozen=True)
+class Health:
+    """A snapshot of the controller's health facts (see :meth:`ControllerStatus.health`)."""
+
+    #: When the loop last went round (``time.monotonic()`` and ``time.time()``); None before its first tick.
+    last_tick_monotonic: float | None = None
+    last_tick_at: float | None = None
+    role: Role = Role.starting
+    #: Who leads (``pid N on HOST (command), since T``), when known.
+    leader: str | None = None
+    #: A good manifest set is in force (the last good one if the current files are broken).
+    manifests_loaded: bool = False
+    #: Why the manifests on disk are not in force (None when they are).
+    manifests_error: str | None = None
+    #: The state answered the last time the controller used it.
+    state_reachable: bool = True
+    state_error: str | None = None
+    declared: int = 0
+    failing: int = 0
+
+    def alive(self, stuck_after_s: float = 120.0) -> bool:
+        """The loop went round within ``stuck_after_s`` (or has not started yet)."""
+        if self.role is Role.stopped:
+            return False
+        return self.last_tick_monotonic is None or time.monotonic() - self.last_tick_monotonic <= stuck_after_s
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready: leading or standing by, with manifests and the state reachable; else why not."""
+        if self.role not in (Role.leading, Role.standing_by):
+            return False, f"controller is {self.role.value.replace('_', ' ')}"
+        if not self.manifests_loaded:
+            return False, f"no manifests loaded: {self.manifests_error or 'not yet'}"
+        if not self.state_reachable:
+            return False, f"state unreachable: {self.state_error}"
+        return True, "leading" if self.role is Role.leading else "standing by"
+
+
+class ControllerStatus:
+    """The health facts of a running controller and its observers; thread-safe."""
+
+    def __init__(self, observers: Sequence[Observer] = ()):
+        self._lock = threading.Lock()
+        self._health = Health()
+        self._observers: list[Observer] = list(observers)
+
+    def subscribe(self, observer: Observer) -> None:
+        with self._lock:
+            self._observers.append(observer)
+
+    def health(self) -> Health:
+        with self._lock:
+            return self._health
+
+    def update(self, **facts: Any) -> None:
+        with self._lock:
+            self._health = replace(self._health, **facts)
+
+    def tick(self) -> None:
+        self.update(last_tick_monotonic=time.monotonic(), last_tick_at=time.time())
+
+    def emit(self, kind: EventKind, address: str | None = None, reason: str | None = None, detail: str = "") -> None:
+        event = Event(kind, time.time(), address, reason, detail)
+        with self._lock:
+            observers = list(self._observers)
+        for observer in observers:
+            try:
+                observer(event)
+            except Exception:
+                log.warning("event observer %r failed on %s", observer, kind.value, exc_info=True)
 
 
 @dataclass
@@ -269,11 +413,18 @@ def watch(
     max_rounds: int | None = None,
     refresh: bool = True,
     workspace: str = DEFAULT_WORKSPACE,
+    status: ControllerStatus | None = None,
 ) -> int:
     """Reconcile every ``interval_s`` until ``stop`` is set; a failed round never ends the loop.
-    Returns the number of rounds run."""
+    ``status`` receives the health facts and events. Returns the number of rounds run."""
+    from .manifest import ManifestError
+
+    status = status or ControllerStatus()
+    status.update(role=Role.leading)
     rounds = 0
+    broken: str | None = None
     while not stop.is_set():
+        status.tick()
         round_ = reconcile_once(
             paths,
             state_path,
@@ -285,6 +436,19 @@ def watch(
             workspace=workspace,
         )
         rounds += 1
+        if isinstance(round_.error, ManifestError):
+            line = str(round_.error).splitlines()[0] if str(round_.error) else "invalid manifests"
+            status.update(manifests_loaded=False, manifests_error=line)
+            if broken != line:
+                status.emit(EventKind.manifests_broken, reason=line, detail=f"manifests broken: {line}")
+            broken = line
+        elif round_.error is None:
+            status.update(manifests_loaded=True, manifests_error=None, declared=round_.declared)
+            if broken is not None:
+                status.emit(EventKind.manifests_fixed, detail="manifests load again")
+            broken = None
+        for result in round_.report.healed if round_.report else []:
+            status.emit(EventKind.healed, address=result.address, detail=f"{result.address} started again")
         if metrics is not None:
             metrics.observe(round_)
         if on_round is not None:
@@ -292,4 +456,5 @@ def watch(
         if max_rounds is not None and rounds >= max_rounds:
             break
         stop.wait(interval_s)
+    status.update(role=Role.stopped)
     return rounds

@@ -159,6 +159,7 @@ def reconcile(
         raise UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}") from None
     if metrics is not None:
         err(f"Serving metrics on http://{metrics_host}:{metrics.server.server_port}/metrics\n")
+    status = controller.ControllerStatus()
     with controller.graceful_stop() as stop:
         try:
             rounds = controller.watch(
@@ -173,6 +174,7 @@ def reconcile(
                 on_round=report_round,
                 on_result=on_result,
                 refresh=not no_refresh,
+                status=status,
             )
         finally:
             if metrics is not None:
