@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "reconcile": "reconciler.commands.reconcile:reconcile",
     "import": "reconciler.commands.import_:import_",
     "state": "reconciler.commands.state:state",
+    "workspace": "reconciler.commands.workspace:workspace",
     "force-unlock": "reconciler.commands.state:force_unlock",
     "show": "reconciler.commands.plan:show",
     "status": "reconciler.commands.status:status",
@@ -69,7 +70,7 @@ def cli() -> None:
     running (status), 130 interrupted (Ctrl-C or SIGTERM; calls in flight finish and are
     recorded first; reconcile --watch stops with 0).
     Environment: VOLC_ACCESSKEY, VOLC_SECRETKEY, VOLC_SESSION_TOKEN (or ~/.volc/credentials),
-    VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, NO_COLOR, HTTPS_PROXY/HTTP_PROXY/ALL_PROXY,
+    VOLC_REGION, SNAPCTL_ENDPOINT, SNAPCTL_STATE, SNAPCTL_WORKSPACE, NO_COLOR, HTTPS_PROXY/HTTP_PROXY/ALL_PROXY,
     SNAPCTL_LOG=debug|info|warning (diagnostic log; SNAPCTL_LOG_PATH=FILE to append to a file).
     All of it is checked before anything is printed or sent.
     """

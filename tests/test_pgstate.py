@@ -181,6 +181,8 @@ def test_workspaces_are_independent(tmp_path, emulator, pg):
         tmp_path, "s", emulator.url, pg.state_url, manifest(n=2, app="stag"), SNAPCTL_WORKSPACE="staging"
     )
     snap(prod, env_prod, "apply", "--auto-approve")
+    assert "does not exist" in snap(stag, env_stag, "plan", code=1).stderr  # created, never conjured
+    snap(stag, env_stag, "workspace", "new", "staging")
     assert "2 to add" in snap(stag, env_stag, "plan").stdout
     snap(stag, env_stag, "apply", "--auto-approve")
     listed = snap(stag, env_stag, "state", "list", "--json")
@@ -247,6 +249,7 @@ def test_a_refused_first_run_leaves_no_workspace_and_migrate_takes_over_an_empty
     # A workspace that was applied against and then emptied is another state still: refused.
     other, env_other = runner(tmp_path, "o", emulator.url, pg.state_url, manifest(n=1, app="other"))
     on_z = env_other | {"SNAPCTL_WORKSPACE": "z"}
+    snap(other, env_other, "workspace", "new", "z")
     snap(other, on_z, "apply", "--auto-approve")
     snap(other, on_z, "destroy", "--auto-approve")
     assert recorded(pg, "z") == 0
@@ -323,6 +326,9 @@ def test_ci_templates_run_in_order_converge_and_fail_loudly(tmp_path, emulator, 
     docs = Path(__file__).resolve().parent.parent / "docs" / "ci"
     # GitHub Actions: a pull request's plan, then the merge's apply, each on a runner of its own.
     pr, env_pr = runner(tmp_path, "gh-pr", emulator.url, pg.state_url, manifest(n=3))
+    missing = run_template_steps(docs / "github-actions.yml", "plan", template_env(pr, env_pr), pr)
+    assert missing.returncode == 1 and "workspace production (SNAPCTL_WORKSPACE) does not exist" in missing.stderr
+    snap(pr, env_pr, "workspace", "new", "production")  # once, as the templates say
     done = run_template_steps(docs / "github-actions.yml", "plan", template_env(pr, env_pr), pr)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "changes=true" in (pr / "output").read_text() and "3 to add" in (pr / "summary.md").read_text()

@@ -60,14 +60,18 @@ def paths_argument(f):
     return click.argument("paths", nargs=-1, type=click.Path(path_type=Path))(f)
 
 
-def state_option(f):
-    f = click.option(
-        "--workspace",
-        default="default",
-        show_default=True,
-        envvar="SNAPCTL_WORKSPACE",
-        help="Which of the states kept at --state (env SNAPCTL_WORKSPACE).",
-    )(f)
+def _resolve_workspace(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """``--workspace``, else SNAPCTL_WORKSPACE, else the selection (``snapctl workspace
+    select``), else ``default``; where it came from is kept for the messages of :func:`open_store`."""
+    from ..project import current_workspace
+
+    from_flag = ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE
+    name, source = current_workspace(value, from_flag=from_flag)
+    ctx.meta["snapctl.workspace_source"] = source
+    return name
+
+
+def state_path_option(f):
     return click.option(
         "--state",
         "state_path",
@@ -78,6 +82,17 @@ def state_option(f):
     )(f)
 
 
+def state_option(f):
+    f = click.option(
+        "--workspace",
+        envvar="SNAPCTL_WORKSPACE",
+        callback=_resolve_workspace,
+        help="Which of the states kept at --state (env SNAPCTL_WORKSPACE; else the one chosen with "
+        "`snapctl workspace select`; else default). It must exist: see `snapctl workspace new`.",
+    )(f)
+    return state_path_option(f)
+
+
 def endpoint_option(f):
     return click.option(
         "--endpoint",
@@ -86,10 +101,15 @@ def endpoint_option(f):
     )(f)
 
 
-def open_store(state_path, workspace, lock_timeout_s, command):
+def open_store(state_path, workspace, lock_timeout_s, command, *, create: bool = True):
+    """The store of the run's state and workspace; a workspace that does not exist is refused
+    here, before anything is sent or written, naming those that do."""
     from ..state import store_for
 
-    return store_for(state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command=command)
+    store = store_for(state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command=command, create=create)
+    context = click.get_current_context(silent=True)
+    store.require_workspace(context.meta.get("snapctl.workspace_source", "") if context is not None else "")
+    return store
 
 
 def output_options(f):

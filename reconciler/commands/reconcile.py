@@ -10,7 +10,16 @@ import orjson
 
 from ..errors import UsageError
 from ..render import Style
-from .options import MAX_SECONDS, Number, api_options, lock_option, output_options, paths_argument, state_option
+from .options import (
+    MAX_SECONDS,
+    Number,
+    api_options,
+    lock_option,
+    open_store,
+    output_options,
+    paths_argument,
+    state_option,
+)
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_errors, out
 
 
@@ -69,6 +78,7 @@ def reconcile(
     from ..runenv import check_metrics_address
 
     settings = api_opts.settings()
+    open_store(state_path, workspace, lock_timeout_s, "snapctl reconcile")  # a workspace that does not exist: refused
     if metrics_port is not None:
         check_metrics_address(metrics_host, metrics_port)
     paths = list(paths) or [Path("manifests")]

@@ -102,13 +102,9 @@ def state_rm(addresses, state_path, workspace, lock_timeout_s):
     """Forget tasks without stopping them (they keep running, unmanaged)."""
     import copy
 
-    from ..state import store_for
-
     addresses = list(dict.fromkeys(addresses))  # an address named twice is removed once
     removing = set(addresses)
-    with store_for(
-        state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command="snapctl state rm", create=False
-    ) as store:
+    with open_store(state_path, workspace, lock_timeout_s, "snapctl state rm", create=False) as store:
         missing = [a for a in addresses if a not in store.state.tasks and a not in store.state.pending]
         if missing:
             raise UsageError(f"not in the state: {', '.join(missing)}")
@@ -125,7 +121,9 @@ def state_rm(addresses, state_path, workspace, lock_timeout_s):
 @click.option(
     "--to", "destination", required=True, metavar="DEST", help="Where to copy the state: a file or a postgresql:// URL."
 )
-@click.option("--to-workspace", metavar="W", help="The destination's workspace (default: the same name).")
+@click.option(
+    "--to-workspace", metavar="W", help="The destination's workspace, created if need be (default: the same name)."
+)
 @lock_option
 @handle_errors
 def state_migrate(state_path, workspace, destination, to_workspace, lock_timeout_s):
@@ -134,11 +132,20 @@ def state_migrate(state_path, workspace, destination, to_workspace, lock_timeout
     Both states are locked while copying. A destination holding another state
     (another lineage) is refused, unless it holds nothing (no task, never bound
     to an endpoint); one holding an older copy of this state is brought up to
-    date. The source is left as it is: point --state at the destination from
-    now on, and remove the source when you no longer need it.
+    date. A destination workspace that does not exist is created (migrating is
+    the explicit act that makes it). The source is left as it is: point --state
+    at the destination from now on, and remove the source when you no longer need it.
     """
+    from ..state import store_for
+
     source = open_store(state_path, workspace, lock_timeout_s, "snapctl state migrate")
-    target = open_store(destination, to_workspace or workspace, lock_timeout_s, "snapctl state migrate")
+    target = store_for(
+        destination,
+        workspace=to_workspace or workspace,
+        lock_timeout_s=lock_timeout_s,
+        command="snapctl state migrate",
+        must_exist=False,
+    )
     if (source.kind, source.location) == (target.kind, target.location):
         raise UsageError("--to names the state being migrated; give another file, database or --to-workspace")
     with source:

@@ -18,6 +18,7 @@ from .backend import (
     StateStore,
     check_binding,
     check_workspace,
+    missing_workspace,
 )
 from .file import (
     DEFAULT_STATE_PATH,
@@ -68,13 +69,19 @@ def store_for(
     lock_timeout_s: float = 0.0,
     command: str = "snapctl",
     create: bool = True,
+    must_exist: bool = True,
 ) -> StateStore:
     """The store of ``location``'s backend (not open yet: use it as a context manager).
-    ``create``: a file state's missing directory is made (not for ``state rm``)."""
+    ``create``: a file state's missing directory is made (not for ``state rm``);
+    ``must_exist``: opening refuses a workspace that does not exist (see StateStore)."""
     where = state_location(location)
     if isinstance(where, str):
-        return PostgresStore(where, workspace=workspace, lock_timeout_s=lock_timeout_s, command=command)
-    return FileStore(where, workspace=workspace, lock_timeout_s=lock_timeout_s, command=command, create=create)
+        return PostgresStore(
+            where, workspace=workspace, lock_timeout_s=lock_timeout_s, command=command, must_exist=must_exist
+        )
+    return FileStore(
+        where, workspace=workspace, lock_timeout_s=lock_timeout_s, command=command, create=create, must_exist=must_exist
+    )
 
 
 #: ``with open_store(location, workspace=..., lock_timeout_s=..., command=...) as store``.
@@ -112,6 +119,7 @@ __all__ = [
     "journal_path",
     "lock_is_held",
     "lock_path",
+    "missing_workspace",
     "open_store",
     "read_lock_holder",
     "read_state",

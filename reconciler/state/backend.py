@@ -3,8 +3,13 @@
 A backend reads a state, takes and releases its lock (naming the holder to
 anyone refused), journals each record durably before returning (an intent
 before an API call, a put or delete after it), writes the whole state
-(checkpoint), lists its workspaces and describes where it is, with no password.
-Everything else (recording, endpoint binding, fingerprints) is shared here.
+(checkpoint), lists, creates and drops its workspaces and describes where it is,
+with no password. Everything else (recording, endpoint binding, fingerprints,
+refusing a workspace that does not exist) is shared here.
+
+Workspaces are created, never conjured: a store opened on a workspace other than
+``default`` (which always exists) refuses to go on when it does not exist, unless it
+is made with ``must_exist=False`` (``workspace new``, the destination of ``state migrate``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,20 @@ def check_workspace(name: str) -> str:
             f"workspace {name!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit (at most 63)"
         )
     return name
+
+
+def missing_workspace(name: str, existing: list[str], location: str, source: str = "") -> UsageError:
+    """The one line that refuses a workspace that does not exist: the workspaces that do,
+    and the nearest of them for a near miss."""
+    import difflib
+
+    near = difflib.get_close_matches(name, existing, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]}?" if near else "."
+    given = f" ({source})" if source else ""
+    return UsageError(
+        f"workspace {name}{given} does not exist in {location} (workspaces there: {', '.join(existing)}){hint} "
+        f"Nothing was sent. To create it: snapctl workspace new {name}"
+    )
 
 
 def now_iso() -> str:
@@ -102,8 +121,17 @@ class StateStore(abc.ABC):
     #: "file" or "postgresql".
     kind: str = ""
 
-    def __init__(self, *, workspace: str = DEFAULT_WORKSPACE, lock_timeout_s: float = 0.0, command: str = "snapctl"):
+    def __init__(
+        self,
+        *,
+        workspace: str = DEFAULT_WORKSPACE,
+        lock_timeout_s: float = 0.0,
+        command: str = "snapctl",
+        must_exist: bool = True,
+    ):
         self.workspace = check_workspace(workspace)
+        #: Opening refuses a workspace that does not exist (see :meth:`require_workspace`).
+        self.must_exist = must_exist
         self._lock_timeout_s = lock_timeout_s
         self._command = command
         self._binding: tuple[str, str] | None = None
@@ -158,7 +186,15 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def workspaces(self) -> list[str]:
-        """The workspaces this backend holds."""
+        """The workspaces this backend holds, sorted, ``default`` always among them."""
+
+    @abc.abstractmethod
+    def workspace_exists(self) -> bool:
+        """Whether this store's workspace exists (``default`` always does); without the lock."""
+
+    @abc.abstractmethod
+    def _drop(self) -> None:
+        """Under the lock: remove this workspace and everything it holds (``workspace delete``)."""
 
     @abc.abstractmethod
     def lock_is_held(self) -> bool:
@@ -190,12 +226,15 @@ class StateStore(abc.ABC):
         self.close()
 
     def open(self) -> None:
-        """Take the lock, then read the state and fold in anything a killed run left."""
+        """Take the lock, then read the state and fold in anything a killed run left.
+        A workspace that does not exist is refused (with ``must_exist``), under the lock."""
         self._scratch = False  # until this open has read what is there
         self._lock()
         try:
             self.state = self.read()
             self._scratch = not self.state.exists
+            if self.must_exist and not self.state.exists and self.workspace != DEFAULT_WORKSPACE:
+                raise self._missing()
             self._after_open()
             self._is_open = True
         except BaseException:
@@ -210,6 +249,54 @@ class StateStore(abc.ABC):
             self._is_open = False
             self._unlock()
             self._scratch = False
+
+    # Workspaces ---------------------------------------------------------------------------
+
+    def _missing(self, source: str = "") -> UsageError:
+        return missing_workspace(self.workspace, self.workspaces(), self.where, source)
+
+    @property
+    def where(self) -> str:
+        """The place that holds the workspaces (the location without the workspace)."""
+        return self.location
+
+    def require_workspace(self, source: str = "") -> None:
+        """Refuse a workspace that does not exist, before anything is sent or written: one line
+        naming the workspaces that do (``source``: where the name came from, for the message)."""
+        if self.workspace != DEFAULT_WORKSPACE and not self.workspace_exists():
+            raise self._missing(source)
+
+    def create_workspace(self) -> None:
+        """Create this store's workspace, holding nothing (``snapctl workspace new``)."""
+        if self.workspace == DEFAULT_WORKSPACE or self.workspace_exists():
+            raise UsageError(f"workspace {self.workspace} already exists in {self.where}")
+        must_exist, self.must_exist = self.must_exist, False
+        try:
+            with self:
+                if self.state.exists:  # made by another run since the check
+                    raise UsageError(f"workspace {self.workspace} already exists in {self.where}")
+                self._scratch = False  # asked for, though it holds nothing
+                self.checkpoint()
+        finally:
+            self.must_exist = must_exist
+
+    def delete_workspace(self, *, force: bool = False) -> State:
+        """Remove this workspace under its lock (``snapctl workspace delete``); the state it held.
+        One that holds tasks or pending calls is refused, naming them, unless ``force``:
+        its tasks are then forgotten, not stopped."""
+        if self.workspace == DEFAULT_WORKSPACE:
+            raise UsageError("the default workspace cannot be deleted")
+        with self:
+            held = sorted(set(self.state.tasks) | set(self.state.pending))
+            if held and not force:
+                shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+                raise UsageError(
+                    f"workspace {self.workspace} holds {len(held)} task(s) or pending call(s): {shown}. "
+                    "Destroy them first (snapctl destroy), or pass --force to forget them without stopping them"
+                )
+            self._drop()
+            self.state.exists = False
+        return self.state
 
     def bind(self, endpoint: str, region: str) -> None:
         """Refuse another endpoint than the state's; a state not bound yet is bound when it next

@@ -343,8 +343,9 @@ class FileStore(StateStore):
         lock_timeout_s: float = 0.0,
         command: str = "snapctl",
         create: bool = True,
+        must_exist: bool = True,
     ):
-        super().__init__(workspace=workspace, lock_timeout_s=lock_timeout_s, command=command)
+        super().__init__(workspace=workspace, lock_timeout_s=lock_timeout_s, command=command, must_exist=must_exist)
         self.base_path = Path(path)
         self.given_path = workspace_path(path, workspace)
         self.path = resolve_path(self.given_path)
@@ -362,6 +363,10 @@ class FileStore(StateStore):
         return str(self.given_path)
 
     @property
+    def where(self) -> str:
+        return str(self.base_path)
+
+    @property
     def identity(self) -> str:
         return str(self.path)
 
@@ -370,14 +375,32 @@ class FileStore(StateStore):
 
     def workspaces(self) -> list[str]:
         base = resolve_path(self.base_path)
-        names = [DEFAULT_WORKSPACE] if base.exists() else []
+        names = {DEFAULT_WORKSPACE}
         prefix, suffix = f"{base.stem}.", base.suffix
-        for candidate in sorted(base.parent.glob(f"{prefix}*{suffix}")):
+        for candidate in base.parent.glob(f"{prefix}*{suffix}"):
             name = candidate.name[len(prefix) : len(candidate.name) - len(suffix)]
             if name and (suffix or "." not in name):
                 with contextlib.suppress(Exception):
-                    names.append(check_workspace(name))
-        return names
+                    names.add(check_workspace(name))
+        return sorted(names)
+
+    def workspace_exists(self) -> bool:
+        return self.workspace == DEFAULT_WORKSPACE or self.path.is_file()
+
+    def _drop(self) -> None:
+        """The document, its journal and backup; the lock file goes when the lock is released."""
+        for path in (self.path, journal_path(self.path), backup_path(self.path)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise write_error(exc, path, "the workspace is only partly deleted; run the command again") from None
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        self._made_lock = True  # removed on release, as no state is left beside it
+        _fsync_dir(self.path.parent)
 
     def _after_open(self) -> None:
         # A state this run removes on release (_leave_nothing) takes only its own backup with it.

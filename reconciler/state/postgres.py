@@ -35,7 +35,7 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import LockError, StateError, UsageError, WriteError
-from .backend import HOLDER_RECORD_WAIT_S, LockHolder, StateStore
+from .backend import DEFAULT_WORKSPACE, HOLDER_RECORD_WAIT_S, LockHolder, StateStore
 from .model import FORMAT_VERSION, State, TaskTable, check_fingerprint_params
 
 SCHEMA_VERSION = 1
@@ -192,8 +192,16 @@ class PostgresStore(StateStore):
 
     kind = "postgresql"
 
-    def __init__(self, url: str, *, workspace: str = "default", lock_timeout_s: float = 0.0, command: str = "snapctl"):
-        super().__init__(workspace=workspace, lock_timeout_s=lock_timeout_s, command=command)
+    def __init__(
+        self,
+        url: str,
+        *,
+        workspace: str = DEFAULT_WORKSPACE,
+        lock_timeout_s: float = 0.0,
+        command: str = "snapctl",
+        must_exist: bool = True,
+    ):
+        super().__init__(workspace=workspace, lock_timeout_s=lock_timeout_s, command=command, must_exist=must_exist)
         #: The URL as given: only ever handed to libpq, never shown (see :attr:`masked`).
         self.url = url
         self._params = parse_database_url(url)
@@ -212,6 +220,10 @@ class PostgresStore(StateStore):
     @property
     def location(self) -> str:
         return f"{self.masked} (workspace {self.workspace})"
+
+    @property
+    def where(self) -> str:
+        return self.masked
 
     # Connections and errors -------------------------------------------------------------
 
@@ -358,8 +370,24 @@ class PostgresStore(StateStore):
     def workspaces(self) -> list[str]:
         with self._reading("list", f"cannot read {self.masked}") as conn:
             if self._schema_version(conn) == 0:
-                return []
-            return [r[0] for r in conn.execute("SELECT name FROM snapctl.workspaces ORDER BY name")]
+                return [DEFAULT_WORKSPACE]
+            names = {r[0] for r in conn.execute("SELECT name FROM snapctl.workspaces")}
+            return sorted(names | {DEFAULT_WORKSPACE})
+
+    def workspace_exists(self) -> bool:
+        if self.workspace == DEFAULT_WORKSPACE:
+            return True
+        with self._reading("workspace", f"cannot read {self.masked}") as conn:
+            if self._schema_version(conn) == 0:
+                return False
+            query = "SELECT count(*) FROM snapctl.workspaces WHERE name = %s"
+            return bool(conn.execute(query, (self.workspace,)).fetchone()[0])
+
+    def _drop(self) -> None:
+        """The workspace's row (its tasks go with it: ON DELETE CASCADE); the lock's row on release."""
+        self._execute_write(
+            lambda conn: conn.execute("DELETE FROM snapctl.workspaces WHERE name = %s", (self.workspace,))
+        )
 
     # Locking ---------------------------------------------------------------------------------------
 
