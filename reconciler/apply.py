@@ -121,6 +121,8 @@ class Applier:
 
     async def run(self, plan: Plan, reassert: Sequence[str] = ()) -> ApplyReport:
         """Apply ``plan``; also StartSnapshot each address of ``reassert`` (reconcile)."""
+        if plan.display_only:  # its new tasks' fingerprints were never computed: nothing to record
+            raise ValueError("a plan made only to be shown (fingerprint_creates=False) cannot be applied")
         began = time.monotonic()
         jobs: list[tuple[str, str]] = [(a.address, a.kind.value) for a in plan.actions]
         jobs += [(address, "reassert") for address in reassert]

@@ -1,11 +1,13 @@
 """The ``snapctl`` command: a thin shell over the library.
 
-Subcommands are imported only when invoked, so ``snapctl --version`` stays fast.
+Subcommands are imported only when invoked, so every command loads only what it
+uses; ``snapctl --version`` loads nothing at all (see :func:`main`).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -79,6 +81,9 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. Exit 0 success, 1 any error (bad flags included), 2 only for
     ``plan --detailed-exitcode`` with changes, 130 on Ctrl-C."""
+    # pydantic looks for plugins in every installed distribution's entry points when
+    # the first model is built; snapctl's models use none, and the scan costs every command.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from .errors import UsageError
     from .logs import configure
 

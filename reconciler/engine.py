@@ -122,10 +122,12 @@ def plan(
     secrets_unknown: bool = False,
     observations: Mapping[str, api.Observation] | None = None,
     target: tuple[str, str] | None = None,
+    fingerprint_creates: bool = True,
 ) -> Plan:
     """The plan that would make ``state`` match ``manifests`` (see :func:`plan.make_plan`);
     with ``observations`` (from :func:`refresh`), against what runs; ``target``: the endpoint
-    and region it is made for, recorded in the plan."""
+    and region it is made for, recorded in the plan. ``fingerprint_creates=False`` makes a
+    plan only to be shown, faster where new tasks hold secrets."""
     made = make_plan(
         desired_bodies(manifests),
         state,
@@ -135,6 +137,7 @@ def plan(
         manifest_paths=manifest_paths,
         secrets_unknown=secrets_unknown,
         observations=observations,
+        fingerprint_creates=fingerprint_creates,
     )
     if target is not None:
         made.endpoint, made.region = target
@@ -266,6 +269,8 @@ def refresh(
 
 def save_plan(plan_: Plan, path: Path) -> None:
     """Write a plan for a later ``apply FILE`` (it holds fingerprints, never secrets)."""
+    if plan_.display_only:
+        raise ValueError("a plan made only to be shown (fingerprint_creates=False) cannot be saved")
     atomic_write(Path(path), plan_.model_dump_json(indent=2).encode() + b"\n")
 
 

@@ -14,7 +14,6 @@ room, each task) so that one bad task does not hide the problems of others.
 from __future__ import annotations
 
 import datetime
-import difflib
 import gc
 import os
 import re
@@ -128,6 +127,8 @@ def _short(value: Any) -> Any:
 
 
 def _did_you_mean(word: Any, choices) -> str:
+    import difflib  # only for a near miss
+
     matches = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {matches[0]!r}?" if matches else ""
 
@@ -679,6 +680,8 @@ class _DocumentLoader:
             path = tuple(steps)
             problems.append((err, path, on_key, raw_loc))
             if err["type"] == "extra_forbidden":
+                import difflib  # only for a near miss
+
                 for match in difflib.get_close_matches(str(path[-1]), _fields_at(root, raw_loc[:-1]), n=1, cutoff=0.6):
                     suggested.add((*path[:-1], match))
         for err, path, on_key, raw_loc in problems:

@@ -13,17 +13,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from .api import Observation, Observed, comparable
 from .errors import UsageError
-from .state import SECRET_FIELDS, State, has_legacy_fingerprints, is_fingerprint, secret_holders
+from .state import FINGERPRINT_PREFIX, SECRET_FIELDS, State, has_legacy_fingerprints, is_fingerprint, secret_holders
 
 PLAN_FORMAT_VERSION = 1
 #: The reasons of plain creates and deletes (renderers leave these unsaid).
 CREATE_REASON, DELETE_REASON = "not in the state", "not in the manifests"
 #: A secret's value in a plan made without secret values (``plan --no-secrets``).
 UNKNOWN_SECRET = "(unknown)"
+#: Stands for the fingerprint of a new task's secret in a plan made only to be shown
+#: (``make_plan(..., fingerprint_creates=False)``): shown as ``(sensitive)`` like any
+#: fingerprint, and such a plan is never saved or applied (:attr:`Plan.display_only`).
+NOT_COMPUTED = FINGERPRINT_PREFIX + "not-computed"
 #: The only field UpdateSnapshot can change in place.
 IN_PLACE_FIELDS = frozenset({"ImageConfig.Interval"})
 
@@ -141,9 +145,16 @@ class Plan(BaseModel):
     #: Unchanged tasks whose stored secret fingerprints are of the old HMAC kind (apply re-records them).
     legacy_fingerprints: list[str] = Field(default_factory=list)
 
+    _display_only: bool = PrivateAttr(default=False)
+
     @property
     def has_changes(self) -> bool:
         return bool(self.actions)
+
+    @property
+    def display_only(self) -> bool:
+        """Made to be shown only: new tasks' secrets were not fingerprinted (see :func:`make_plan`)."""
+        return self._display_only
 
 
 def _path_text(parts: Sequence[Any]) -> str:
@@ -279,6 +290,7 @@ def make_plan(
     manifest_paths: Sequence[str] = (),
     secrets_unknown: bool = False,
     observations: Mapping[str, Observation] | None = None,
+    fingerprint_creates: bool = True,
 ) -> Plan:
     """Diff desired wire requests (by address, secrets in clear) against ``state``
     and, given ``observations`` (a refresh), against what runs.
@@ -286,6 +298,10 @@ def make_plan(
     With ``secrets_unknown`` the desired secret values are not known: each
     secret field is taken as the state has it (never a change), or shown as
     ``UNKNOWN_SECRET`` for a task the state does not hold.
+
+    Without ``fingerprint_creates``, the secrets of a task the state does not hold are
+    not fingerprinted (a key derivation each, and nothing to compare them with): the
+    plan is the same to show, but :attr:`Plan.display_only`, never saved or applied.
 
     ``targets`` limits the plan to those addresses (or their rooms/apps);
     ``replace`` forces a replacement; ``destroy`` plans the deletion of everything in scope.
@@ -332,6 +348,7 @@ def make_plan(
                 f"--target {target} matches no task in the manifests or the state (see snapctl state list)"
             )
     fingerprint = _Fingerprints(state)
+    display_only = False
     unknown: list[UnknownTask] = []
     observed: dict[str, int] = {}
     legacy: list[str] = []
@@ -403,8 +420,11 @@ def make_plan(
         entry = tasks.get(address)
         have = entry.get("request") if entry is not None else None
         if want is not None:
-            if secrets_unknown:
-                want = _secrets_as_known(fingerprint(want), have)
+            if secrets_unknown:  # each secret as the state has it: nothing is fingerprinted
+                want = _secrets_as_known(want, have)
+            elif have is None and not fingerprint_creates and observations is None:
+                want = _secrets_as_known(want, None, NOT_COMPUTED)
+                display_only = True
             elif have is not None and has_legacy_fingerprints(have):
                 # Compare an old HMAC fingerprint with the same kind, so an unchanged secret stays unchanged.
                 want = state.fingerprint(dict(want), like=have)
@@ -449,7 +469,7 @@ def make_plan(
                     )
                 )
         actions.sort(key=lambda a: a.address)
-    return Plan(
+    made = Plan(
         state_lineage=state.lineage,
         state_serial=state.serial,
         state_exists=state.exists,
@@ -467,6 +487,8 @@ def make_plan(
         observed=dict(sorted(observed.items())),
         unknown=unknown,
     )
+    made._display_only = display_only
+    return made
 
 
 def _plan_observed(address: str, want: dict[str, Any], have: dict[str, Any] | None, seen: Observation):
@@ -527,8 +549,10 @@ def _plan_observed(address: str, want: dict[str, Any], have: dict[str, Any] | No
     )
 
 
-def _secrets_as_known(want: dict[str, Any], have: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``want`` with each secret field as ``have`` holds it, else ``UNKNOWN_SECRET``."""
+def _secrets_as_known(
+    want: Mapping[str, Any], have: Mapping[str, Any] | None, missing: str = UNKNOWN_SECRET
+) -> dict[str, Any]:
+    """``want`` with each secret field as ``have`` holds it, else ``missing``."""
     out = dict(want)
     for path in SECRET_FIELDS:
         parent: Any = out
@@ -545,7 +569,7 @@ def _secrets_as_known(want: dict[str, Any], have: Mapping[str, Any] | None) -> d
         known: Any = have
         for part in path:
             known = known.get(part) if isinstance(known, Mapping) else None
-        parent[path[-1]] = known if known is not None else UNKNOWN_SECRET
+        parent[path[-1]] = known if known is not None else missing
     return out
 
 

@@ -22,6 +22,7 @@ from .plan import (
     PlannedAction,
     mask_secrets,
 )
+from .style import Style as Style  # re-exported: callers that render plans style them
 
 if TYPE_CHECKING:  # only annotations: rendering a plan does not load the apply machinery
     from .apply import ActionResult, ApplyReport
@@ -41,20 +42,6 @@ _HEADLINES = {
     ActionKind.replace: "must be replaced",
     ActionKind.delete: "will be destroyed",
 }
-_ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31", "bold": "1", "dim": "2"}
-
-
-class Style:
-    """ANSI styling that is a no-op when colour is off."""
-
-    def __init__(self, colour: bool):
-        self.colour = colour
-
-    def __call__(self, text: str, *styles: str) -> str:
-        if not self.colour or not styles:
-            return text
-        codes = ";".join(_ANSI[s] for s in styles)
-        return f"\x1b[{codes}m{text}\x1b[0m"
 
 
 def field_value(value: Any, path: str = "") -> str:

@@ -148,9 +148,10 @@ def test_tasks_waiting_for_their_secrets_fingerprints_keep_their_place():
         assert action.desired == reference.fingerprint(desired[action.address])
 
 
-def test_secrets_fingerprints_are_computed_one_at_a_time_in_one_thread():
+def test_secrets_fingerprints_are_computed_at_most_two_at_a_time():
     # Each scrypt takes 16 MiB at the default cost: a plan with many distinct secrets must
-    # not compute them side by side (memory), whatever order it meets them in.
+    # not compute them all side by side (memory), whatever order it meets them in; two
+    # threads take a storage's key pair in one derivation's time.
     import threading
 
     def fingerprinters() -> set[threading.Thread]:
@@ -161,7 +162,7 @@ def test_secrets_fingerprints_are_computed_one_at_a_time_in_one_thread():
     values = [f"SK-distinct-{n}" for n in range(6)]
     for value in values:  # one at a time, as a plan meets them task after task
         state.prefetch_fingerprints([value])
-    assert len(fingerprinters() - before) == 1
+    assert 1 <= len(fingerprinters() - before) <= 2
     assert [state.secret_fingerprint(v) for v in values] == [
         State._scrypt(v, state.fingerprint_key, state.fingerprint_params) for v in values
     ]

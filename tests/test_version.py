@@ -4,6 +4,7 @@ CHANGELOG.md and the tag the CI templates pin follow it."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from pathlib import Path
 
@@ -21,9 +22,9 @@ def test_one_version_everywhere(tmp_path):
     assert re.search(r'^dynamic = \["version"\]$', pyproject, flags=re.M), "the version must be dynamic"
     project = pyproject.split("\n[project]\n")[1].split("\n[")[0]
     assert not re.search(r"^version = ", project, flags=re.M), "a second, static version"
-    assert re.search(
-        r'^version = \{attr = "reconciler.__version__"\}$', pyproject.split("[tool.setuptools.dynamic]")[1], flags=re.M
-    )
+    hatch_version = pyproject.split("[tool.hatch.version]")[1].split("\n[")[0]
+    assert re.search(r'^path = "reconciler/__init__.py"$', hatch_version, flags=re.M), hatch_version
+    assert importlib.metadata.version("snapctl-rtc") == __version__, "the installed metadata's version"
     changelog = (ROOT / "CHANGELOG.md").read_text()
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", changelog, flags=re.M)
     assert releases and releases[0] == __version__, releases

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..render import Style
+from ..style import Style
 from .options import (
     api_options,
     load,

@@ -13,7 +13,7 @@ import click
 import orjson
 
 from ..errors import CredentialsError, Interrupted, SnapctlError
-from ..render import Style
+from ..style import Style
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..render import Style
+from ..style import Style
 from .options import (
     api_options,
     format_option,
@@ -94,6 +94,7 @@ def plan(
         secrets_unknown=no_secrets,
         observations=observations,
         target=target,
+        fingerprint_creates=bool(out_file),  # shown only: no key derivation for new tasks' secrets
     )
     the_plan.refresh_s = refresh_s
     if out_file:

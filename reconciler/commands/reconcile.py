@@ -9,7 +9,7 @@ import click
 import orjson
 
 from ..errors import UsageError
-from ..render import Style
+from ..style import Style
 from .options import (
     MAX_SECONDS,
     Number,

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..render import Style
+from ..style import Style
 from .options import api_options, load, open_store, output_options, paths_argument, state_option
 from .output import EXIT_CHANGES, EXIT_ERROR, colour_enabled, handle_errors, out, print_json
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..render import Style
+from ..style import Style
 from .options import load, output_options, paths_argument
 from .output import colour_enabled, handle_errors, out, print_json, print_warnings
 
@@ -24,11 +24,12 @@ def validate(paths, as_json, no_color):
     PATHS are files or directories of *.yaml / *.yml (default: manifests/).
     """
     from ..manifest import SECRETS_OPTIONAL
-    from ..render import diagnostic_document
 
     style = Style(colour_enabled(sys.stdout, no_color))
     manifests = load(paths, as_json=as_json, command="validate", secrets=SECRETS_OPTIONAL)
     if as_json:
+        from ..render import diagnostic_document  # the plan layer, for JSON only
+
         print_json(
             {
                 "format_version": 1,

@@ -284,10 +284,11 @@ class State:
             else:
                 ready = False
         if missing:
-            # One thread for the whole run, computing one at a time: scrypt takes its
-            # memory (16 MiB at the default cost) once, however many secrets a plan holds.
+            # Two threads for the whole run: scrypt leaves the GIL, so the usual pair of
+            # secrets (a storage's access and secret key) costs one derivation's time, and
+            # its memory (16 MiB each at the default cost) stays bounded however many a plan holds.
             if self._fingerprinter is None:
-                self._fingerprinter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint")
+                self._fingerprinter = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fingerprint")
             params = dict(self.fingerprint_params)
             for key, text in missing.items():
                 self._computing[key] = self._fingerprinter.submit(self._scrypt, text, self.fingerprint_key, params)
