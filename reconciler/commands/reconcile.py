@@ -9,6 +9,7 @@ import click
 import orjson
 
 from ..errors import UsageError
+from ..logs import LINE_FORMATS, stamped_lines
 from ..style import Style
 from .options import (
     MAX_SECONDS,
@@ -45,6 +46,13 @@ from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_er
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @click.option(
+    "--log-format",
+    type=click.Choice(LINE_FORMATS),
+    default="text",
+    show_default=True,
+    help="With --watch: every line stamped with its time (RFC 3339 UTC), as text or as one JSON object per line.",
+)
+@click.option(
     "--no-refresh",
     is_flag=True,
     help="Do not read the tasks: StartSnapshot every declared one instead (the blind re-assert).",
@@ -62,6 +70,7 @@ def reconcile(
     interval_s,
     metrics_port,
     metrics_host,
+    log_format,
     no_refresh,
 ):
     """Observe every declared task, then fix what is not as declared, without asking.
@@ -83,11 +92,10 @@ def reconcile(
         check_metrics_address(metrics_host, metrics_port)
     paths = list(paths) or [Path("manifests")]
     style = Style(colour_enabled(sys.stdout, no_color))
-    stream = sys.stderr if as_json else sys.stdout
 
     def on_result(result):
         if not result.ok or result.healed or result.kind != "reassert":
-            click.echo(render.result_line(result, style), file=stream)
+            click.echo(render.result_line(result, style), err=as_json)  # stdout or stderr as they are now
 
     def report_round(round_):
         if as_json:
@@ -163,30 +171,31 @@ def reconcile(
         if not round_.ok:
             sys.exit(EXIT_ERROR)
         return
-    try:
-        metrics = controller.Metrics(metrics_port, metrics_host) if metrics_port is not None else None
-    except OSError as exc:
-        raise UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}") from None
-    if metrics is not None:
-        err(f"Serving metrics on http://{metrics_host}:{metrics.server.server_port}/metrics\n")
-    status = controller.ControllerStatus()
-    with controller.graceful_stop() as stop:
+    with stamped_lines(log_format):
         try:
-            rounds = controller.watch(
-                paths,
-                state_path,
-                settings,
-                workspace=workspace,
-                interval_s=interval_s,
-                stop=stop,
-                lock_timeout_s=lock_timeout_s,
-                metrics=metrics,
-                on_round=report_round,
-                on_result=on_result,
-                refresh=not no_refresh,
-                status=status,
-            )
-        finally:
-            if metrics is not None:
-                metrics.close()
-    err(f"Stopped after {rounds} round(s); the state is written.\n")
+            metrics = controller.Metrics(metrics_port, metrics_host) if metrics_port is not None else None
+        except OSError as exc:
+            raise UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}") from None
+        if metrics is not None:
+            err(f"Serving metrics on http://{metrics_host}:{metrics.server.server_port}/metrics\n")
+        status = controller.ControllerStatus()
+        with controller.graceful_stop() as stop:
+            try:
+                rounds = controller.watch(
+                    paths,
+                    state_path,
+                    settings,
+                    workspace=workspace,
+                    interval_s=interval_s,
+                    stop=stop,
+                    lock_timeout_s=lock_timeout_s,
+                    metrics=metrics,
+                    on_round=report_round,
+                    on_result=on_result,
+                    refresh=not no_refresh,
+                    status=status,
+                )
+            finally:
+                if metrics is not None:
+                    metrics.close()
+        err(f"Stopped after {rounds} round(s); the state is written.\n")
