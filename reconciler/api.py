@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated, Any
@@ -17,11 +18,13 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
     StrictInt,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 from pydantic.alias_generators import to_pascal
@@ -54,6 +57,26 @@ Dimension = Annotated[StrictInt, Field(ge=0, le=1920)]
 Interval = Annotated[StrictInt, Field(ge=1, le=600)]
 Region = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 StreamIndex = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+
+#: How much of one string from outside (an answer, an error) is shown or stored.
+MAX_SHOWN = 500
+
+
+def printable(text: str, limit: int = MAX_SHOWN) -> str:
+    """A string from outside (the API's messages, codes, request ids, reasons; an HTTP
+    library's error text) as it may be shown and stored: on one line, with no terminal
+    escape. Control, format and separator characters are written as Python writes them
+    (``\\n``, ``\\x1b``, ``\\u2028``); backslashes are left alone, so that a shown
+    string shows the same again. Beyond ``limit`` characters it is cut, saying how much."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+#: A string of an answer, made :func:`printable` as it is read.
+ApiText = Annotated[str, AfterValidator(printable)]
 
 DEFAULT_MAX_IDLE_TIME = 180
 DEFAULT_INTERVAL = 2
@@ -308,33 +331,77 @@ def comparable(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SnapshotTask(BaseModel):
-    """``Result.SnapshotTask`` of GetSnapshotTask. The configuration blocks stay
-    as wire dicts (read leniently: an answer is never refused for a field the
-    API added), and must have had their secrets fingerprinted before this is made."""
+#: The largest time an answer may hold (ms since the epoch): the last millisecond of
+#: year 9999, the last one a date can show. Later, or negative, is not a time.
+MAX_TIME_MS = 253_402_300_799_999
+TimeMs = Annotated[StrictInt, Field(ge=0, le=MAX_TIME_MS)]
+#: The statuses GetSnapshotTask documents (0 unknown error state ... 4 failed).
+Status = Annotated[StrictInt, Field(ge=0, le=4)]
+#: What a StopReason may hold: a name such as ``IdleTimeOut`` (the API may add names).
+STOP_REASON_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{0,64}")
 
-    model_config = ConfigDict(alias_generator=to_pascal, populate_by_name=True, extra="ignore", frozen=True)
 
-    status: StrictInt
-    stop_reason: str = ""
-    start_time: StrictInt = 0
-    end_time: StrictInt = 0
-    max_idle_time: StrictInt = DEFAULT_MAX_IDLE_TIME
-    image_config: dict[str, Any] = Field(default_factory=dict)
-    storage_config: dict[str, Any] = Field(default_factory=dict)
-    target_streams: dict[str, Any] | None = None
+def _stop_reason(value: str) -> str:
+    if not STOP_REASON_PATTERN.fullmatch(value):
+        raise ValueError("not a reason name (at most 64 letters, digits, '_', '.', '-')")
+    return value
 
-    def live_request(self, key: TaskKey) -> dict[str, Any]:
-        """The configuration the task runs, as a comparable StartSnapshot body."""
-        return comparable(
-            {
-                **key.wire(),
-                "MaxIdleTime": self.max_idle_time,
-                "ImageConfig": self.image_config,
-                "StorageConfig": self.storage_config,
-                "TargetStreams": self.target_streams,
-            }
+
+def _used_block_only(value: Any) -> Any:
+    """A read StorageConfig with only its Type and the block that Type uses: the API may
+    fill the others (with empty values), and they mean nothing for the task."""
+    if not isinstance(value, dict):
+        return value
+    kind = value.get("Type", 0)
+    block = _BLOCK_OF_TYPE.get(kind) if type(kind) is int else None
+    return {name: item for name, item in value.items() if name in ("Type", block)}
+
+
+class SnapshotTask(WireModel):
+    """``Result.SnapshotTask`` of GetSnapshotTask, checked against the documented shape:
+    the configuration blocks are the request's own models (types and ranges as
+    StartSnapshot takes them), times are milliseconds a date can show, Status is one
+    of 0-4 and StopReason a reason name. Fields the API adds are ignored. Build it with
+    :func:`read_snapshot_task`; it holds the answer's secrets until
+    :meth:`live_request` fingerprints them."""
+
+    status: Status
+    stop_reason: Annotated[str, AfterValidator(_stop_reason)] = ""
+    start_time: TimeMs = 0
+    end_time: TimeMs = 0
+    max_idle_time: MaxIdleTime = DEFAULT_MAX_IDLE_TIME
+    image_config: ImageConfig = ImageConfig()
+    storage_config: Annotated[StorageConfig, BeforeValidator(_used_block_only)]
+    target_streams: TargetStreams | None = None
+
+    def live_request(self, key: TaskKey, fingerprint: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """The configuration the task runs, as a comparable StartSnapshot body, its secrets
+        replaced by ``fingerprint`` (the state's)."""
+        body = self.model_dump(
+            by_alias=True,
+            exclude_none=True,
+            mode="json",
+            include={"max_idle_time", "image_config", "storage_config", "target_streams"},
         )
+        return comparable({**key.wire(), **fingerprint(body)})
+
+
+class UnreadableTask(ValueError):
+    """A SnapshotTask that does not have the documented shape; the message says where, in one line."""
+
+
+def read_snapshot_task(result: Any) -> SnapshotTask:
+    """The one check of a GetSnapshotTask answer's ``Result``: its SnapshotTask, or
+    :class:`UnreadableTask` naming the first field of another type or range."""
+    raw = result.get("SnapshotTask") if isinstance(result, dict) else None
+    if not isinstance(raw, dict):
+        raise UnreadableTask("it holds no SnapshotTask object")
+    try:
+        return SnapshotTask.model_validate(raw)
+    except ValidationError as exc:
+        problems = describe_validation_error(exc).split("; ")
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UnreadableTask(printable(problems[0]) + more) from None
 
 
 class Observed(str, enum.Enum):
@@ -374,10 +441,22 @@ class Observation:
     request_id: str = ""
     #: The read itself failed (after its retries), as opposed to "not found".
     read_error: bool = False
+    #: The answer was not of the documented shape: the task exists, but nothing can be
+    #: said of it, so nothing is sent for it (not even a confirming StartSnapshot).
+    unreadable: bool = False
 
     @classmethod
-    def of(cls, address: str, task: SnapshotTask, key: TaskKey, request_id: str = "") -> Observation:
+    def of(
+        cls,
+        address: str,
+        task: SnapshotTask,
+        key: TaskKey,
+        request_id: str = "",
+        fingerprint: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> Observation:
+        """From a checked answer. Status 0 is unknown: no configuration, so nothing is planned from it."""
         observed = _OBSERVED_OF_STATUS.get(task.status, Observed.unknown)  # type: ignore[call-overload]
+        known = observed is not Observed.unknown
         return cls(
             address=address,
             observed=observed,
@@ -385,8 +464,8 @@ class Observation:
             stop_reason=task.stop_reason,
             start_time_ms=task.start_time,
             end_time_ms=task.end_time,
-            live=task.live_request(key),
-            detail="the API reports Status 0 (unknown error state)" if task.status == 0 else "",
+            live=task.live_request(key, fingerprint or (lambda body: body)) if known else None,
+            detail="" if known else "the API reports Status 0 (unknown error state)",
             request_id=request_id,
         )
 
@@ -394,6 +473,12 @@ class Observation:
     def healthy(self) -> bool:
         """Running, or waiting for its streams: nothing to do."""
         return self.observed in (Observed.running, Observed.not_started)
+
+    @property
+    def confirmable(self) -> bool:
+        """Not seen (not found, a failed read, Status 0): StartSnapshot may confirm it
+        ("already started" proves it runs). Never an answer of another shape."""
+        return self.live is None and not self.unreadable
 
     @property
     def stopped(self) -> bool:
@@ -421,10 +506,18 @@ class Observation:
         }
 
 
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
 def _iso_ms(ms: int) -> str | None:
+    """A time of an answer as ISO 8601 (exact: no float on the way); None for 0 (not set)
+    and for what no date can show (a checked answer holds none)."""
     if not ms:
         return None
-    return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        return (_EPOCH + _dt.timedelta(milliseconds=ms)).isoformat(timespec="seconds")
+    except OverflowError:
+        return None
 
 
 class ErrorInfo(BaseModel):

@@ -32,6 +32,7 @@ from .errors import (
     TaskNotRunningError,
     ThrottledError,
     TransportError,
+    UnreadableAnswerError,
 )
 from .ratelimit import RateLimiter
 from .signing import SigningKey, sign_request
@@ -192,10 +193,13 @@ class SnapshotClient:
     ) -> api.Observation:
         """GetSnapshotTask: the task's status and live configuration.
 
-        The custom storage keys of the answer are replaced by ``fingerprint``
-        (the state's, so they compare with what it records) before anything else
-        sees them. A "not found" answer (any InvalidParameter-class error: the
-        query itself is valid) is the observation ``unknown``, never "stopped".
+        The answer is checked against the documented shape first
+        (:func:`api.read_snapshot_task`): one of another shape is an
+        :class:`UnreadableAnswerError`, never an observation. The custom storage keys
+        of the configuration are then replaced by ``fingerprint`` (the state's, so they
+        compare with what it records) before anything else sees them. A "not found"
+        answer (any InvalidParameter-class error: the query itself is valid) is the
+        observation ``unknown``, never "stopped".
         """
         key = api.TaskKey(app_id=app_id, room_id=room_id, task_id=task_id)
         address = f"{app_id}/{room_id}/{task_id}"
@@ -204,17 +208,15 @@ class SnapshotClient:
             result, request_id, _ = await self._call(api.READ_ACTION, None, query)
         except (InvalidParameterError, TaskNotRunningError) as exc:
             return api.Observation(address, api.Observed.unknown, detail=f"not found: {exc}", request_id=exc.request_id)
-        raw = result.get("SnapshotTask") if isinstance(result, dict) else None
-        if not isinstance(raw, dict):
-            raise ApiError("GetSnapshotTask answered without a SnapshotTask", action=api.READ_ACTION)
-        raw = (fingerprint or _ephemeral_fingerprint())(raw)
         try:
-            task = api.SnapshotTask.model_validate(raw)
-        except ValueError:
-            raise ApiError(
-                "GetSnapshotTask answered a SnapshotTask snapctl cannot read", action=api.READ_ACTION
+            task = api.read_snapshot_task(result)
+        except api.UnreadableTask as exc:
+            raise UnreadableAnswerError(
+                f"GetSnapshotTask answered a task of another shape than documented: {exc}",
+                request_id=request_id,
+                action=api.READ_ACTION,
             ) from None
-        return api.Observation.of(address, task, key, request_id)
+        return api.Observation.of(address, task, key, request_id, fingerprint=fingerprint or _ephemeral_fingerprint())
 
     # Transport, retries, errors -----------------------------------------
 

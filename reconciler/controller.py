@@ -335,7 +335,7 @@ def reconcile_once(
             reassert = engine.unchanged_addresses(plan, manifests, store.state)
             if observations is not None:
                 # Only what could not be seen needs StartSnapshot to confirm it.
-                reassert = [a for a in reassert if observations[a].live is None]
+                reassert = [a for a in reassert if observations[a].confirmable]
             report = engine.run_apply(
                 plan,
                 manifests,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import api
-from .errors import ApiError, AuthError, Interrupted, UsageError
+from .errors import ApiError, AuthError, Interrupted, UnreadableAnswerError, UsageError
 from .manifest import ManifestSet, load_manifests
 from .plan import Plan, check_plan_current, check_plan_unchanged, in_targets, make_plan, observations_of
 from .runenv import RunEnv, resolve
@@ -193,7 +193,11 @@ async def refresh_tasks(
                 if isinstance(exc, AuthError) or getattr(exc, "stops_run", False):
                     raise  # every other read would fail the same way
                 observation = api.Observation(
-                    address, api.Observed.unknown, detail=f"read failed: {exc}", read_error=True
+                    address,
+                    api.Observed.unknown,
+                    detail=str(exc) if isinstance(exc, UnreadableAnswerError) else f"read failed: {exc}",
+                    read_error=True,
+                    unreadable=isinstance(exc, UnreadableAnswerError),
                 )
         seen[address] = observation
         if on_observation is not None:

@@ -13,6 +13,7 @@ SnapctlError
     ├── EndpointError     the endpoint does not serve this API (stops the run)
     ├── InvalidParameterError
     ├── TaskNotRunningError
+    ├── UnreadableAnswerError  an answer of another shape than documented (not retried)
     └── RetryableError    worth retrying with backoff
         ├── ThrottledError    429 FlowLimitExceeded
         ├── ServerError       5xx
@@ -119,6 +120,14 @@ class InvalidParameterError(ApiError):
 
 class TaskNotRunningError(ApiError):
     """Update or Stop of a task the API does not have running."""
+
+
+class UnreadableAnswerError(ApiError):
+    """An answer snapctl will not use: not of the documented shape (a field of another
+    type, a value out of its range). Nothing is planned, sent or recorded from it; it is
+    not retried (the server would answer alike). The API may have acted on the call."""
+
+    may_have_run = True
 
 
 class RetryableError(ApiError):

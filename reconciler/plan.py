@@ -361,7 +361,7 @@ def make_plan(
         seen = observations.get(address) if observations is not None else None
         if seen is not None:
             observed[seen.observed.value] = observed.get(seen.observed.value, 0) + 1
-            if seen.live is None:
+            if seen.live is None or seen.observed is Observed.unknown:  # nothing is planned from what was not seen
                 unknown.append(UnknownTask(address=address, detail=seen.detail))
             elif want is not None and address not in replace:
                 action = _plan_observed(address, want, have, seen)

@@ -193,3 +193,16 @@ class PgDatabase:
         with self.server.admin(self.dbname) as conn:
             cur = conn.execute(sql, params or None)
             return cur.fetchall() if cur.description else []
+
+
+# -- a hostile API ----------------------------------------------------------------
+
+
+@pytest.fixture
+def hostile(emulator):
+    """A :class:`hostile_server.HostileServer` in front of the ``emulator``: rig the answers
+    of chosen tasks (``hostile.rig(ADDRESS, Hostile(...))``); everything else is the emulator's."""
+    from hostile_server import HostileServer
+
+    with HostileServer(emulator.url) as server:
+        yield server

@@ -168,7 +168,9 @@ def apply(
         the_plan.refresh_s = refresh_s
         # The tasks the refresh could not see (not found, read failed) are settled
         # with StartSnapshot: "already started" proves they run.
-        unseen = {u.address for u in the_plan.unknown}
+        unseen = {
+            u.address for u in the_plan.unknown if observations is not None and observations[u.address].confirmable
+        }
         reassert = [a for a in engine.unchanged_addresses(the_plan, manifests, store.state) if a in unseen]
         _run_planned(
             the_plan,

@@ -42,7 +42,7 @@ def import_(
     from .. import engine
     from ..client import Outcome
     from ..controller import graceful_stop
-    from ..errors import ApiError, Interrupted
+    from ..errors import ApiError, Interrupted, UnreadableAnswerError
 
     settings = api_opts.settings()
     manifests = load(paths)
@@ -60,15 +60,19 @@ def import_(
         async def adopt():
             async with client:
                 # SIGINT/SIGTERM stop the read at once, and no StartSnapshot follows.
-                seen = await engine.unless_stopped(
-                    client.get_task(
-                        task.request.app_id,
-                        task.request.room_id,
-                        task.request.task_id,
-                        fingerprint=store.state.fingerprint,
-                    ),
-                    stop,
-                )
+                try:
+                    seen = await engine.unless_stopped(
+                        client.get_task(
+                            task.request.app_id,
+                            task.request.room_id,
+                            task.request.task_id,
+                            fingerprint=store.state.fingerprint,
+                        ),
+                        stop,
+                    )
+                except UnreadableAnswerError as exc:  # never settled by a start: the task exists
+                    exc.message = f"{exc.message}; nothing was started and nothing recorded for {address}"
+                    raise
                 if seen.healthy and seen.live is not None:
                     return seen, None
                 if stop.is_set():

@@ -34,7 +34,13 @@ def err(text: str) -> None:
 
 
 def print_json(document: Any) -> None:
-    click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    try:
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits (a plan file may hold one): Python's JSON writes it
+        import json
+
+        text = json.dumps(document, indent=2, ensure_ascii=False, default=str)
+    click.echo(text)
 
 
 def print_warnings(manifests, style: Style) -> None:

@@ -1,0 +1,171 @@
+"""Hostile API answers, end to end: the real `snapctl` against the hostile server of
+``tests/hostile_server.py`` in front of the emulator. An answer not of the documented
+shape is unknown: nothing is sent or recorded for it, nothing crashes, and the other
+tasks are still read, planned and healed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hostile_server import Hostile
+from snapctl_testing import calls, new_project, run_snapctl, snapctl_env
+
+from reconciler.state import read_state
+
+APP = "happ"
+# Each case: the fields merged into the task's GetSnapshotTask answer, and the field the reason names.
+SHAPES = {
+    "WidthString": ({"ImageConfig": {"Width": "0"}}, "ImageConfig.Width"),
+    "TypeString": ({"StorageConfig": {"Type": "0"}}, "StorageConfig.Type"),
+    "TypeList": ({"StorageConfig": {"Type": [0]}}, "StorageConfig.Type"),
+    "StreamsString": ({"TargetStreams": {"StreamList": "abc"}}, "TargetStreams.StreamList"),
+    "HugeHeight": ({"ImageConfig": {"Height": 10**30}}, "ImageConfig.Height"),
+    "Int64Interval": ({"ImageConfig": {"Interval": 2**63}}, "ImageConfig.Interval"),
+    "MaxIdleString": ({"MaxIdleTime": "180"}, "MaxIdleTime"),
+    "Year10000": ({"StartTime": 253402300800000}, "StartTime"),
+    "NegativeEnd": ({"EndTime": -1}, "EndTime"),
+    "HugeStart": ({"StartTime": 10**30}, "StartTime"),
+    # A status outside 0-4, with a difference that would otherwise be a replace.
+    "Status7": ({"Status": 7, "ImageConfig": {"Width": 1000}}, "Status"),
+    "StatusNegative": ({"Status": -1}, "Status"),
+}
+HEALTHY = ["Fine", "Ended"]
+
+
+def manifest() -> str:
+    tasks = "\n".join(f"      {name}: {{}}" for name in [*SHAPES, "Status0", *HEALTHY])
+    return (
+        f"app_id: {APP}\n"
+        "storage:\n"
+        '  archive: {type: tos, account_id: "2100000990", bucket: snaps}\n'
+        "defaults: {storage: archive, image: {interval: 3, width: 640, height: 360}}\n"
+        "rooms:\n"
+        "  R:\n"
+        "    tasks:\n"
+        f"{tasks}\n"
+    )
+
+
+def address(name: str) -> str:
+    return f"{APP}/R/{name}"
+
+
+WRITES = ("StartSnapshot", "UpdateSnapshot", "StopSnapshot")
+
+
+def writes(url: str) -> dict[str, int]:
+    return {action: calls(url, action) for action in WRITES}
+
+
+@pytest.fixture
+def rigged(tmp_path, emulator, hostile):
+    """Every task applied through the hostile server; then each case's answer rigged,
+    Status 0 (documented: unknown) with a difference, and the task Ended stopped."""
+    work = new_project(tmp_path, emulator.url, {"app.yaml": manifest()})
+    env = snapctl_env(hostile.url, work)
+    applied = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
+    assert applied.code == 0, applied.output
+    for name, (patch, _) in SHAPES.items():
+        hostile.rig(address(name), Hostile(task=patch))
+    hostile.rig(address("Status0"), Hostile(task={"Status": 0, "ImageConfig": {"Width": 1000}}))
+    key = dict(zip(("AppId", "RoomId", "TaskId"), address("Ended").split("/")))
+    assert emulator.admin("stop-task", key).status_code == 200
+    return work, env
+
+
+def unknown_lines(text: str) -> dict[str, str]:
+    """The plan's ``? ADDRESS: reason`` lines by address."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("  ? "):
+            where, _, reason = line[4:].partition(": ")
+            out[where] = reason
+    return out
+
+
+def test_answers_of_another_shape_are_unknown_and_never_acted_on(rigged, emulator):
+    work, env = rigged
+    state_file = work / "state" / "snapctl.state.json"
+
+    # plan --refresh (text): each such task could not be seen, with its reason; only Ended restarts.
+    before = writes(emulator.url)
+    plan = run_snapctl(["plan", "--refresh", "--no-color"], cwd=work, env=env)
+    assert plan.code == 0 and "Traceback" not in plan.output, plan.output
+    unknown = unknown_lines(plan.stdout)
+    for name, (_, field) in SHAPES.items():
+        reason = unknown[address(name)]
+        assert "GetSnapshotTask answered a task of another shape than documented" in reason, reason
+        assert field in reason, reason
+    assert "Status 0" in unknown[address("Status0")]
+    assert "Plan: 1 to add, 0 to change, 0 to replace, 0 to destroy." in plan.stdout, plan.stdout
+    assert f"{address('Ended')} will be created" in plan.stdout or address("Ended") in plan.stdout
+
+    # plan --refresh --json: the same, as JSON (integers beyond 64 bits never reach it).
+    document = json.loads(run_snapctl(["plan", "--refresh", "--json"], cwd=work, env=env).stdout)
+    assert {u["address"] for u in document["unknown"]} == {*map(address, SHAPES), address("Status0")}
+    assert [a["address"] for a in document["actions"]] == [address("Ended")]
+    assert writes(emulator.url) == before
+
+    # apply --refresh: Ended is started again and Status0 confirmed ("already started", as a
+    # task not found is); nothing is sent for the others; the journal takes no odd value.
+    applied = run_snapctl(["apply", "--refresh", "--auto-approve", "--no-color"], cwd=work, env=env)
+    assert applied.code == 0 and "Traceback" not in applied.output, applied.output
+    assert writes(emulator.url) == {**before, "StartSnapshot": before["StartSnapshot"] + 2}
+    assert emulator.read(APP, "R", "Status0")["ImageConfig"]["Width"] == 640  # never replaced
+    observed = read_state(state_file).observed
+    for name in SHAPES:
+        assert observed[address(name)]["status"] == "unknown"
+        assert observed[address(name)]["started"] is None and observed[address(name)]["ended"] is None
+
+    # reconcile: the round heals Ended (stopped again) and leaves the others alone.
+    key = dict(zip(("AppId", "RoomId", "TaskId"), address("Ended").split("/")))
+    assert emulator.admin("stop-task", key).status_code == 200
+    before = writes(emulator.url)
+    reconciled = run_snapctl(["reconcile", "--json"], cwd=work, env=env)
+    assert "Traceback" not in reconciled.output, reconciled.output
+    assert writes(emulator.url) == {**before, "StartSnapshot": before["StartSnapshot"] + 2}
+    assert emulator.read(APP, "R", "Ended")["Status"] == 2
+
+    # status (text and JSON): one row per task, unknown with the reason; exit 1 (reads failed).
+    status = run_snapctl(["status", "--no-color"], cwd=work, env=env)
+    assert status.code == 1 and "Traceback" not in status.output, status.output
+    rows = [line for line in status.stdout.splitlines() if line.startswith(APP)]
+    assert len(rows) == len(SHAPES) + 1 + len(HEALTHY)
+    for name in SHAPES:
+        assert any(line.startswith(address(name) + " ") and " unknown " in line for line in rows), status.stdout
+    tasks = {t["address"]: t for t in json.loads(run_snapctl(["status", "--json"], cwd=work, env=env).stdout)["tasks"]}
+    for name, (_, field) in SHAPES.items():
+        assert tasks[address(name)]["status"] == "unknown" and field in tasks[address(name)]["detail"]
+        assert tasks[address(name)]["started"] is None and tasks[address(name)]["api_status"] is None
+    assert tasks[address("Fine")]["status"] == "running"
+    assert writes(emulator.url) == before | {"StartSnapshot": before["StartSnapshot"] + 2}
+
+
+@pytest.mark.parametrize("name", ["WidthString", "TypeString", "Year10000", "HugeHeight", "Status7"])
+def test_import_of_an_answer_of_another_shape_sends_and_records_nothing(name, rigged, emulator):
+    work, env = rigged
+    state_file = work / "state" / "snapctl.state.json"
+    assert run_snapctl(["state", "rm", address(name)], cwd=work, env=env).code == 0
+    before = writes(emulator.url)
+    imported = run_snapctl(["import", address(name)], cwd=work, env=env)
+    assert imported.code == 1, imported.output
+    lines = imported.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: GetSnapshotTask answered a task of another shape"), lines
+    assert SHAPES[name][1] in lines[0] and f"nothing was started and nothing recorded for {address(name)}" in lines[0]
+    assert writes(emulator.url) == before
+    state = read_state(state_file)
+    assert address(name) not in state.tasks and address(name) not in state.pending
+
+
+def test_show_json_of_a_plan_file_holding_a_huge_integer(rigged):
+    work, env = rigged
+    saved = run_snapctl(["plan", "--refresh", "--out", "p.plan"], cwd=work, env=env)
+    assert saved.code == 0, saved.output
+    document = json.loads((work / "p.plan").read_text())
+    document["actions"][0]["desired"]["ImageConfig"]["Width"] = 10**30  # an edited (or older) plan file
+    (work / "p.plan").write_text(json.dumps(document))
+    shown = run_snapctl(["show", "p.plan", "--json"], cwd=work, env=env)
+    assert shown.code == 0, shown.output
+    changes = {c["path"]: c for c in json.loads(shown.stdout)["actions"][0]["changes"]}
+    assert changes["ImageConfig.Width"]["new"] == 10**30
