@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from . import api
 from .errors import ApiError, AuthError, Interrupted, UnreadableAnswerError, UsageError
 from .manifest import ManifestSet, load_manifests
-from .plan import Plan, check_plan_current, check_plan_unchanged, in_targets, make_plan, observations_of
+from .plan import Plan, Targets, check_plan_current, check_plan_unchanged, make_plan, observations_of
 from .runenv import RunEnv, resolve
 from .state import DEFAULT_STATE_PATH, State, StateStore, atomic_write, check_binding, read_state, store_for
 
@@ -147,12 +147,9 @@ def plan(
 def refresh_scope(manifests: ManifestSet, state: State, targets: Sequence[str] = ()) -> list[str]:
     """The addresses a refresh reads: every declared task and every task in the state, within ``targets``."""
     addresses = set(manifests.tasks) | set(state.tasks)
-    for target in targets:  # refused before any read, as make_plan would refuse it after
-        if not any(in_targets(address, (target,)) for address in addresses):
-            raise UsageError(
-                f"--target {target} matches no task in the manifests or the state (see snapctl state list)"
-            )
-    return sorted(a for a in addresses if not targets or in_targets(a, targets))
+    scope = Targets(targets)
+    scope.check_each_matches(addresses)  # refused before any read, as make_plan would refuse it after
+    return sorted(a for a in addresses if not scope or scope.matches(a))
 
 
 async def refresh_tasks(
@@ -279,14 +276,12 @@ def save_plan(plan_: Plan, path: Path) -> None:
 
 
 def load_plan(path: Path) -> Plan:
+    """The plan saved at ``path`` (see :meth:`Plan.from_json`), for ``show`` and ``apply``."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the plan file ({exc.strerror})") from None
-    try:
-        return Plan.model_validate_json(raw)
-    except ValueError:
-        raise UsageError(f"{path}: not a snapctl plan file (save one with snapctl plan --out FILE)") from None
+    return Plan.from_json(raw, str(path))
 
 
 def verify_saved_plan(

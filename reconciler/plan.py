@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, computed_field
 
 from .api import Observation, Observed, comparable
 from .errors import UsageError
@@ -129,7 +129,6 @@ class Plan(BaseModel):
     #: never planned as changed, and the plan cannot be applied.
     secrets_unknown: bool = False
     actions: list[PlannedAction] = Field(default_factory=list)
-    summary: PlanSummary = Field(default_factory=PlanSummary)
     unchanged: int = 0
     #: Made with --refresh: against what GetSnapshotTask showed of the live tasks.
     refreshed: bool = False
@@ -155,6 +154,34 @@ class Plan(BaseModel):
     def display_only(self) -> bool:
         """Made to be shown only: new tasks' secrets were not fingerprinted (see :func:`make_plan`)."""
         return self._display_only
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def summary(self) -> PlanSummary:
+        """Counted from the actions, always: a plan file's own summary is never read (an edited
+        one could say "0 to destroy" above a task that will be destroyed)."""
+        return PlanSummary.of(self.actions)
+
+    @classmethod
+    def from_json(cls, raw: bytes, source: str) -> Plan:
+        """A saved plan (``plan --out``), refused in one line unless it is one this snapctl reads:
+        the one place that reads plan files, for ``show`` and ``apply`` alike."""
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or "format_version" not in doc:
+            raise UsageError(f"{source}: not a snapctl plan file (save one with snapctl plan --out FILE)")
+        version = doc.get("format_version")
+        if version != PLAN_FORMAT_VERSION:
+            raise UsageError(
+                f"{source}: plan format {version!r} is not supported (this snapctl reads {PLAN_FORMAT_VERSION}); "
+                "run snapctl plan --out FILE with this snapctl"
+            )
+        try:
+            return cls.model_validate(doc)
+        except ValueError:
+            raise UsageError(f"{source}: not a snapctl plan file (save one with snapctl plan --out FILE)") from None
 
 
 def _path_text(parts: Sequence[Any]) -> str:
@@ -267,13 +294,45 @@ def _missing(value: Any) -> bool:
     return type(value).__name__ == "NotPresent"
 
 
-def in_targets(address: str, targets: Iterable[str]) -> bool:
-    """A target names a task (APP/ROOM/TASK), a room (APP/ROOM) or an app (APP)."""
-    for target in targets:
-        target = target.strip("/")
-        if address == target or address.startswith(target + "/"):
+class Targets:
+    """``--target`` values: each names a task (APP/ROOM/TASK), a room (APP/ROOM) or an app (APP).
+    An address matches by set lookups of itself and of its prefixes at each '/', so
+    matching costs the same whatever the number of targets (5,000 over 10,000 tasks)."""
+
+    __slots__ = ("given", "names")
+
+    def __init__(self, targets: Iterable[str]):
+        self.given = list(targets)
+        self.names = frozenset(target.strip("/") for target in self.given)
+
+    def __bool__(self) -> bool:
+        return bool(self.given)
+
+    def matches(self, address: str) -> bool:
+        names = self.names
+        if address in names:
             return True
-    return False
+        cut = address.find("/")
+        while cut >= 0:
+            if address[:cut] in names:
+                return True
+            cut = address.find("/", cut + 1)
+        return False
+
+    def check_each_matches(self, addresses: Iterable[str]) -> None:
+        """Refuse a target that matches none of ``addresses``."""
+        prefixes: set[str] = set()
+        for address in addresses:
+            prefixes.add(address)
+            cut = address.find("/")
+            while cut >= 0:
+                prefixes.add(address[:cut])
+                cut = address.find("/", cut + 1)
+        for target in self.given:
+            if target.strip("/") not in prefixes:
+                raise UsageError(
+                    f"--target {target} matches no task in the manifests or the state (see snapctl state list)"
+                )
 
 
 #: How a state entry written by snapctl starts: its request (see ``StateStore.record_put``).
@@ -319,10 +378,11 @@ def make_plan(
     ``changed_outside`` when that differs from the state's record; an unknown
     one is planned offline and listed in ``Plan.unknown``.
     """
+    scope = Targets(targets)
     for address in replace:
         if address not in desired or address not in state.tasks:
             raise UsageError(f"--replace {address}: no such task in both the manifests and the state")
-        if targets and not in_targets(address, targets):
+        if scope and not scope.matches(address):
             # Dropping it silently would apply less than asked; adding it, more than targeted.
             raise UsageError(
                 f"--replace {address} is outside --target {', '.join(targets)}: add --target {address}, "
@@ -342,11 +402,7 @@ def make_plan(
     addresses = list(desired)
     addresses.extend(address for address in tasks if address not in desired)
     addresses.sort()
-    for target in targets:
-        if not any(in_targets(address, (target,)) for address in addresses):
-            raise UsageError(
-                f"--target {target} matches no task in the manifests or the state (see snapctl state list)"
-            )
+    scope.check_each_matches(addresses)
     fingerprint = _Fingerprints(state)
     display_only = False
     unknown: list[UnknownTask] = []
@@ -409,7 +465,7 @@ def make_plan(
         json_of = None
     compared = set(replace) | set(state.pending)
     for address in addresses:
-        if targets and not in_targets(address, targets):
+        if scope and not scope.matches(address):
             continue
         if json_of is not None and stored_bytes is not None and address not in compared:
             stored = stored_bytes(address)
@@ -446,7 +502,7 @@ def make_plan(
     if state.pending and not destroy:
         planned = {a.address for a in actions}
         for address, intent in sorted(state.pending.items()):
-            if address in planned or address not in desired or (targets and not in_targets(address, targets)):
+            if address in planned or address not in desired or (scope and not scope.matches(address)):
                 continue
             unchanged -= 1
             if intent["action"] == "UpdateSnapshot":
@@ -480,7 +536,6 @@ def make_plan(
         destroy=destroy,
         secrets_unknown=secrets_unknown,
         actions=actions,
-        summary=PlanSummary.of(actions),
         unchanged=unchanged,
         legacy_fingerprints=legacy,
         refreshed=observations is not None,
@@ -636,10 +691,6 @@ def _holds_secret(request: dict[str, Any]) -> bool:
 
 def check_plan_current(plan: Plan, state: State, state_path: str) -> None:
     """Refuse a saved plan whose state has moved on or belongs to another state."""
-    if plan.format_version != PLAN_FORMAT_VERSION:
-        raise UsageError(
-            f"plan format {plan.format_version} is not supported (this snapctl reads {PLAN_FORMAT_VERSION})"
-        )
     if plan.state_exists and state.exists and plan.state_lineage != state.lineage:
         raise UsageError(
             f"the saved plan was made for another state (lineage {plan.state_lineage}, "

@@ -178,9 +178,9 @@ def state_rebind(state_path, workspace, endpoint, lock_timeout_s):
     with open_store(state_path, workspace, lock_timeout_s, "snapctl state rebind") as store:
         if not store.state.exists:
             raise UsageError(f"there is no state at {store.location} to rebind")
-        before = store.state.endpoint
+        before, before_region = store.state.endpoint, store.state.region
         store.rebind(endpoint, region)
-    was = f"{before} (region {store.state.region})" if before else "no endpoint"
+    was = f"{before} (region {before_region})" if before else "no endpoint"
     out(f"The state {store.location} was bound to {was}; it is now bound to {endpoint} (region {region}).\n")
 
 

@@ -33,6 +33,25 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def exposure_warning(sock: socket.socket, *, default_keys: bool) -> str | None:
+    """The warning for an emulator listening beyond this machine (any address but a loopback
+    one, 0.0.0.0 and :: included), else None: its control endpoints are unsigned."""
+    import ipaddress
+
+    host = sock.getsockname()[0]
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # pragma: no cover - getsockname gives an address
+        pass
+    keys = " and its default keys (documented, so known to anyone)" if default_keys else ""
+    return (
+        f"warning: listening on {host}, not a loopback address: anyone who can reach this port can use its "
+        f"unsigned control endpoints (/_emulator/...: reset, config, stop-task, rewrite-task){keys}. "
+        "It is a test double; listen on 127.0.0.1 (the default) unless this network is yours alone"
+    )
+
+
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -122,6 +141,9 @@ def run_forever(config: EmulatorConfig, secret_key_source: str = "default") -> N
         f"(access key {config.access_key}, secret key {secret_key_source})",
         flush=True,
     )
+    exposed = exposure_warning(sock, default_keys=secret_key_source == "default")
+    if exposed:
+        print(exposed, file=sys.stderr, flush=True)
     # uvicorn re-raises the signal that stopped it once it is done; a no-op handler
     # makes that re-raise harmless, so a signalled shutdown exits with status 0.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
