@@ -155,7 +155,11 @@ def test_an_emulator_listening_beyond_loopback_warns_that_its_control_endpoints_
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/_emulator/stats"), what="the emulator to answer")
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
     lines = [line for line in stderr.splitlines() if line.startswith("warning: listening on")]
     if warned is None:
         assert lines == [], stderr
