@@ -166,9 +166,11 @@ class Plan(BaseModel):
     def from_json(cls, raw: bytes, source: str) -> Plan:
         """A saved plan (``plan --out``), refused in one line unless it is one this snapctl reads:
         the one place that reads plan files, for ``show`` and ``apply`` alike."""
+        from pydantic_core import from_json  # keeps an integer beyond 64 bits (orjson reads it as a float)
+
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            doc = from_json(raw)
+        except ValueError:
             doc = None
         if not isinstance(doc, dict) or "format_version" not in doc:
             raise UsageError(f"{source}: not a snapctl plan file (save one with snapctl plan --out FILE)")
