@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "status": "reconciler.commands.status:status",
     "schema": "reconciler.commands.schema:schema",
     "completion": "reconciler.commands.completion:completion",
+    "init": "reconciler.commands.init:init",
     "emulator": "reconciler.emulator.command:emulator",
 }
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     # pydantic looks for plugins in every installed distribution's entry points when
     # the first model is built; snapctl's models use none, and the scan costs every command.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    from .errors import UsageError
+    from .errors import SnapctlError, UsageError
     from .logs import configure
 
     try:
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except click.ClickException as exc:
         exc.show()
+        return 1
+    except SnapctlError as exc:  # raised while the options are read (snapctl.toml): one line too
+        click.echo(f"Error: {exc}", err=True)
         return 1
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("Interrupted.", err=True)

@@ -71,14 +71,24 @@ def _resolve_workspace(ctx: click.Context, param: click.Parameter, value: str | 
     return name
 
 
+def _resolve_state(ctx: click.Context, param: click.Parameter, value: str | None) -> str | Path:
+    """``--state``, else SNAPCTL_STATE, else snapctl.toml's ``state`` (resolved against its
+    directory), else ``state/snapctl.state.json`` (likewise, when there is a snapctl.toml)."""
+    if value:
+        return value
+    from ..project import project
+
+    return project().state()
+
+
 def state_path_option(f):
     return click.option(
         "--state",
         "state_path",
-        default="state/snapctl.state.json",
-        show_default=True,
         envvar="SNAPCTL_STATE",
-        help="State file, or a postgresql:// URL of a shared state (env SNAPCTL_STATE).",
+        callback=_resolve_state,
+        help="State file, or a postgresql:// URL of a shared state (env SNAPCTL_STATE; else snapctl.toml's "
+        "state; default state/snapctl.state.json).",
     )(f)
 
 
@@ -88,17 +98,19 @@ def state_option(f):
         envvar="SNAPCTL_WORKSPACE",
         callback=_resolve_workspace,
         help="Which of the states kept at --state (env SNAPCTL_WORKSPACE; else the one chosen with "
-        "`snapctl workspace select`; else default). It must exist: see `snapctl workspace new`.",
+        "`snapctl workspace select`; else snapctl.toml's workspace; else default). It must exist: "
+        "see `snapctl workspace new`.",
     )(f)
     return state_path_option(f)
 
 
+ENDPOINT_HELP = (
+    "API endpoint (env SNAPCTL_ENDPOINT; else snapctl.toml's endpoint; default https://rtc.volcengineapi.com)."
+)
+
+
 def endpoint_option(f):
-    return click.option(
-        "--endpoint",
-        envvar="SNAPCTL_ENDPOINT",
-        help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).",
-    )(f)
+    return click.option("--endpoint", envvar="SNAPCTL_ENDPOINT", help=ENDPOINT_HELP)(f)
 
 
 def open_store(state_path, workspace, lock_timeout_s, command, *, create: bool = True):
@@ -125,25 +137,51 @@ class ApiOptions:
     """The API options of a command (see :func:`api_options`), as given."""
 
     endpoint: str | None
-    qps: float
-    read_qps: float
-    parallelism: int
-    timeout_s: float
+    qps: float = float(api.DOCUMENTED_QPS)
+    read_qps: float = float(api.DOCUMENTED_READ_QPS)
+    parallelism: int = 64
+    timeout_s: float = 10.0
 
     def settings(self, *, credentials: bool = True):
         """The run's settings with its environment checked (credentials, endpoint, region,
-        proxies): a bad input is one line before any output and before any request."""
-        from ..engine import Settings
+        proxies): a bad input is one line before any output and before any request.
+        The endpoint and region are the flag's or variable's, else snapctl.toml's, else the defaults."""
+        import os
 
+        from ..engine import Settings
+        from ..project import project
+
+        pinned = project().settings
+        environ = dict(os.environ)
+        if not environ.get("VOLC_REGION") and pinned.region:
+            environ["VOLC_REGION"] = pinned.region
         settings = Settings(
-            endpoint=self.endpoint,
+            endpoint=self.endpoint or (None if os.environ.get("SNAPCTL_ENDPOINT") else pinned.endpoint),
             qps=self.qps,
             read_qps=self.read_qps,
             parallelism=self.parallelism,
             timeout_s=self.timeout_s,
+            environ=environ,
         )
         settings.resolve(credentials=credentials)
         return settings
+
+    def offline_target(self, settings, state) -> tuple[str, str]:
+        """The endpoint and region a command that sends nothing checks the state against: the
+        state's own, where neither a flag, a variable nor snapctl.toml sets them."""
+        import os
+
+        from ..project import project
+
+        endpoint, region = settings.target()
+        if state.endpoint is None:
+            return endpoint, region
+        pinned = project().settings
+        if not (self.endpoint or os.environ.get("SNAPCTL_ENDPOINT") or pinned.endpoint):
+            endpoint = state.endpoint
+        if not (os.environ.get("VOLC_REGION") or pinned.region) and state.region:
+            region = state.region
+        return endpoint, region
 
 
 def api_options(f):
@@ -157,10 +195,7 @@ def api_options(f):
         return run(*args, api_opts=ApiOptions(endpoint, qps, read_qps, parallelism, timeout_s), **kwargs)
 
     f = command
-    f = click.option(
-        "--endpoint",
-        help="API endpoint (env SNAPCTL_ENDPOINT; default https://rtc.volcengineapi.com).",
-    )(f)
+    f = click.option("--endpoint", help=ENDPOINT_HELP)(f)
     f = click.option(
         "--qps",
         type=Number(0, 1_000_000),
@@ -276,7 +311,7 @@ def load(paths, *, as_json: bool = False, command: str = "", **options) -> Any:
     from ..manifest import ManifestError, load_manifests
 
     try:
-        return load_manifests(list(paths) or ["manifests"], **options)
+        return load_manifests(manifest_paths(paths), **options)
     except ManifestError as exc:
         if not as_json:
             raise
@@ -284,6 +319,13 @@ def load(paths, *, as_json: bool = False, command: str = "", **options) -> Any:
 
         print_json(invalid_document(exc.diagnostics, command))
         sys.exit(EXIT_ERROR)
+
+
+def manifest_paths(paths) -> list[Path]:
+    """The manifest paths given, else snapctl.toml's ``manifests``, else ``manifests/``."""
+    from ..project import project
+
+    return [Path(p) for p in paths] or project().manifests()
 
 
 def no_manifests():

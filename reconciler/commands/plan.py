@@ -12,6 +12,7 @@ from .options import (
     api_options,
     format_option,
     load,
+    manifest_paths,
     no_manifests,
     observe,
     open_store,
@@ -71,7 +72,6 @@ def plan(
 
     refresh = refresh and not destroy
     settings = api_opts.settings(credentials=refresh)
-    target = settings.target()
     secrets = SECRETS_UNKNOWN if no_secrets else SECRETS_REQUIRED
     manifests = (
         load(paths, as_json=as_json or fmt == "json", command="plan", secrets=secrets)
@@ -80,6 +80,8 @@ def plan(
     )
     store = open_store(state_path, workspace, 0.0, "snapctl plan")
     state = store.read()
+    # Offline, the state's endpoint where nothing sets one; --refresh calls the endpoint given.
+    target = settings.target() if refresh else api_opts.offline_target(settings, state)
     engine.check_binding(state, *target, store.location)
     observations, refresh_s = observe(manifests, state, settings, targets) if refresh else (None, None)
     if not state.exists:  # after the refresh: a refresh that fails says one line only
@@ -90,7 +92,7 @@ def plan(
         targets=targets,
         replace=replace,
         destroy=destroy,
-        manifest_paths=[str(p.absolute()) for p in (paths or [Path("manifests")])],
+        manifest_paths=[str(p.absolute()) for p in manifest_paths(paths)],
         secrets_unknown=no_secrets,
         observations=observations,
         target=target,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 import orjson
@@ -16,6 +15,7 @@ from .options import (
     Number,
     api_options,
     lock_option,
+    manifest_paths,
     open_store,
     output_options,
     paths_argument,
@@ -90,7 +90,7 @@ def reconcile(
     open_store(state_path, workspace, lock_timeout_s, "snapctl reconcile")  # a workspace that does not exist: refused
     if metrics_port is not None:
         check_metrics_address(metrics_host, metrics_port)
-    paths = list(paths) or [Path("manifests")]
+    paths = manifest_paths(paths)
     style = Style(colour_enabled(sys.stdout, no_color))
 
     def on_result(result):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .options import endpoint_option, lock_option, open_store, output_options, state_option
+from .options import ApiOptions, endpoint_option, lock_option, open_store, output_options, state_option
 from .output import err, handle_errors, out, print_json
 
 
@@ -172,9 +172,7 @@ def state_rebind(state_path, workspace, endpoint, lock_timeout_s):
     other, since its tasks exist there only. Rebind only when the same tasks
     are now reached through another endpoint (a proxy, a new address).
     """
-    from ..engine import Settings
-
-    endpoint, region = Settings(endpoint=endpoint).target()
+    endpoint, region = ApiOptions(endpoint).settings(credentials=False).target()
     with open_store(state_path, workspace, lock_timeout_s, "snapctl state rebind") as store:
         if not store.state.exists:
             raise UsageError(f"there is no state at {store.location} to rebind")

@@ -16,7 +16,8 @@ def workspace():
     A workspace must be created (`snapctl workspace new NAME`) before any command
     uses it; `default` always exists. A run uses --workspace, else SNAPCTL_WORKSPACE,
     else the workspace chosen with `snapctl workspace select` (kept in
-    .snapctl/workspace in the working directory), else default.
+    .snapctl/workspace beside snapctl.toml, else in the working directory), else
+    snapctl.toml's workspace, else default.
     """
 
 
@@ -99,7 +100,8 @@ def workspace_new(name, state_path, lock_timeout_s):
 @state_path_option
 @handle_errors
 def workspace_select(name, state_path):
-    """Make NAME the workspace of every run from this directory (kept in .snapctl/workspace).
+    """Make NAME the workspace of every run in this project (kept in .snapctl/workspace
+    beside snapctl.toml, else in the working directory).
 
     --workspace and SNAPCTL_WORKSPACE still take precedence over it.
     """
