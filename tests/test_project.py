@@ -73,6 +73,8 @@ def test_a_run_from_a_subfolder_uses_the_project_state_and_another_folder_does_n
     assert "3 of 3 declared task(s) running." in snap(deep, env, "status").stdout
     listed = json.loads(snap(deep, env, "state", "list", "--json").stdout)
     assert Path(listed["location"]) == state and len(listed["tasks"]) == 3
+    # The project's state named another way is still the state being migrated.
+    one_error(snap(repo, env, "state", "migrate", "--to", "ops/state/snapctl.state.json", code=1), "--to names the")
     # Another folder, outside the project: its own (empty) state; the project's is never touched.
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "manifests").mkdir(parents=True)

@@ -146,7 +146,7 @@ def state_migrate(state_path, workspace, destination, to_workspace, lock_timeout
         command="snapctl state migrate",
         must_exist=False,
     )
-    if (source.kind, source.location) == (target.kind, target.location):
+    if (source.kind, source.identity) == (target.kind, target.identity):  # the same file, however named
         raise UsageError("--to names the state being migrated; give another file, database or --to-workspace")
     with source:
         if not source.state.exists:
