@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "reconciler"
 
 # Modules of the command line; every other module is the library.
-COMMAND_LINE = ("reconciler.cli", "reconciler.commands", "reconciler.emulator.command")
+COMMAND_LINE = ("reconciler.__main__", "reconciler.cli", "reconciler.commands", "reconciler.emulator.command")
 SHARED_COMMAND_MODULES = {"reconciler.commands.options", "reconciler.commands.output"}
 SENDS = {"reconciler.client", "reconciler.transport", "reconciler.signing", "reconciler.runenv"}
 
