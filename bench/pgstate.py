@@ -29,8 +29,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import gen  # noqa: E402
-from pg_server import PgServer  # noqa: E402
-from run import (  # noqa: E402
+from common import (  # noqa: E402
     JITTER_MS,
     LATENCY_MS,
     QPS,
@@ -44,7 +43,8 @@ from run import (  # noqa: E402
     run,
     status,
 )
-from run import write_block as run_write_block  # noqa: E402
+from common import write_block as common_write_block  # noqa: E402
+from pg_server import PgServer  # noqa: E402
 
 #: What reading a PostgreSQL state costs in memory before any task: psycopg's modules,
 #: libpq and the libraries it brings (TLS, Kerberos, LDAP), one connection, one query.
@@ -210,7 +210,7 @@ def block(results: Results, command: str, began: float, quick: bool) -> str:
 
 
 def write_block(text: str, path: Path) -> None:
-    run_write_block(text, path, BEGIN, END, heading="PostgreSQL state")
+    common_write_block(text, path, BEGIN, END, heading="PostgreSQL state")
 
 
 def main() -> None:

@@ -31,12 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gen  # noqa: E402
-from run import ROOT, SNAPCTL, Emulator, Results, compile_bytecode, figure_table, machine, run, status  # noqa: E402
-from run import write_block as run_write_block  # noqa: E402
+import gen
+from common import ROOT, SNAPCTL, Emulator, Results, compile_bytecode, figure_table, machine, run, status
+from common import write_block as common_write_block
 
 READ_QPS = 60
 LATENCY_MS = 100
@@ -151,7 +150,7 @@ def block(results: Results, command: str, began: float, loads: tuple[float, floa
 
 
 def write_block(text: str, path: Path) -> None:
-    run_write_block(text, path, BEGIN, END, heading="Refresh")
+    common_write_block(text, path, BEGIN, END, heading="Refresh")
 
 
 def main() -> None:
