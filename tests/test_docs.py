@@ -253,12 +253,14 @@ def test_every_cited_test_exists():
     for page in documents():
         last_file = None
         text = page.read_text()
-        for match in re.finditer(r"(tests/test_\w+\.py)?::(test_\w+)|(tests/test_\w+\.py)|\b(test_\w+)\b", text):
+        for match in re.finditer(
+            r"((?:tests/)?test_\w+\.py)?::(test_\w+)|((?:tests/)?test_\w+\.py)|\b(test_\w+)\b", text
+        ):
             number = text.count("\n", 0, match.start()) + 1
             where = f"{page.relative_to(ROOT)}:{number}"
             file_, name, bare_file, bare_name = match.groups()
             if bare_file or file_:
-                last_file = bare_file or file_
+                last_file = "tests/" + (bare_file or file_).removeprefix("tests/")
                 if last_file not in functions:
                     problems.append(f"{where}: {last_file} does not exist")
                     continue
