@@ -213,9 +213,10 @@ class Round:
 
 
 class Metrics:
-    """Prometheus metrics of the controller, served on ``port`` by prometheus_client."""
+    """Prometheus metrics of the controller, served on ``port`` by prometheus_client (None: not
+    served here; ``reconcile --watch`` serves ``registry`` with :mod:`reconciler.ops_http`)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1"):
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
         from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
         self.registry = CollectorRegistry()
@@ -259,7 +260,9 @@ class Metrics:
         self.last_duration = Gauge(
             "snapctl_last_round_duration_seconds", "How long the last round took", registry=self.registry
         )
-        self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+        self.server = self.thread = None
+        if port is not None:
+            self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
 
     def observe(self, round_: Round) -> None:
         self.declared.set(round_.declared)
@@ -287,7 +290,8 @@ class Metrics:
         self.last_duration.set(round_.duration_s)
 
     def close(self) -> None:
-        self.server.shutdown()
+        if self.server is not None:
+            self.server.shutdown()
 
 
 def reconcile_once(

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from snapctl_testing import SNAPCTL, new_project, snapctl_env, wait_for
 
 MANIFEST = """\
@@ -124,3 +125,82 @@ def test_watch_lines_carry_their_time_in_text_and_json(emulator, tmp_path):
         stamp = STAMP.match(line)
         assert stamp and parse_time(stamp.group(1)), line
     assert "Stopped after" in watcher.lines["stderr"][-1]
+
+
+def get(port: int, path: str, **kw) -> httpx.Response:
+    return httpx.request(kw.pop("method", "GET"), f"http://127.0.0.1:{port}{path}", timeout=30, **kw)
+
+
+def test_the_metrics_port_answers_metrics_probes_and_404(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST + "  R2: [\n"})  # broken from the start
+    env = snapctl_env(emulator.url, work)
+    with watching(work, env, "--metrics-port", "0", "--timeout", "60", "--stuck-after", "2") as watcher:
+        port = watcher.port
+        # Not ready without a good manifest set, and the body says why; alive all the same.
+        not_ready = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(get(port, "/readyz")))
+        assert not_ready.text.startswith("not ready: no manifests loaded: ") and "app.yaml" in not_ready.text
+        assert not_ready.headers["content-type"].startswith("text/plain")
+        (work / "manifests" / "app.yaml").write_text(MANIFEST)
+        ready = wait_for(lambda: (lambda r: r if r.status_code == 200 else None)(get(port, "/readyz")))
+        assert ready.text == "ready: leading\n"
+        wait_for(lambda: get(port, "/healthz").text == "ok\n", what="/healthz ok")
+        wait_for(lambda: "snapctl_tasks_declared 2.0" in get(port, "/metrics").text, what="metrics of the tasks")
+        metrics = get(port, "/metrics")
+        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert "snapctl_controller_ready 1.0" in metrics.text
+        assert "# TYPE snapctl_api_requests_total counter" in metrics.text
+        openmetrics = get(port, "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert openmetrics.text.endswith("# EOF\n")
+        for path in ("/", "/nope", "/metrics/extra", "/healthz/", "/favicon.ico"):
+            answer = get(port, path)
+            assert answer.status_code == 404, path
+            assert "snapctl_" not in answer.text and "/healthz" in answer.text
+        assert get(port, "/metrics?name[]=snapctl_tasks_declared").status_code == 200
+        assert get(port, "/readyz", method="HEAD").content == b""
+        assert get(port, "/metrics", method="POST").status_code == 405
+
+        # A loop that does not go round (every answer of the API 10 s late): /healthz says so.
+        emulator.configure(slow_rate=1.0, slow_ms=10_000)
+        stuck = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(get(port, "/healthz")))
+        assert re.fullmatch(r"loop stuck: it last went round \d+s ago \(the bound is 2s\)\n", stuck.text), stuck.text
+        emulator.configure(slow_rate=0.0)
+        wait_for(lambda: get(port, "/healthz").status_code == 200, what="the loop going round again")
+        assert watcher.stop() == 0
+
+
+def test_probes_judge_the_controllers_health_facts():
+    """The probes against a ControllerStatus the test moves through its states (the server and
+    the status are the controller's own, over real HTTP)."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.controller import ControllerStatus, Role
+    from reconciler.ops_http import OpsServer
+
+    status = ControllerStatus()
+    server = OpsServer("127.0.0.1", 0, CollectorRegistry(), status.health, stuck_after_s=60)
+    try:
+        assert (get(server.port, "/readyz").status_code, get(server.port, "/readyz").text) == (
+            503,
+            "not ready: controller is starting\n",
+        )
+        assert get(server.port, "/healthz").status_code == 200  # not gone round yet, but not stuck
+        status.update(role=Role.standing_by, manifests_loaded=True)
+        status.tick()
+        assert get(server.port, "/readyz").text == "ready: standing by\n"
+        assert "snapctl_controller_ready 1.0" in get(server.port, "/metrics").text
+        status.update(state_reachable=False, state_error="cannot reach the PostgreSQL state (timeout)")
+        answer = get(server.port, "/readyz")
+        assert (answer.status_code, answer.text) == (
+            503,
+            "not ready: state unreachable: cannot reach the PostgreSQL state (timeout)\n",
+        )
+        assert "snapctl_controller_ready 0.0" in get(server.port, "/metrics").text
+        status.update(last_tick_monotonic=time.monotonic() - 1000)
+        answer = get(server.port, "/healthz")
+        assert answer.status_code == 503 and answer.text.startswith("loop stuck: it last went round 100")
+        status.update(role=Role.stopped)
+        assert get(server.port, "/healthz").text == "controller is stopped\n"
+    finally:
+        server.close()

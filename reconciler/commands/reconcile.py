@@ -42,7 +42,7 @@ from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_er
 @click.option(
     "--metrics-port",
     type=Number(0, 65535, integer=True),
-    help="With --watch: serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
+    help="With --watch: serve Prometheus metrics on 127.0.0.1:PORT/metrics, and the probes /healthz and /readyz.",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @click.option(
@@ -51,6 +51,14 @@ from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_er
     default="text",
     show_default=True,
     help="With --watch: every line stamped with its time (RFC 3339 UTC), as text or as one JSON object per line.",
+)
+@click.option(
+    "--stuck-after",
+    "stuck_after_s",
+    type=Number(1, MAX_SECONDS),
+    default=300.0,
+    show_default=True,
+    help="With --metrics-port: /healthz answers 503 once the loop has not gone round for this many seconds.",
 )
 @click.option(
     "--no-refresh",
@@ -71,6 +79,7 @@ def reconcile(
     metrics_port,
     metrics_host,
     log_format,
+    stuck_after_s,
     no_refresh,
 ):
     """Observe every declared task, then fix what is not as declared, without asking.
@@ -172,13 +181,21 @@ def reconcile(
             sys.exit(EXIT_ERROR)
         return
     with stamped_lines(log_format):
-        try:
-            metrics = controller.Metrics(metrics_port, metrics_host) if metrics_port is not None else None
-        except OSError as exc:
-            raise UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}") from None
-        if metrics is not None:
-            err(f"Serving metrics on http://{metrics_host}:{metrics.server.server_port}/metrics\n")
         status = controller.ControllerStatus()
+        metrics = server = None
+        if metrics_port is not None:
+            from ..ops_http import OpsServer
+
+            metrics = controller.Metrics()
+            try:
+                server = OpsServer(
+                    metrics_host, metrics_port, metrics.registry, status.health, stuck_after_s=stuck_after_s
+                )
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}"
+                ) from None
+            err(f"Serving metrics on http://{metrics_host}:{server.port}/metrics (probes: /healthz, /readyz)\n")
         with controller.graceful_stop() as stop:
             try:
                 rounds = controller.watch(
@@ -196,6 +213,6 @@ def reconcile(
                     status=status,
                 )
             finally:
-                if metrics is not None:
-                    metrics.close()
+                if server is not None:
+                    server.close()
         err(f"Stopped after {rounds} round(s); the state is written.\n")
