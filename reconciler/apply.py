@@ -7,6 +7,14 @@ state before the next step of that task, and one task's failure never stops
 the others. A failed state write (a full disk) does: no new call is started,
 the calls in flight finish (their intents stay journaled), and the run raises
 the :class:`~reconciler.errors.WriteError`.
+
+Adoption: StartSnapshot answers "already started" for a task that runs, whoever
+started it. An established state (:attr:`StateStore.held_tasks`) counts that as
+converged and records the task ("already running, adopted"). A state that held no
+task before this run records it only with ``adopt`` (the recovery of a lost
+state): otherwise the task is *not adopted*, its intent withdrawn, and the run
+ends not ok, so that a new file, a mistyped workspace or another folder never
+takes over (and a later ``destroy`` never stops) tasks another state runs.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from .plan import ActionKind, Plan
 from .state import StateStore
 
 log = logging.getLogger("snapctl.apply")
+#: What a refresh saw of a task that runs (the API answers StartSnapshot "already started").
+RUNS = (api.Observed.running.value, api.Observed.not_started.value)
 
 
 @dataclass
@@ -41,12 +51,26 @@ class ActionResult:
     error: ApiError | None = None
     #: reconcile: the task was not running and StartSnapshot brought it back.
     healed: bool = False
+    #: It already ran, and the state may not adopt it (a state that held no task, without --adopt).
+    not_adopted: bool = False
 
     @property
     def outcome(self) -> str:
+        if self.not_adopted:
+            return "not_adopted"
         if not self.ok:
             return "failed"
         return self.calls[-1].outcome.value if self.calls else "ok"
+
+    @property
+    def adopted(self) -> bool:
+        """A create the API answered "already started": recorded as running, not added."""
+        return (
+            self.ok
+            and self.kind == ActionKind.create.value
+            and bool(self.calls)
+            and self.calls[-1].outcome is Outcome.already_started
+        )
 
 
 @dataclass
@@ -60,10 +84,24 @@ class ApplyReport:
     not_attempted: int = 0
     #: Tasks never attempted because the run was interrupted (SIGINT/SIGTERM).
     skipped: int = 0
+    #: Which state the run recorded in (location and workspace), whether it held a task
+    #: before the run, and whether it was told to adopt running tasks.
+    state: str = ""
+    held_tasks: bool = True
+    adopt: bool = False
 
     @property
     def failures(self) -> list[ActionResult]:
-        return [r for r in self.results if not r.ok]
+        return [r for r in self.results if not r.ok and not r.not_adopted]
+
+    @property
+    def not_adopted(self) -> list[ActionResult]:
+        """Tasks that already ran and were left to whatever state runs them."""
+        return [r for r in self.results if r.not_adopted]
+
+    @property
+    def adopted(self) -> list[ActionResult]:
+        return [r for r in self.results if r.adopted]
 
     @property
     def healed(self) -> list[ActionResult]:
@@ -71,7 +109,7 @@ class ApplyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.interrupted and self.stopped_by is None
+        return not self.failures and not self.not_adopted and not self.interrupted and self.stopped_by is None
 
     @property
     def worth_retrying(self) -> bool:
@@ -111,6 +149,7 @@ class Applier:
         parallelism: int = 64,
         on_result: Callable[[ActionResult], None] | None = None,
         stop_event=None,  # anything with is_set(): asyncio.Event or threading.Event
+        adopt: bool = False,
     ):
         self.client = client
         self.store = store
@@ -118,6 +157,12 @@ class Applier:
         self.parallelism = max(1, parallelism)
         self.on_result = on_result
         self.stop_event = stop_event
+        self.adopt = adopt
+
+    @property
+    def may_adopt(self) -> bool:
+        """Whether a task that already runs may be recorded as this state's (see the module's docstring)."""
+        return self.adopt or self.store.held_tasks
 
     async def run(self, plan: Plan, reassert: Sequence[str] = ()) -> ApplyReport:
         """Apply ``plan``; also StartSnapshot each address of ``reassert`` (reconcile)."""
@@ -148,7 +193,7 @@ class Applier:
                 result = ActionResult(address=address, kind=kind)
                 try:
                     await self._perform(result, plan_actions.get(address))
-                    result.ok = True
+                    result.ok = not result.not_adopted
                 except RunStoppedError as exc:
                     if not result.calls:
                         not_attempted += 1
@@ -186,6 +231,9 @@ class Applier:
             skipped=skipped,
             stopped_by=self.client.stopped_by,
             not_attempted=not_attempted,
+            state=self.store.described,
+            held_tasks=self.store.held_tasks,
+            adopt=self.adopt,
         )
 
     async def _record(self, record: Callable[..., Any], *args: Any) -> Any:
@@ -198,22 +246,42 @@ class Applier:
     ) -> CallResult:
         """Send one call with its intent journaled first: if the process dies before the
         outcome is recorded, the state still knows the task may run ``running_if_done``
-        (or, for a Stop, may have stopped)."""
+        (or, for a Stop, may have stopped). A StartSnapshot answered "already started"
+        that this state may not adopt withdraws its intent: the API did nothing."""
         try:
             previous = await self._record(self.store.record_intent, address, action, running_if_done)
         except BaseException:
             call.close()  # never sent
             raise
         try:
-            return await call
+            done = await call
         except ApiError as exc:
             if not exc.may_have_run:
                 # Refused, or never sent: the API did nothing, so no intent is left open.
                 await self._record(self.store.record_not_done, address, previous)
             raise
+        if self._not_adoptable(done):
+            await self._record(self.store.record_not_done, address, previous)
+        return done
+
+    def _not_adoptable(self, call: CallResult) -> bool:
+        """A StartSnapshot answered "already started" for a task another state runs, as far as this
+        one can tell: it held no task and was not told to adopt. After an attempt that may have acted,
+        the answer may be this call's own start: then the task is this state's."""
+        return call.outcome is Outcome.already_started and not call.retried_after_acting and not self.may_adopt
 
     async def _perform(self, result: ActionResult, action) -> None:
         address, kind = result.address, result.kind
+        if (
+            not self.may_adopt
+            and action is not None
+            and action.observed in RUNS
+            and address not in self.store.state.tasks
+        ):
+            # A refresh saw it run, and this state does not hold it: nothing is sent, neither
+            # a Start that would adopt it nor the Stop of a replacement that would take it over.
+            result.not_adopted = True
+            return
         # Every request of the action is built and serialised before its first call:
         # a task is never stopped for a Start that could not be sent.
         stop: api.StopSnapshotRequest | None = None
@@ -248,6 +316,9 @@ class Applier:
         else:
             call = await self._call(address, "StartSnapshot", desired, self.client.start(start))
         result.calls.append(call)
+        if kind != "reassert" and self._not_adoptable(call):
+            result.not_adopted = True
+            return
         if kind == "reassert":
             if call.outcome is Outcome.already_started:
                 return  # running as recorded: nothing new to remember
@@ -274,6 +345,10 @@ def _log_result(result: ActionResult) -> None:
     )
     if result.ok:
         log.info("%s %s ok %s", result.address, result.kind, calls)
+    elif result.not_adopted:
+        log.warning(
+            "%s %s not adopted: it already runs and the state held no task %s", result.address, result.kind, calls
+        )
     else:
         err = result.error
         assert err is not None

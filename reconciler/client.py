@@ -77,6 +77,9 @@ class CallResult:
     outcome: Outcome
     request_id: str
     attempts: int
+    #: An earlier attempt of this call may have acted (its answer was lost): a StartSnapshot
+    #: answered "already started" after it may have been started by this very call.
+    retried_after_acting: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,9 +172,9 @@ class SnapshotClient:
 
     async def start(self, request: api.StartSnapshotRequest) -> CallResult:
         """StartSnapshot; ``already_started`` when the task was running (its config unchanged)."""
-        result, request_id, attempts = await self._call("StartSnapshot", request.wire())
+        result, request_id, attempts, retried_after_acting = await self._call("StartSnapshot", request.wire())
         outcome = Outcome.already_started if result == api.ALREADY_STARTED else Outcome.started
-        return CallResult("StartSnapshot", outcome, request_id, attempts)
+        return CallResult("StartSnapshot", outcome, request_id, attempts, retried_after_acting)
 
     async def update(self, request: api.UpdateSnapshotRequest) -> CallResult:
         """UpdateSnapshot (only Interval takes effect); ``not_running`` when there is no such task."""
@@ -183,8 +186,8 @@ class SnapshotClient:
 
     async def _call_tolerating_not_running(self, action: str, body: dict, success: Outcome) -> CallResult:
         try:
-            _, request_id, attempts = await self._call(action, body)
-            return CallResult(action, success, request_id, attempts)
+            _, request_id, attempts, retried_after_acting = await self._call(action, body)
+            return CallResult(action, success, request_id, attempts, retried_after_acting)
         except TaskNotRunningError as exc:
             return CallResult(action, Outcome.not_running, exc.request_id, getattr(exc, "attempts", 1))
 
@@ -205,7 +208,7 @@ class SnapshotClient:
         address = f"{app_id}/{room_id}/{task_id}"
         query = {"Action": api.READ_ACTION, "Version": api.API_VERSION, **key.wire()}
         try:
-            result, request_id, _ = await self._call(api.READ_ACTION, None, query)
+            result, request_id, _, _ = await self._call(api.READ_ACTION, None, query)
         except (InvalidParameterError, TaskNotRunningError) as exc:
             return api.Observation(address, api.Observed.unknown, detail=f"not found: {exc}", request_id=exc.request_id)
         try:
@@ -220,7 +223,10 @@ class SnapshotClient:
 
     # Transport, retries, errors -----------------------------------------
 
-    async def _call(self, action: str, body: dict | None, query: dict[str, str] | None = None) -> tuple[Any, str, int]:
+    async def _call(
+        self, action: str, body: dict | None, query: dict[str, str] | None = None
+    ) -> tuple[Any, str, int, bool]:
+        """The call's result, RequestId, attempts, and whether an earlier attempt may have acted."""
         payload = orjson.dumps(body) if body is not None else None
         deadline = time.monotonic() + self.retry.total_s
         attempt = 0
@@ -230,7 +236,7 @@ class SnapshotClient:
             try:
                 result, request_id = await self._send_once(action, payload, query)
                 self.stats.record(action, "ok" if result != api.ALREADY_STARTED else "already_started")
-                return result, request_id, attempt
+                return result, request_id, attempt, may_have_run
             except ApiError as exc:
                 exc.action = action
                 exc.attempts = attempt  # type: ignore[attr-defined]

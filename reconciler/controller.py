@@ -304,10 +304,12 @@ def reconcile_once(
     stop_event: threading.Event | None = None,
     refresh: bool = True,
     workspace: str = DEFAULT_WORKSPACE,
+    adopt: bool = False,
 ) -> Round:
     """One round: load, read every declared task (``refresh``), plan against what
     runs and apply; StartSnapshot only the tasks the read could not see. Without
-    ``refresh``, StartSnapshot every unchanged task (the blind re-assert)."""
+    ``refresh``, StartSnapshot every unchanged task (the blind re-assert).
+    ``adopt``: as for apply (see :mod:`reconciler.apply`)."""
     started, t0 = time.time(), time.monotonic()
     client = reader = None
     observations = None
@@ -349,6 +351,7 @@ def reconcile_once(
                 reassert=reassert,
                 on_result=on_result,
                 stop_event=stop_event,
+                adopt=adopt,
             )
         error, declared = None, len(manifests.tasks)
     except Interrupted as exc:
@@ -418,6 +421,7 @@ def watch(
     refresh: bool = True,
     workspace: str = DEFAULT_WORKSPACE,
     status: ControllerStatus | None = None,
+    adopt: bool = False,
 ) -> int:
     """Reconcile every ``interval_s`` until ``stop`` is set; a failed round never ends the loop.
     ``status`` receives the health facts and events. Returns the number of rounds run."""
@@ -438,6 +442,7 @@ def watch(
             stop_event=stop,
             refresh=refresh,
             workspace=workspace,
+            adopt=adopt,
         )
         rounds += 1
         if isinstance(round_.error, ManifestError):

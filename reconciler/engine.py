@@ -337,8 +337,11 @@ def run_apply(
     reassert: Sequence[str] = (),
     on_result: Callable[[ActionResult], None] | None = None,
     stop_event=None,
+    adopt: bool = False,
 ) -> ApplyReport:
     """Apply ``plan_`` through ``client``, recording every completed call in ``store``.
+    ``adopt``: record tasks that already run even if the state held no task before
+    (see :mod:`reconciler.apply`).
 
     Tasks the plan leaves alone whose stored fingerprints are of the old HMAC kind
     get scrypt ones first (a state-only write, no API call)."""
@@ -351,7 +354,13 @@ def run_apply(
     from .apply import Applier
 
     applier = Applier(
-        client, store, requests_of(manifests), parallelism=parallelism, on_result=on_result, stop_event=stop_event
+        client,
+        store,
+        requests_of(manifests),
+        parallelism=parallelism,
+        on_result=on_result,
+        stop_event=stop_event,
+        adopt=adopt,
     )
     return asyncio.run(_run_and_close(applier, plan_, reassert))
 

@@ -349,7 +349,15 @@ def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -
             "failed": len(report.failures),
             "healed": len(report.healed),
             "already_running": already_running(report),
+            "not_adopted": len(report.not_adopted),
             "skipped": report.skipped,
+        },
+        "adoption": {
+            "state": report.state,
+            "held_tasks": report.held_tasks,
+            "adopt": report.adopt,
+            "adopted": [r.address for r in report.adopted],
+            "not_adopted": [r.address for r in report.not_adopted],
         },
         "results": [
             {
@@ -373,12 +381,17 @@ _DONE = {"create": "created", "update": "updated", "replace": "replaced", "delet
 
 def result_line(result: ActionResult, style: Style) -> str:
     """One line per finished task (non-terminal progress and logs)."""
+    calls = ", ".join(f"{c.action} {c.outcome.value.replace('_', ' ')}" for c in result.calls)
+    if result.not_adopted:
+        seen = f" ({calls})" if calls else " (a refresh saw it run; nothing sent)"
+        return style(f"{result.address}: already running, not adopted{seen}", "yellow")
     if not result.ok:
         err = result.error
         rid = f" [RequestId {err.request_id}]" if err and err.request_id else ""
         return style(f"{result.address}: {result.kind} failed: {err}{rid}", "red")
-    calls = ", ".join(f"{c.action} {c.outcome.value.replace('_', ' ')}" for c in result.calls)
     word = "healed (was not running)" if result.healed else _DONE.get(result.kind, result.kind)
+    if result.adopted:
+        word = "already running, adopted"
     return f"{result.address}: {word} ({calls})"
 
 
@@ -418,10 +431,20 @@ def stopped_line(report: ApplyReport) -> str:
 
 
 def already_running(report: ApplyReport) -> int:
-    """Creates the API answered "already started": they were running, not added."""
-    return sum(
-        r.ok and r.kind == "create" and bool(r.calls) and r.calls[-1].outcome.value == "already_started"
-        for r in report.results
+    """Creates the API answered "already started", recorded: they were running, adopted, not added."""
+    return len(report.adopted)
+
+
+def not_adopted_line(report: ApplyReport) -> str:
+    """The one line that says which running tasks a state that held no task did not take over, and the ways on."""
+    count = len(report.not_adopted)
+    created = sum(r.ok for r in report.results)
+    kept = f"; the {created} task(s) this run did act on are recorded" if created else ""
+    return (
+        f"{count} declared task(s) already run, and the state {report.state} held no task before this run: "
+        f"they were not adopted (nothing recorded for them{kept}). If this is their state and it was lost, "
+        "run again with --adopt to take them over; otherwise use the state that runs them "
+        "(--state, --workspace or snapctl.toml)"
     )
 
 
@@ -457,15 +480,22 @@ def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str
             )
         )
     else:
+        left = {kind: sum(r.kind == kind for r in report.not_adopted) for kind in ("create", "update", "replace")}
         already = already_running(report)
-        added = f"{s.add - already} added, " + (f"{already} already running, " if already else "")
-        lines.append(
-            style(
-                f"{command} complete! Tasks: {added}{s.change} changed, {s.replace} replaced, {s.destroy} destroyed.",
-                "green",
-                "bold",
-            )
+        added = f"{s.add - already - left['create']} added, " + (
+            f"{already} already running, adopted, " if already else ""
         )
+        counts = (
+            f"Tasks: {added}{s.change - left['update']} changed, {s.replace - left['replace']} replaced, "
+            f"{s.destroy} destroyed"
+        )
+        if report.not_adopted:
+            line = f"{command} incomplete! {counts}; {len(report.not_adopted)} already running, not adopted."
+            lines.append(style(line, "yellow", "bold"))
+        else:
+            lines.append(style(f"{command} complete! {counts}.", "green", "bold"))
+    if report.not_adopted and (report.failures or report.interrupted):
+        lines.append(style(f"{len(report.not_adopted)} task(s) already running, not adopted.", "yellow"))
     if report.healed:
         lines.append(
             f"Healed {len(report.healed)} task(s) that were not running: " + ", ".join(r.address for r in report.healed)

@@ -167,10 +167,11 @@ def test_removal_stops_the_task(workdir, env, server):
 
 
 def test_lost_state_converges_through_already_started(workdir, env, server):
+    """A lost state is recovered with --adopt: "already started" then counts as converged."""
     assert snap(workdir, env, "apply", "--auto-approve").code == 0
     for f in (workdir / "state").iterdir():
         f.unlink()
-    result = snap(workdir, env, "apply", "--auto-approve")
+    result = snap(workdir, env, "apply", "--auto-approve", "--adopt")
     assert result.code == 0, result.output
     assert result.stdout.count("already started") == 3
     assert stats(server.url)["by_action"]["StartSnapshot"]["outcomes"]["already_started"] == 3

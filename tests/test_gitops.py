@@ -91,7 +91,8 @@ def test_saved_plan_for_another_state_is_refused(work, env, server):
     (other / "manifests").mkdir()
     (other / "manifests" / "app.yaml").write_text(MANIFEST)
     env_other = env | {"HOME": str(other)}
-    assert run_snapctl(["apply", "--auto-approve"], cwd=other, env=env_other).code == 0
+    # Another state over the same running tasks: it takes them over only when told to.
+    assert run_snapctl(["apply", "--auto-approve", "--adopt"], cwd=other, env=env_other).code == 0
     refused = run_snapctl(["apply", str(work / "p.plan")], cwd=other, env=env_other)
     assert refused.code == 1 and "another state" in refused.stderr
 

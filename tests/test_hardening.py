@@ -532,10 +532,11 @@ def test_apply_counts_tasks_already_running_apart(emulator, tmp_path):
     (work / "manifests" / "app.yaml").write_text(many_tasks(1, 4))
     for name in os.listdir(work / "state"):
         os.unlink(work / "state" / name)
-    run = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
-    assert run.code == 0 and "Apply complete! Tasks: 1 added, 3 already running, 0 changed" in run.stdout, run.output
+    run = run_snapctl(["apply", "--auto-approve", "--adopt"], cwd=work, env=env)
+    assert run.code == 0, run.output
+    assert "Apply complete! Tasks: 1 added, 3 already running, adopted, 0 changed" in run.stdout, run.output
     (work / "state" / "snapctl.state.json").unlink()
-    run = run_snapctl(["apply", "--auto-approve", "--json"], cwd=work, env=env)
+    run = run_snapctl(["apply", "--auto-approve", "--json", "--adopt"], cwd=work, env=env)
     assert json.loads(run.stdout)["summary"]["already_running"] == 4
 
 

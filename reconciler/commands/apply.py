@@ -10,6 +10,7 @@ import click
 from ..errors import UsageError
 from ..style import Style
 from .options import (
+    adopt_option,
     api_options,
     load,
     lock_option,
@@ -47,7 +48,9 @@ def _confirm(the_plan, auto_approve: bool, verb: str, *, confirming: int = 0) ->
         raise UsageError(f"{verb} cancelled")
 
 
-def _execute(the_plan, manifests, store, settings, *, as_json: bool, no_color: bool, command: str, reassert=()):
+def _execute(
+    the_plan, manifests, store, settings, *, as_json: bool, no_color: bool, command: str, reassert=(), adopt=False
+):
     from .. import engine, render
 
     style = Style(colour_enabled(sys.stdout, no_color))
@@ -70,6 +73,7 @@ def _execute(the_plan, manifests, store, settings, *, as_json: bool, no_color: b
                 reassert=reassert,
                 on_result=progress,
                 stop_event=stop,
+                adopt=adopt,
             )
     finally:
         progress.close()
@@ -79,6 +83,8 @@ def _execute(the_plan, manifests, store, settings, *, as_json: bool, no_color: b
         out("\n" + render.apply_summary(report, the_plan, style, command=command))
     if report.stopped_by is not None:
         err(Style(colour_enabled(sys.stderr, no_color))(f"Error: {render.stopped_line(report)}\n", "red", "bold"))
+    elif report.not_adopted:
+        err(Style(colour_enabled(sys.stderr, no_color))(f"Error: {render.not_adopted_line(report)}\n", "red", "bold"))
     if report.interrupted and report.stopped_by is None:
         sys.exit(EXIT_INTERRUPTED)  # as for Ctrl-C anywhere else (the README's exit status)
     if not report.ok:
@@ -98,6 +104,7 @@ def _looks_like_plan_file(paths) -> bool:
 @lock_option
 @output_options
 @refresh_option
+@adopt_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
 def apply(
@@ -111,6 +118,7 @@ def apply(
     as_json,
     no_color,
     refresh,
+    adopt,
     auto_approve,
 ):
     """Make the API match the manifests, then record it in the state.
@@ -118,7 +126,9 @@ def apply(
     PATHS are manifest files or directories (default: manifests/), or one plan
     file saved by `snapctl plan --out FILE`, which is applied exactly as saved
     (and refused if the state or the manifests moved on since). With --refresh
-    it plans against what runs, as `snapctl plan --refresh` does.
+    it plans against what runs, as `snapctl plan --refresh` does. A state that
+    held no task before this run takes over declared tasks that already run
+    only with --adopt (the recovery of a lost state).
     """
     from .. import engine, render
 
@@ -147,9 +157,11 @@ def apply(
                 return (
                     out("No changes. Nothing to apply.\n")
                     if not as_json
-                    else print_json(render.apply_document(_no_report(), saved))
+                    else print_json(render.apply_document(_no_report(store, adopt), saved))
                 )
-            _execute(saved, manifests, store, settings, as_json=as_json, no_color=no_color, command="Apply")
+            _execute(
+                saved, manifests, store, settings, as_json=as_json, no_color=no_color, command="Apply", adopt=adopt
+            )
         return
     manifests = load(paths)
     print_warnings(manifests, Style(colour_enabled(sys.stderr, no_color)))
@@ -182,16 +194,19 @@ def apply(
             auto_approve=auto_approve,
             verb="Apply",
             reassert=reassert,
+            adopt=adopt,
         )
 
 
-def _no_report():
+def _no_report(store, adopt: bool = False):
     from ..apply import ApplyReport
 
-    return ApplyReport(results=[], elapsed_s=0.0)
+    return ApplyReport(results=[], elapsed_s=0.0, state=store.described, held_tasks=store.held_tasks, adopt=adopt)
 
 
-def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, auto_approve, verb, reassert=()):
+def _run_planned(
+    the_plan, manifests, store, settings, *, as_json, no_color, auto_approve, verb, reassert=(), adopt=False
+):
     """Show the plan, ask, apply it; ``reassert``: tasks a refresh could not see, confirmed with StartSnapshot."""
     from .. import render
 
@@ -201,10 +216,20 @@ def _run_planned(the_plan, manifests, store, settings, *, as_json, no_color, aut
             out(f"StartSnapshot will confirm the {len(reassert)} task(s) that could not be seen.\n")
     if not the_plan.has_changes and not reassert:
         if as_json:
-            print_json(render.apply_document(_no_report(), the_plan, command=verb.lower()))
+            print_json(render.apply_document(_no_report(store, adopt), the_plan, command=verb.lower()))
         return
     _confirm(the_plan, auto_approve, verb, confirming=len(reassert))
-    _execute(the_plan, manifests, store, settings, as_json=as_json, no_color=no_color, command=verb, reassert=reassert)
+    _execute(
+        the_plan,
+        manifests,
+        store,
+        settings,
+        as_json=as_json,
+        no_color=no_color,
+        command=verb,
+        reassert=reassert,
+        adopt=adopt,
+    )
 
 
 @click.command()

@@ -276,6 +276,15 @@ def refresh_option(f):
     )(f)
 
 
+def adopt_option(f):
+    return click.option(
+        "--adopt",
+        is_flag=True,
+        help="Take over declared tasks that already run although the state held no task "
+        "(the recovery of a lost state).",
+    )(f)
+
+
 def observe(manifests, state, settings, targets=(), *, record=None):
     """Read the tasks in scope (every declared one and every one in the state);
     the observations, and how long the reads took.

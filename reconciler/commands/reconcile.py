@@ -13,6 +13,7 @@ from ..style import Style
 from .options import (
     MAX_SECONDS,
     Number,
+    adopt_option,
     api_options,
     lock_option,
     manifest_paths,
@@ -65,6 +66,7 @@ from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_er
     is_flag=True,
     help="Do not read the tasks: StartSnapshot every declared one instead (the blind re-assert).",
 )
+@adopt_option
 @handle_errors
 def reconcile(
     paths,
@@ -81,6 +83,7 @@ def reconcile(
     log_format,
     stuck_after_s,
     no_refresh,
+    adopt,
 ):
     """Observe every declared task, then fix what is not as declared, without asking.
 
@@ -90,7 +93,9 @@ def reconcile(
     tasks it cannot see with StartSnapshot ("already started" = running). A round
     over tasks that all run as declared sends no write call. --no-refresh instead
     sends StartSnapshot for every declared task. With --watch this runs as a
-    controller; a failed round is reported and the loop goes on.
+    controller; a failed round is reported and the loop goes on. A state that
+    held no task before a round takes over declared tasks that already run only
+    with --adopt.
     """
     from .. import controller, render
     from ..runenv import check_metrics_address
@@ -151,13 +156,20 @@ def reconcile(
             )
             out(style(line + "\n", "yellow"))
             return
+        adopted = len(report.adopted)
+        left = len(report.not_adopted)
         line = (
-            f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {read}{changed} change(s) applied, "
-            f"{healed} healed, {failed} failed."
+            f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {read}"
+            f"{changed - adopted - left} change(s) applied, "
+            + (f"{adopted} already running, adopted, " if adopted else "")
+            + f"{healed} healed, {failed} failed"
+            + (f", {left} already running, not adopted." if left else ".")
         )
-        out(style(line + "\n", "red" if failed else "green"))
+        out(style(line + "\n", "red" if failed or left else "green"))
         if healed:
             out("Healed: " + ", ".join(r.address for r in report.healed) + "\n")
+        if left:
+            err(style(f"Error: {render.not_adopted_line(report)}\n", "red"))
 
     if not watch:
         # Like apply: the first SIGINT/SIGTERM lets calls in flight finish and be recorded.
@@ -171,6 +183,7 @@ def reconcile(
                 refresh=not no_refresh,
                 workspace=workspace,
                 stop_event=stop,
+                adopt=adopt,
             )
         if round_.error is not None and not as_json:
             raise round_.error
@@ -211,6 +224,7 @@ def reconcile(
                     on_result=on_result,
                     refresh=not no_refresh,
                     status=status,
+                    adopt=adopt,
                 )
             finally:
                 if server is not None:

@@ -145,6 +145,8 @@ class StateStore(abc.ABC):
         self.state: State = State.new()
         #: This run found no state: one it leaves holding nothing is removed on release.
         self._scratch = False
+        #: Whether the state held a task or a pending call when this run opened it (see :meth:`open`).
+        self.held_tasks = False
 
     # The protocol: what a backend implements ---------------------------------------
 
@@ -152,6 +154,11 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def location(self) -> str:
         """Where the state is, for messages (never with a password)."""
+
+    @property
+    def described(self) -> str:
+        """The location and the workspace, for a message that must say exactly which state."""
+        return f"{self.location} (workspace {self.workspace})"
 
     @property
     def identity(self) -> str:
@@ -227,8 +234,17 @@ class StateStore(abc.ABC):
 
     def open(self) -> None:
         """Take the lock, then read the state and fold in anything a killed run left.
-        A workspace that does not exist is refused (with ``must_exist``), under the lock."""
+        A workspace that does not exist is refused (with ``must_exist``), under the lock.
+
+        It also settles whether the state is *established* (:attr:`held_tasks`): it held
+        a task entry or a pending call when this run opened it, pending calls included
+        because a task a killed run may have started is this state's own. A new file or
+        workspace holds none, and so does one emptied (by ``destroy`` or ``state rm``):
+        every task it stopped or forgot is no longer its own. Only an established state
+        counts a StartSnapshot answered "already started" as its own task without
+        ``--adopt`` (see :class:`~reconciler.apply.Applier`)."""
         self._scratch = False  # until this open has read what is there
+        self.held_tasks = False
         self._lock()
         try:
             self.state = self.read()
@@ -236,6 +252,7 @@ class StateStore(abc.ABC):
             if self.must_exist and not self.state.exists and self.workspace != DEFAULT_WORKSPACE:
                 raise self._missing()
             self._after_open()
+            self.held_tasks = bool(self.state.tasks or self.state.pending)
             self._is_open = True
         except BaseException:
             self._unlock()

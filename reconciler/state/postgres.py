@@ -225,6 +225,10 @@ class PostgresStore(StateStore):
     def where(self) -> str:
         return self.masked
 
+    @property
+    def described(self) -> str:
+        return self.location  # names its workspace already
+
     # Connections and errors -------------------------------------------------------------
 
     def _reason(self, exc: BaseException) -> str:

@@ -1,0 +1,223 @@
+"""A new state never adopts silently (issue 18.3), end to end: the snapctl command, the
+emulator over HTTP and a real PostgreSQL.
+
+"Already started" is StartSnapshot's answer for a task that runs, whoever started it.
+A state that held no task before the run (a new file, another folder, a new database
+or workspace, or one emptied) records such a task only with --adopt; an established
+state counts it as converged ("already running, adopted").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from snapctl_testing import Run, calls, run_snapctl, snapctl_env, stats, tasks
+
+APP = "adoptapp"
+TASKS = [f"{APP}/R/T{t}" for t in range(3)]
+
+
+def manifest(count: int = 3, interval: int = 5, max_idle_time: int = 180) -> str:
+    rows = "".join(f"      T{t}: {{image: {{interval: {interval + t}}}}}\n" for t in range(count))
+    return (
+        f"app_id: {APP}\n"
+        "storage:\n"
+        '  archive: {type: tos, account_id: "2100000990", bucket: snaps}\n'
+        f"defaults: {{storage: archive, max_idle_time: {max_idle_time}}}\nrooms:\n  R:\n    tasks:\n{rows}"
+    )
+
+
+def folder(root: Path, name: str, url: str, text: str, **extra: str) -> tuple[Path, dict]:
+    """A working directory of its own (manifests/, an empty state/) and its environment."""
+    work = root / name
+    work.mkdir()
+    (work / "manifests").mkdir()
+    (work / "state").mkdir()
+    (work / "manifests" / "app.yaml").write_text(text)
+    return work, snapctl_env(url, work, **extra)
+
+
+def snap(work: Path, env: dict, *args: str, code: int = 0) -> Run:
+    run = run_snapctl(list(args), cwd=work, env=env)
+    assert run.code == code, run.output
+    assert "Traceback" not in run.output, run.output
+    return run
+
+
+def starts(url: str) -> dict[str, int]:
+    return stats(url)["by_action"].get("StartSnapshot", {}).get("outcomes", {})
+
+
+def listed(work: Path, env: dict, *args: str) -> list[str]:
+    return json.loads(snap(work, env, "state", "list", "--json", *args).stdout)["tasks"]
+
+
+def assert_refused_adoption(run: Run, count: int, state: str) -> None:
+    """Exit 1, naming how many tasks already run, the state used, and both ways on."""
+    assert run.code == 1, run.output
+    assert "Traceback" not in run.output, run.output
+    error = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1, run.stderr
+    line = error[0]
+    assert f"{count} declared task(s) already run" in line, line
+    assert state in line, line
+    assert "--adopt" in line and "--state" in line and "--workspace" in line and "snapctl.toml" in line, line
+
+
+def test_another_folder_takes_over_nothing_and_its_destroy_stops_nothing(emulator, tmp_path):
+    prod, prod_env = folder(tmp_path, "prod", emulator.url, manifest())
+    snap(prod, prod_env, "apply", "--auto-approve")
+    assert starts(emulator.url) == {"ok": 3}
+
+    other, other_env = folder(tmp_path, "other", emulator.url, manifest())
+    run = snap(other, other_env, "apply", "--auto-approve", code=1)
+    assert_refused_adoption(run, 3, "state/snapctl.state.json (workspace default)")
+    assert "Apply incomplete! Tasks: 0 added, 0 changed, 0 replaced, 0 destroyed; 3 already running, not adopted." in (
+        run.stdout
+    )
+    assert starts(emulator.url) == {"ok": 3, "already_started": 3}
+    # Nothing recorded: a run that adopted nothing and created nothing leaves no state at all.
+    assert not (other / "state" / "snapctl.state.json").exists()
+    assert listed(other, other_env) == []
+
+    destroy = snap(other, other_env, "destroy", "--auto-approve")
+    assert "Nothing to destroy" in destroy.stdout, destroy.output
+    assert calls(emulator.url, "StopSnapshot") == 0
+    assert sorted(tasks(emulator.url)) == TASKS
+    assert listed(prod, prod_env) == TASKS
+
+
+def test_a_new_state_file_keeps_what_it_really_created(emulator, tmp_path):
+    """Tasks the run really created stay recorded: the new state's destroy stops only those."""
+    work, env = folder(tmp_path, "work", emulator.url, manifest(3))
+    snap(work, env, "apply", "--auto-approve")
+    (work / "manifests" / "app.yaml").write_text(manifest(4))
+    run = snap(work, env, "apply", "--auto-approve", "--state", "elsewhere/new.json", code=1)
+    assert_refused_adoption(run, 3, "elsewhere/new.json (workspace default)")
+    assert "the 1 task(s) this run did act on are recorded" in run.stderr
+    assert "Apply incomplete! Tasks: 1 added, 0 changed, 0 replaced, 0 destroyed; 3 already running" in run.stdout
+    assert listed(work, env, "--state", "elsewhere/new.json") == [f"{APP}/R/T3"]
+
+    snap(work, env, "destroy", "--auto-approve", "--state", "elsewhere/new.json")
+    assert calls(emulator.url, "StopSnapshot") == 1
+    assert sorted(tasks(emulator.url)) == TASKS  # T3 stopped, every task of the first state runs
+    assert listed(work, env) == TASKS
+
+
+def test_adopt_recovers_a_deleted_state_without_starting_a_task_twice(emulator, tmp_path):
+    work, env = folder(tmp_path, "work", emulator.url, manifest())
+    snap(work, env, "apply", "--auto-approve")
+    for path in (work / "state").iterdir():
+        path.unlink()
+
+    refused = snap(work, env, "apply", "--auto-approve", code=1)
+    assert_refused_adoption(refused, 3, "state/snapctl.state.json (workspace default)")
+    recovered = snap(work, env, "apply", "--auto-approve", "--adopt")
+    assert "Apply complete! Tasks: 0 added, 3 already running, adopted, 0 changed" in recovered.stdout
+    assert recovered.stdout.count("already running, adopted (StartSnapshot already started)") == 3
+    assert starts(emulator.url) == {"ok": 3, "already_started": 6}  # each task started once, ever
+    assert listed(work, env) == TASKS
+    assert snap(work, env, "plan", "--detailed-exitcode").code == 0
+
+    # The recovered state is this state: its destroy stops them all.
+    snap(work, env, "destroy", "--auto-approve")
+    assert calls(emulator.url, "StopSnapshot") == 3 and tasks(emulator.url) == {}
+
+
+def test_an_established_state_counts_running_tasks_as_adopted(emulator, tmp_path):
+    """A state that held a task before the run: "already started" is converged (the API's rule)."""
+    work, env = folder(tmp_path, "work", emulator.url, manifest(1))
+    snap(work, env, "apply", "--auto-approve")
+    other, other_env = folder(tmp_path, "other", emulator.url, manifest(3))
+    snap(other, other_env, "apply", "--auto-approve", "--target", f"{APP}/R/T1", "--adopt")
+    (work / "manifests" / "app.yaml").write_text(manifest(3))
+    run = snap(work, env, "apply", "--auto-approve", "--json")
+    document = json.loads(run.stdout)
+    assert document["ok"] is True
+    assert document["summary"]["already_running"] == 1 and document["summary"]["not_adopted"] == 0
+    assert document["adoption"] == {
+        "state": "state/snapctl.state.json (workspace default)",
+        "held_tasks": True,
+        "adopt": False,
+        "adopted": [f"{APP}/R/T1"],
+        "not_adopted": [],
+    }
+    assert listed(work, env) == TASKS
+
+
+def test_an_emptied_state_holds_no_task(emulator, tmp_path):
+    """destroy empties a state: what runs afterwards was started by another, so it is not adopted."""
+    work, env = folder(tmp_path, "work", emulator.url, manifest())
+    snap(work, env, "apply", "--auto-approve")
+    snap(work, env, "destroy", "--auto-approve")
+    assert tasks(emulator.url) == {}
+    other, other_env = folder(tmp_path, "other", emulator.url, manifest())
+    snap(other, other_env, "apply", "--auto-approve")
+    run = snap(work, env, "apply", "--auto-approve", "--json", code=1)
+    document = json.loads(run.stdout)
+    assert document["ok"] is False and document["summary"]["not_adopted"] == 3
+    assert document["adoption"]["held_tasks"] is False and document["adoption"]["not_adopted"] == TASKS
+    assert {r["outcome"] for r in document["results"]} == {"not_adopted"}
+    assert_refused_adoption(run, 3, "state/snapctl.state.json (workspace default)")
+    assert listed(work, env) == []
+    snap(work, env, "destroy", "--auto-approve")
+    assert calls(emulator.url, "StopSnapshot") == 3  # the first destroy's; none since
+    assert sorted(tasks(emulator.url)) == TASKS
+
+
+def test_refresh_on_a_new_state_sends_nothing_for_what_runs(emulator, tmp_path):
+    """apply --refresh sees the tasks run: no Start that would adopt them, and no Stop of a
+    replacement that would take over a task running with another configuration."""
+    prod, prod_env = folder(tmp_path, "prod", emulator.url, manifest())
+    snap(prod, prod_env, "apply", "--auto-approve")
+    # The same tasks with another idle time: a replacement (StopSnapshot, then StartSnapshot) if adopted.
+    other, other_env = folder(tmp_path, "other", emulator.url, manifest(max_idle_time=600))
+    before = stats(emulator.url)["by_action"]
+    run = snap(other, other_env, "apply", "--auto-approve", "--refresh", code=1)
+    assert_refused_adoption(run, 3, "state/snapctl.state.json (workspace default)")
+    assert "nothing sent" in run.stdout
+    after = stats(emulator.url)["by_action"]
+    assert after["StartSnapshot"] == before["StartSnapshot"]
+    assert "StopSnapshot" not in after and "UpdateSnapshot" not in after
+    assert {address: t["Request"]["MaxIdleTime"] for address, t in tasks(emulator.url).items()} == dict.fromkeys(
+        TASKS, 180
+    )
+
+
+def test_reconcile_on_a_new_state_adopts_only_with_adopt(emulator, tmp_path):
+    prod, prod_env = folder(tmp_path, "prod", emulator.url, manifest())
+    snap(prod, prod_env, "apply", "--auto-approve")
+    other, other_env = folder(tmp_path, "other", emulator.url, manifest())
+    for extra in ((), ("--no-refresh",)):
+        run = snap(other, other_env, "reconcile", *extra, code=1)
+        assert_refused_adoption(run, 3, "state/snapctl.state.json (workspace default)")
+        assert "3 already running, not adopted." in run.stdout
+        assert listed(other, other_env) == []
+    document = json.loads(snap(other, other_env, "reconcile", "--no-refresh", "--json", code=1).stdout)
+    assert document["ok"] is False and document["result"]["adoption"]["not_adopted"] == TASKS
+    assert starts(emulator.url) == {"ok": 3, "already_started": 6}  # the two --no-refresh rounds
+
+    run = snap(other, other_env, "reconcile", "--adopt")
+    assert "3 already running, adopted" in run.stdout
+    assert listed(other, other_env) == TASKS
+    assert starts(emulator.url) == {"ok": 3, "already_started": 9}
+
+
+def test_a_new_postgresql_database_adopts_only_with_adopt(emulator, tmp_path, pg, pg_server):
+    """Production in one database; a forgotten or wrong SNAPCTL_STATE names another."""
+    prod, prod_env = folder(tmp_path, "prod", emulator.url, manifest(), SNAPCTL_STATE=pg.state_url)
+    snap(prod, prod_env, "apply", "--auto-approve")
+    other_url = pg_server.url(pg_server.new_database())
+    other, other_env = folder(tmp_path, "other", emulator.url, manifest(), SNAPCTL_STATE=other_url)
+    run = snap(other, other_env, "apply", "--auto-approve", code=1)
+    assert_refused_adoption(run, 3, "(workspace default)")
+    assert "postgresql://" in run.stderr and pg.password not in run.output
+    assert listed(other, other_env) == []
+    snap(other, other_env, "destroy", "--auto-approve")
+    assert calls(emulator.url, "StopSnapshot") == 0
+    assert sorted(tasks(emulator.url)) == TASKS
+
+    snap(other, other_env, "apply", "--auto-approve", "--adopt")
+    assert listed(other, other_env) == TASKS
+    assert starts(emulator.url) == {"ok": 3, "already_started": 6}
