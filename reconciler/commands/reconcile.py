@@ -9,6 +9,7 @@ import orjson
 
 from ..errors import UsageError
 from ..logs import LINE_FORMATS, stamped_lines
+from ..notify import parse_target
 from ..style import Style
 from .options import (
     MAX_SECONDS,
@@ -62,6 +63,23 @@ from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_er
     help="With --metrics-port: /healthz answers 503 once the loop has not gone round for this many seconds.",
 )
 @click.option(
+    "--notify",
+    "notify_urls",
+    multiple=True,
+    envvar="SNAPCTL_NOTIFY",
+    metavar="[FORMAT:]URL",
+    help="With --watch: post the controller's events as JSON to this webhook (repeatable; env SNAPCTL_NOTIFY, "
+    "space-separated). FORMAT: generic, slack or lark (Feishu); Slack's and Lark's hosts are recognized.",
+)
+@click.option(
+    "--notify-window",
+    "notify_window_s",
+    type=Number(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="With --notify: events within this many seconds of the first one make one message.",
+)
+@click.option(
     "--no-refresh",
     is_flag=True,
     help="Do not read the tasks: StartSnapshot every declared one instead (the blind re-assert).",
@@ -82,6 +100,8 @@ def reconcile(
     metrics_host,
     log_format,
     stuck_after_s,
+    notify_urls,
+    notify_window_s,
     no_refresh,
     adopt,
 ):
@@ -101,6 +121,7 @@ def reconcile(
     from ..runenv import check_metrics_address
 
     settings = api_opts.settings()
+    targets = [parse_target(url) for url in notify_urls] if watch else []
     open_store(state_path, workspace, lock_timeout_s, "snapctl reconcile")  # a workspace that does not exist: refused
     if metrics_port is not None:
         check_metrics_address(metrics_host, metrics_port)
@@ -209,6 +230,12 @@ def reconcile(
                     f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}"
                 ) from None
             err(f"Serving metrics on http://{metrics_host}:{server.port}/metrics (probes: /healthz, /readyz)\n")
+        notifier = None
+        if targets:
+            from ..notify import Notifier
+
+            notifier = Notifier(targets, window_s=notify_window_s, registry=metrics.registry if metrics else None)
+            status.subscribe(notifier)
         with controller.graceful_stop() as stop:
             try:
                 rounds = controller.watch(
@@ -229,4 +256,6 @@ def reconcile(
             finally:
                 if server is not None:
                     server.close()
+                if notifier is not None:
+                    notifier.close()
         err(f"Stopped after {rounds} round(s); the state is written.\n")
