@@ -235,3 +235,46 @@ def test_init_writes_the_project_file_asking_nothing_without_a_terminal(tmp_path
     assert "3 added" in snap(sub, on_pg, "apply", "--auto-approve").stdout
     assert pg.query("SELECT count(*) FROM snapctl.tasks WHERE workspace = 'production'")[0][0] == 3
     assert snap(sub, on_pg, "workspace", "list").stdout == "  default\n* production\n"
+
+
+def on_a_terminal(args: list[str], cwd: Path, env: dict, answers: str) -> tuple[int, str]:
+    """Run ``snapctl ARGS`` with a pseudo-terminal as stdin and stdout, ``answers`` typed
+    ahead (the terminal hands them out a line per prompt); its exit status and output."""
+    import os
+    import pty
+    import subprocess
+
+    from snapctl_testing import SNAPCTL
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([SNAPCTL, *args], cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    os.write(master, answers.encode())
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    return proc.wait(timeout=60), output.decode(errors="replace")
+
+
+def test_init_on_a_terminal_asks_for_what_no_flag_gives(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    code, output = on_a_terminal(
+        ["init", "--region", "cn-north-1"], work, env_without_endpoint(tmp_path), "\nstaging\n\ndeploy, more\n"
+    )
+    assert code == 0, output
+    for asked in ("state (the state", "workspace (the workspace", "endpoint (the API endpoint", "manifests ("):
+        assert asked in output, output
+    assert "region (" not in output  # given as a flag
+    text = (work / "snapctl.toml").read_text()
+    assert 'state = "state/snapctl.state.json"\nworkspace = "staging"\n' in text
+    assert (
+        '# endpoint = "https://rtc.volcengineapi.com"\nregion = "cn-north-1"\nmanifests = ["deploy", "more"]\n' in text
+    )
