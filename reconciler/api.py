@@ -58,6 +58,9 @@ Interval = Annotated[StrictInt, Field(ge=1, le=600)]
 Region = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 StreamIndex = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 
+#: The largest answer snapctl reads (the API's are a few KB): more is refused, not read.
+MAX_ANSWER_BYTES = 1 << 20
+MAX_ANSWER_TEXT = "1 MiB"
 #: How much of one string from outside (an answer, an error) is shown or stored.
 MAX_SHOWN = 500
 

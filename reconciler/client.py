@@ -13,6 +13,7 @@ import collections
 import enum
 import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -152,8 +153,10 @@ class SnapshotClient:
             limits=limits,
             transport=transport or Transport(limits=limits),
             verify=True,
-            headers={"User-Agent": "snapctl"},
+            # Never a compressed answer: a few KB gain nothing, and a small one can inflate to gigabytes.
+            headers={"User-Agent": "snapctl", "Accept-Encoding": "identity"},
         )
+        self.timeout_s = timeout_s
         url = httpx.URL(self.endpoint)
         self._host = url.netloc.decode("ascii")
         self._path = url.path or "/"
@@ -272,11 +275,22 @@ class SnapshotClient:
             raise RunStoppedError(self.stopped_by)
         import httpx
 
+        answered = False  # the answer's head came: a deadline past it is the answer's fault
+
+        async def exchange(request: httpx.Request) -> tuple[int, bytes]:
+            nonlocal answered
+            response = await self._http.send(request, stream=True)
+            answered = True
+            try:
+                return response.status_code, await read_answer(response)
+            finally:
+                await response.aclose()
+
         try:
             if payload is None:
                 query = query or {"Action": action, "Version": api.API_VERSION}
                 headers = read_request_headers(self._key, self._host, self._path, query, self.region)
-                response = await self._http.get(self._url, params=query, headers=headers)
+                request = self._http.build_request("GET", self._url, params=query, headers=headers)
             else:
                 query = {"Action": action, "Version": api.API_VERSION}
                 headers = sign_request(
@@ -290,7 +304,16 @@ class SnapshotClient:
                     region=self.region,
                 )
                 headers["Content-Type"] = "application/json"
-                response = await self._http.post(self._url, params=query, content=payload, headers=headers)
+                request = self._http.build_request("POST", self._url, params=query, content=payload, headers=headers)
+            # One deadline for the whole exchange (connection, request, the answer in full):
+            # httpx's timeouts bound each socket operation, which a trickled answer never hits.
+            status, content = await asyncio.wait_for(exchange(request), self.timeout_s)
+        except asyncio.TimeoutError:
+            if answered:
+                raise UnreadableAnswerError(
+                    f"the answer did not arrive in full within {self.timeout_s:g} s (--timeout)"
+                ) from None
+            raise TransportError(f"timed out: no answer within {self.timeout_s:g} s") from None
         except httpx.ConnectTimeout:
             raise NotSentError(
                 f"cannot reach the API at {self.endpoint}: no connection within {self._http.timeout.connect}s",
@@ -307,9 +330,9 @@ class SnapshotClient:
                 f"the request could not be built ({type(exc).__name__})", endpoint=self.endpoint
             ) from None
         except httpx.TransportError as exc:
-            raise TransportError(f"connection failed ({type(exc).__name__}: {exc})") from None
+            raise TransportError(f"connection failed ({type(exc).__name__}: {api.printable(str(exc))})") from None
         self._refused_in_a_row = 0
-        return self._interpret(response)
+        return self._interpret(status, content)
 
     def _not_connected(self, exc: Exception) -> NotSentError:
         """What stopped a connection, in words, with what to do about it."""
@@ -339,10 +362,9 @@ class SnapshotClient:
             f"{where}: the connection was refused{hint}", retryable=True, endpoint=self.endpoint, refused=True
         )
 
-    def _interpret(self, response: httpx.Response) -> tuple[Any, str]:
-        status = response.status_code
+    def _interpret(self, status: int, content: bytes) -> tuple[Any, str]:
         try:
-            envelope = api.Envelope.model_validate_json(response.content)
+            envelope = api.Envelope.model_validate_json(content)
         except ValueError:
             message = f"HTTP {status} with a body that is not the API's envelope"
             if status == 429:
@@ -389,6 +411,46 @@ class SnapshotClient:
     def _emit(self, event: str, **fields: Any) -> None:
         if self._on_event is not None:
             self._on_event(event, fields)
+
+
+async def read_answer(response: httpx.Response, limit: int = api.MAX_ANSWER_BYTES) -> bytes:
+    """The body of an answer, refused (:class:`UnreadableAnswerError`) once it holds more
+    than ``limit`` bytes: counted as read, and after decompression for a gzip or deflate
+    one (never asked for, but inflated here in bounded steps), so memory stays bounded
+    whatever the server sends."""
+    too_large = f"the answer is larger than {api.MAX_ANSWER_TEXT} (the API's are a few KB)"
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+        raise UnreadableAnswerError(
+            f"the answer is compressed ({api.printable(encoding, 40)}), which snapctl does not read"
+        )
+    inflate = zlib.decompressobj(wbits=47) if encoding not in ("", "identity") else None
+    declared = response.headers.get("content-length", "")
+    if inflate is None and declared.isdigit() and int(declared) > limit:
+        raise UnreadableAnswerError(too_large)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for raw in response.aiter_raw():
+            while raw:
+                if inflate is None:
+                    chunk, raw = raw, b""
+                else:
+                    chunk = inflate.decompress(raw, limit + 1 - size)  # never more than one byte past the limit
+                    raw = inflate.unconsumed_tail
+                size += len(chunk)
+                if size > limit:
+                    raise UnreadableAnswerError(too_large)
+                chunks.append(chunk)
+        if inflate is not None:
+            rest = inflate.flush()
+            size += len(rest)
+            if size > limit:
+                raise UnreadableAnswerError(too_large)
+            chunks.append(rest)
+    except zlib.error:
+        raise UnreadableAnswerError(f"the answer is not valid {encoding}") from None
+    return b"".join(chunks)
 
 
 def read_request_headers(

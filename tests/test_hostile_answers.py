@@ -9,7 +9,7 @@ import json
 
 import pytest
 from hostile_server import Hostile
-from snapctl_testing import calls, new_project, run_snapctl, snapctl_env
+from snapctl_testing import calls, new_project, run_snapctl, snapctl_env, wait_for
 
 from reconciler.state import read_state
 
@@ -169,3 +169,103 @@ def test_show_json_of_a_plan_file_holding_a_huge_integer(rigged):
     assert shown.code == 0, shown.output
     changes = {c["path"]: c for c in json.loads(shown.stdout)["actions"][0]["changes"]}
     assert changes["ImageConfig.Width"]["new"] == 10**30
+
+
+# Deadline, size and compression ------------------------------------------------------
+
+
+def answer_length(emulator) -> int:
+    """The size of a real GetSnapshotTask answer of ``Fine`` (a few hundred bytes)."""
+    response = emulator.signed_get(dict(zip(("AppId", "RoomId", "TaskId"), address("Fine").split("/"))))
+    return len(response.content)
+
+
+def test_a_trickled_answer_ends_at_the_timeout_with_one_line(rigged, hostile, emulator):
+    work, env = rigged
+    hostile.unrig()
+    hostile.rig(address("Fine"), Hostile(task={}, trickle_s=0.5))  # a valid answer, one byte each half second
+    status = run_snapctl(["status", "--timeout", "2", "--target", address("Fine"), "--no-color"], cwd=work, env=env)
+    assert status.code == 1, status.output
+    rows = [line for line in status.stdout.splitlines() if line.strip()]
+    assert rows[1].startswith(address("Fine") + " ") and " unknown " in rows[1], status.stdout
+    assert "did not arrive in full within 2 s" in rows[2], status.stdout
+    assert status.stderr == ""
+    # The client hung up long before the answer was complete, and did not ask again.
+    sent = wait_for(lambda: hostile.sent_bytes.get(address("Fine")), what="the server to find the client gone")
+    assert len(sent) == 1 and sent[0] < answer_length(emulator) // 4, sent
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_answer_is_refused_in_one_line(chunked, rigged, hostile, emulator):
+    work, env = rigged
+    hostile.unrig()
+    hostile.rig(address("Fine"), Hostile(task={}, pad=50 << 20, chunked=chunked))  # 50 MB of valid JSON
+    status = run_snapctl(["status", "--target", address("Fine"), "--json"], cwd=work, env=env)
+    assert status.code == 1, status.output
+    (task,) = json.loads(status.stdout)["tasks"]
+    assert task["status"] == "unknown" and "larger than 1 MiB" in task["detail"], task
+    sent = wait_for(lambda: hostile.sent_bytes.get(address("Fine")), what="the server to find the client gone")
+    assert len(sent) == 1 and sent[0] < 16 << 20, sent  # read no further than the cap and the socket buffers
+
+
+MEASURED = """\
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
+"""
+
+
+def peak_rss_kib(work, env, *args: str) -> tuple[int, int]:
+    """The peak resident memory (KiB) of ``snapctl ARGS`` run alone, and its exit status."""
+    import subprocess
+    import sys
+
+    from snapctl_testing import SNAPCTL
+
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURED, SNAPCTL, *args], cwd=work, env=env, capture_output=True, text=True, check=True
+    )
+    rss, code = done.stdout.split()
+    return int(rss), int(code)
+
+
+def gzip_bomb(decoded: int) -> bytes:
+    """A valid gzip stream of an envelope followed by ``decoded`` bytes of spaces."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [packer.compress(b'{"ResponseMetadata": {"RequestId": "bomb"}, "Result": {"SnapshotTask": {"Status": 2}}}')]
+    block = b" " * (1 << 20)
+    for _ in range(decoded >> 20):
+        parts.append(packer.compress(block))
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+def test_gzip_is_never_asked_for_and_a_gzip_bomb_stays_bounded(tmp_path, emulator, hostile):
+    names = [f"B{i:02d}" for i in range(64)]
+    text = manifest().replace(
+        "rooms:\n  R:\n    tasks:\n", "rooms:\n  R:\n    tasks:\n" + "".join(f"      {n}: {{}}\n" for n in names)
+    )
+    work = new_project(tmp_path, emulator.url, {"app.yaml": text})
+    env = snapctl_env(hostile.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    args = ["status", "--read-qps", "0", "--parallelism", "64", "--target", f"{APP}/R"]
+    baseline, code = peak_rss_kib(work, env, *args)
+    assert code == 0
+    bomb = gzip_bomb(48 << 20)  # 48 MiB of spaces in about 48 KB
+    for name in names:
+        hostile.rig(address(name), Hostile(body=bomb, headers={"Content-Encoding": "gzip"}))
+    status = run_snapctl([*args, "--json"], cwd=work, env=env)
+    assert status.code == 1, status.output
+    tasks = {t["address"]: t for t in json.loads(status.stdout)["tasks"]}
+    for name in names:
+        assert tasks[address(name)]["status"] == "unknown"
+        assert "larger than 1 MiB" in tasks[address(name)]["detail"], tasks[address(name)]
+    peak, code = peak_rss_kib(work, env, *args)
+    assert code == 1
+    # 64 answers read at once, each given up at 1 MiB decoded: far below one bomb's 48 MiB.
+    assert peak - baseline < 100 * 1024, (baseline, peak)
+    # snapctl never asks for a compressed answer.
+    encodings = {seen.headers.get("accept-encoding") for seen in hostile.requests}
+    assert encodings == {"identity"}, encodings
