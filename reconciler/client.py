@@ -275,14 +275,19 @@ class SnapshotClient:
             raise RunStoppedError(self.stopped_by)
         import httpx
 
-        answered = False  # the answer's head came: a deadline past it is the answer's fault
+        # Bytes of the answer's body received: a deadline passed after the first is the answer's
+        # fault (it trickles), not retried; before, it is a timeout as any other (a server that
+        # stalls or drops the connection mid-answer), retried.
+        arrived = 0
+
+        def count(size: int) -> None:
+            nonlocal arrived
+            arrived += size
 
         async def exchange(request: httpx.Request) -> tuple[int, bytes]:
-            nonlocal answered
             response = await self._http.send(request, stream=True)
-            answered = True
             try:
-                return response.status_code, await read_answer(response)
+                return response.status_code, await read_answer(response, on_read=count)
             finally:
                 await response.aclose()
 
@@ -309,7 +314,7 @@ class SnapshotClient:
             # httpx's timeouts bound each socket operation, which a trickled answer never hits.
             status, content = await asyncio.wait_for(exchange(request), self.timeout_s)
         except asyncio.TimeoutError:
-            if answered:
+            if arrived:
                 raise UnreadableAnswerError(
                     f"the answer did not arrive in full within {self.timeout_s:g} s (--timeout)"
                 ) from None
@@ -413,11 +418,13 @@ class SnapshotClient:
             self._on_event(event, fields)
 
 
-async def read_answer(response: httpx.Response, limit: int = api.MAX_ANSWER_BYTES) -> bytes:
+async def read_answer(
+    response: httpx.Response, limit: int = api.MAX_ANSWER_BYTES, on_read: Callable[[int], None] | None = None
+) -> bytes:
     """The body of an answer, refused (:class:`UnreadableAnswerError`) once it holds more
     than ``limit`` bytes: counted as read, and after decompression for a gzip or deflate
     one (never asked for, but inflated here in bounded steps), so memory stays bounded
-    whatever the server sends."""
+    whatever the server sends. ``on_read`` is told the size of each piece as it arrives."""
     too_large = f"the answer is larger than {api.MAX_ANSWER_TEXT} (the API's are a few KB)"
     encoding = response.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
@@ -432,6 +439,8 @@ async def read_answer(response: httpx.Response, limit: int = api.MAX_ANSWER_BYTE
     size = 0
     try:
         async for raw in response.aiter_raw():
+            if on_read is not None:
+                on_read(len(raw))
             while raw:
                 if inflate is None:
                     chunk, raw = raw, b""
