@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
+import math
 import random
 import time
 import zlib
@@ -284,12 +286,12 @@ class SnapshotClient:
             nonlocal arrived
             arrived += size
 
+        response: httpx.Response | None = None
+
         async def exchange(request: httpx.Request) -> tuple[int, bytes]:
+            nonlocal response
             response = await self._http.send(request, stream=True)
-            try:
-                return response.status_code, await read_answer(response, on_read=count)
-            finally:
-                await response.aclose()
+            return response.status_code, await read_answer(response, on_read=count)
 
         try:
             if payload is None:
@@ -312,7 +314,21 @@ class SnapshotClient:
                 request = self._http.build_request("POST", self._url, params=query, content=payload, headers=headers)
             # One deadline for the whole exchange (connection, request, the answer in full):
             # httpx's timeouts bound each socket operation, which a trickled answer never hits.
-            status, content = await asyncio.wait_for(exchange(request), self.timeout_s)
+            task = asyncio.ensure_future(exchange(request))
+            try:
+                done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+                if not done and not (response is not None and arrived >= _declared_length(response)):
+                    raise asyncio.TimeoutError
+                # Done, or every byte of its body is here (only its end is still to be read
+                # off the connection, which waits for nothing: a busy loop must not fail it).
+                status, content = await task
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                if response is not None:  # back to the pool, or closed mid-answer
+                    await response.aclose()
         except asyncio.TimeoutError:
             if arrived:
                 raise UnreadableAnswerError(
@@ -460,6 +476,12 @@ async def read_answer(
     except zlib.error:
         raise UnreadableAnswerError(f"the answer is not valid {encoding}") from None
     return b"".join(chunks)
+
+
+def _declared_length(response: httpx.Response) -> float:
+    """The Content-Length of an answer; infinity when it declares none (chunked)."""
+    declared = response.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else math.inf
 
 
 def read_request_headers(
