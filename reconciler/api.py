@@ -524,17 +524,20 @@ def _iso_ms(ms: int) -> str | None:
 
 
 class ErrorInfo(BaseModel):
-    CodeN: int = 0
-    Code: str
-    Message: str = ""
+    CodeN: Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] = 0
+    Code: ApiText
+    Message: ApiText = ""
 
 
 class ResponseMetadata(BaseModel):
-    RequestId: str = ""
-    Action: str = ""
-    Version: str = ""
-    Service: str = ""
-    Region: str = ""
+    """The metadata of every answer; its strings are made :func:`printable` as they are read,
+    so that they are shown and stored on one line, with no terminal escape."""
+
+    RequestId: ApiText = ""
+    Action: ApiText = ""
+    Version: ApiText = ""
+    Service: ApiText = ""
+    Region: ApiText = ""
     Error: ErrorInfo | None = None
 
 
@@ -543,6 +546,16 @@ class Envelope(BaseModel):
 
     ResponseMetadata: ResponseMetadata
     Result: Any = None
+
+
+def envelope_problem(exc: ValidationError) -> str | None:
+    """Where an answer that is the API's envelope (a JSON object with ResponseMetadata)
+    differs from its documented shape, in one line; None for a body that is no envelope."""
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if loc and loc[0] == "ResponseMetadata" and not (len(loc) == 1 and error["type"] == "missing"):
+            return printable(".".join(str(part) for part in loc) + ": " + error["msg"])
+    return None
 
 
 # The error codes of the gateway (../shared/api/README.md) and of the

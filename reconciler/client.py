@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pydantic import ValidationError
 
 from . import api
 from .errors import (
@@ -386,12 +387,17 @@ class SnapshotClient:
     def _interpret(self, status: int, content: bytes) -> tuple[Any, str]:
         try:
             envelope = api.Envelope.model_validate_json(content)
-        except ValueError:
+        except ValidationError as exc:
             message = f"HTTP {status} with a body that is not the API's envelope"
             if status == 429:
                 raise ThrottledError(message, status=status) from None
             if status >= 500:
                 raise ServerError(message, status=status) from None
+            shape = api.envelope_problem(exc)
+            if shape is not None:  # the API's envelope, with a field of another type or range
+                raise UnreadableAnswerError(
+                    f"HTTP {status} with an envelope of another shape than documented: {shape}", status=status
+                ) from None
             raise EndpointError(
                 f"the endpoint {self.endpoint} does not serve the snapshot API ({message}); "
                 "check --endpoint or SNAPCTL_ENDPOINT",

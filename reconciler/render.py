@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .api import printable
 from .plan import (
     CREATE_REASON,
     DELETE_REASON,
@@ -51,7 +53,8 @@ def field_value(value: Any, path: str = "") -> str:
         return "(none)"
     if value == UNKNOWN_SECRET:
         return UNKNOWN_SECRET
-    text = json.dumps(mask_secrets(value), ensure_ascii=False, sort_keys=False)
+    # JSON escapes the C0 controls; printable the rest (C1 controls, separators), never cut.
+    text = printable(json.dumps(mask_secrets(value), ensure_ascii=False, sort_keys=False), limit=sys.maxsize)
     name = code_name(path, value)
     return f"{text} ({name})" if name else text
 
@@ -128,10 +131,10 @@ def _refresh_lines(plan: Plan) -> list[str]:
     lines = [f"Refreshed {sum(plan.observed.values())} task(s) with GetSnapshotTask{took}: {counts}."]
     if plan.unknown:
         lines.append(
-            f"{len(plan.unknown)} task(s) could not be seen (no change planned; "
-            "apply and reconcile confirm them with StartSnapshot):"
+            f"{len(plan.unknown)} task(s) could not be seen (no change planned; apply and reconcile "
+            "confirm them with StartSnapshot, but for answers of another shape than documented):"
         )
-        lines += [f"  ? {u.address}: {u.detail}" for u in plan.unknown]
+        lines += [f"  ? {u.address}: {printable(u.detail)}" for u in plan.unknown]
     return lines
 
 

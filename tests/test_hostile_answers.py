@@ -269,3 +269,121 @@ def test_gzip_is_never_asked_for_and_a_gzip_bomb_stays_bounded(tmp_path, emulato
     # snapctl never asks for a compressed answer.
     encodings = {seen.headers.get("accept-encoding") for seen in hostile.requests}
     assert encodings == {"identity"}, encodings
+
+
+# Strings from outside ------------------------------------------------------------------
+
+#: A string that, printed as is, would end its line, forge a task row and a plan summary, and clear the screen.
+FORGED = (
+    "IdleTimeOut\n"
+    f"{APP}/R/Forged  running      -                  2026-01-01T00:00:00+00:00  -\r\n"
+    "Plan: 0 to add, 0 to change, 0 to replace, 0 to destroy.\u2028\x1b[2J\x1b]0;title\x07"
+)
+
+
+def assert_not_forged(text: str) -> None:
+    """No line of ``text`` is a forged one, and no terminal escape is in it."""
+    for line in text.splitlines():
+        assert not line.startswith(f"{APP}/R/Forged"), text
+        assert not line.startswith("Plan: 0 to add"), text
+    assert "\x1b" not in text and "\x07" not in text and "\u2028" not in text and "\r" not in text, text
+
+
+def test_strings_of_read_answers_cannot_forge_output(rigged, hostile, emulator):
+    work, env = rigged
+    hostile.unrig()
+    # A StopReason with line breaks and escapes (an ended task), and an error answer whose
+    # Code and Message hold them (the read of Status0).
+    hostile.rig(address("Fine"), Hostile(task={"Status": 3, "StopReason": FORGED}))
+    hostile.rig(
+        address("Status0"),
+        Hostile(
+            status=400,
+            envelope={"ResponseMetadata": {"Error": {"Code": "InvalidParameter.Gone", "CodeN": 1, "Message": FORGED}}},
+        ),
+    )
+    before = writes(emulator.url)
+    status = run_snapctl(["status", "--target", f"{APP}/R", "--no-color"], cwd=work, env=env)
+    assert status.code == 1, status.output
+    assert_not_forged(status.output)
+    assert "StopReason: not a reason name" in status.stdout
+    assert "not found: InvalidParameter.Gone: IdleTimeOut\\n" in status.stdout and "\\x1b[2J" in status.stdout
+    plan = run_snapctl(["plan", "--refresh", "--no-color"], cwd=work, env=env)
+    assert plan.code == 0, plan.output
+    assert_not_forged(plan.output)
+    assert writes(emulator.url) == before
+    applied = run_snapctl(["apply", "--refresh", "--auto-approve", "--no-color"], cwd=work, env=env)
+    assert_not_forged(applied.output)
+    state_text = (work / "state" / "snapctl.state.json").read_text()
+    assert "Forged" not in state_text
+    offline = run_snapctl(["status", "--offline", "--no-color"], cwd=work, env=env)
+    assert_not_forged(offline.output)
+
+
+WRITE_ANSWERS = {
+    # StartSnapshot refused with a message that holds line breaks and escapes.
+    "message": (
+        Hostile(
+            status=400,
+            envelope={"ResponseMetadata": {"Error": {"Code": "InvalidParameter", "CodeN": 10001, "Message": FORGED}}},
+        ),
+        "InvalidParameter: IdleTimeOut\\n",
+    ),
+    # An error code number beyond 64 bits: the envelope is of another shape.
+    "code-number": (
+        Hostile(
+            status=400,
+            envelope={"ResponseMetadata": {"Error": {"Code": "InvalidParameter", "CodeN": 10**30, "Message": "x"}}},
+        ),
+        "HTTP 400 with an envelope of another shape than documented: ResponseMetadata.Error.CodeN",
+    ),
+    # Started, with a RequestId that holds line breaks and escapes.
+    "request-id": (Hostile(envelope={"ResponseMetadata": {"RequestId": FORGED}}), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRITE_ANSWERS))
+def test_strings_of_write_answers_cannot_forge_output_or_state(case, rigged, hostile, emulator):
+    work, env = rigged
+    hostile.unrig()
+    answer, shown = WRITE_ANSWERS[case]
+    hostile.rig(address("Ended"), answer, action="StartSnapshot")
+    applied = run_snapctl(
+        ["apply", "--refresh", "--auto-approve", "--no-color", "--target", address("Ended")], cwd=work, env=env
+    )
+    assert_not_forged(applied.output)
+    if shown is not None:  # the emulator did start it (the hostile server forwards every call): end it again
+        key = dict(zip(("AppId", "RoomId", "TaskId"), address("Ended").split("/")))
+        assert emulator.admin("stop-task", key).status_code == 200
+    as_json = run_snapctl(
+        ["apply", "--refresh", "--auto-approve", "--json", "--target", address("Ended")], cwd=work, env=env
+    )
+    assert "Traceback" not in as_json.output, as_json.output
+    document = json.loads(as_json.stdout)
+    if shown is None:
+        assert applied.code == 0, applied.output
+        shown_state = run_snapctl(["state", "show", address("Ended")], cwd=work, env=env)
+        assert_not_forged(shown_state.output)
+        assert "IdleTimeOut\\n" in shown_state.stdout
+        entry = read_state(work / "state" / "snapctl.state.json").tasks[address("Ended")]
+        assert "\n" not in entry["request_id"] and "\x1b" not in entry["request_id"]
+    else:
+        assert applied.code == 1 and shown in applied.output, applied.output
+        assert document["summary"]["failed"] == 1, document
+
+
+def test_the_emulator_takes_documented_stop_reasons_only(emulator):
+    emulator.signed_post(
+        "StartSnapshot",
+        {
+            "AppId": APP,
+            "RoomId": "R",
+            "TaskId": "T",
+            "StorageConfig": {"Type": 0, "TosConfig": {"AccountId": "1", "Bucket": "b"}},
+        },
+    )
+    key = {"AppId": APP, "RoomId": "R", "TaskId": "T"}
+    refused = emulator.admin("stop-task", {**key, "StopReason": FORGED})
+    assert refused.status_code == 400 and refused.json()["ResponseMetadata"]["Error"]["Code"] == "InvalidParameter"
+    assert emulator.admin("stop-task", {**key, "StopReason": "IdleTimeOut"}).status_code == 200
+    assert emulator.read(APP, "R", "T")["StopReason"] == "IdleTimeOut"

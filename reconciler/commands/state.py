@@ -62,6 +62,7 @@ def state_list(state_path, workspace, as_json, no_color):
 @handle_errors
 def state_show(address, state_path, workspace, as_json, no_color):
     """Show what the state holds for APP/ROOM/TASK (secrets only as fingerprints)."""
+    from ..api import printable
     from ..plan import mask_secrets
     from ..render import code_names, field_value, flatten
 
@@ -86,9 +87,10 @@ def state_show(address, state_path, workspace, as_json, no_color):
     out(f"# {address}\n")
     for path, value in flatten(entry["request"]):
         out(f"{path} = {field_value(value, path)}\n")
-    out(f"# applied at {entry.get('applied_at')} (RequestId {entry.get('request_id') or '-'})\n")
+    # What came from the API is shown as api.printable makes it (an older state may hold it otherwise).
+    out(f"# applied at {entry.get('applied_at')} (RequestId {printable(entry.get('request_id') or '-')})\n")
     if seen is not None:
-        reason = f" ({seen['stop_reason']})" if seen.get("stop_reason") else ""
+        reason = f" ({printable(seen['stop_reason'])})" if seen.get("stop_reason") else ""
         times = "".join(f", {k} {seen[k]}" for k in ("started", "ended") if seen.get(k))
         out(f"# last observed {seen['status']}{reason} since {seen['since']}{times}\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -135,6 +136,15 @@ class Row:
             pending=intent["action"] if intent else None,
         )
 
+    def printable(self) -> Row:
+        """The row with what came from the API or the state on one line, with no terminal escape
+        (:func:`api.printable`: what snapctl stores is so already; an older state may hold otherwise)."""
+        from ..api import printable
+
+        texts = ("status", "stop_reason", "started", "ended", "detail", "observed_since", "applied_at", "pending")
+        shown: dict[str, Any] = {name: printable(getattr(self, name)) for name in texts if getattr(self, name)}
+        return dataclasses.replace(self, **shown)
+
     @property
     def running(self) -> bool:
         """Runs, waits for its streams, or (offline) was started by snapctl since it was last seen."""
@@ -177,6 +187,7 @@ def _show(rows: list[Row], offline: bool, as_json: bool, no_color: bool) -> None
         ended = f"{'ENDED':<25}  OBSERVED SINCE" if offline else "ENDED"
         out(f"{'ADDRESS'.ljust(width)}  {'STATUS':<11}  {'STOP REASON':<17}  {'STARTED':<25}  {ended}\n")
         for row in rows:
+            row = row.printable()
             status_text = row.status + ("" if row.declared else "*")
             line = (
                 f"{row.address.ljust(width)}  {status_text:<11}  {row.stop_reason or '-':<17}  "

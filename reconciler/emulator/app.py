@@ -128,9 +128,9 @@ class RewriteTask(TaskAddress):
 
 
 class StopTask(TaskAddress):
-    """``POST /_emulator/stop-task``: end a running task out of band."""
+    """``POST /_emulator/stop-task``: end a running task out of band, for a documented reason."""
 
-    StopReason: str = "StopByAPI"
+    StopReason: wire.StopReason = wire.StopReason.stop_by_api
 
 
 class Stats:
@@ -530,6 +530,6 @@ class EmulatorApp:
 
     def _stop_task(self, body: dict[str, Any], now: float) -> dict[str, Any]:
         stop = validated(StopTask, body)
-        if not self.table.stop(stop.key, now, stop.StopReason):
+        if not self.table.stop(stop.key, now, stop.StopReason.value):
             raise Refusal(TASK_NOT_RUNNING, f"task {'/'.join(stop.key)} (AppId/RoomId/TaskId) is not running")
         return self.table.tasks[stop.key].view()

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ..api import StartSnapshotRequest, describe_validation_error
+from ..api import StartSnapshotRequest, StopReason, describe_validation_error
 from ..signing import sha256_hex
 
 log = logging.getLogger("snapctl.emulator")
@@ -335,7 +335,7 @@ class TaskTable:
                     float(item["StartedAt"]),
                     float(item["UpdatedAt"]),
                     int(item.get("Status", RUNNING)),
-                    str(item.get("StopReason", "")),
+                    StopReason(item.get("StopReason", "")).value,  # a documented reason, or ValueError
                     float(item.get("EndedAt", 0.0)),
                 )
             for item in doc["streams_stopped"]:
