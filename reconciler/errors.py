@@ -41,6 +41,10 @@ class StateError(UsageError):
     """The state file cannot be read or does not fit the operation."""
 
 
+class StateMoved(StateError):
+    """The state was migrated away: where it was, a signpost names where it went."""
+
+
 class LockError(SnapctlError):
     """The state is locked by another process."""
 

@@ -202,7 +202,7 @@ def test_migrate_both_ways_keeps_the_lineage_and_a_clean_plan(tmp_path, emulator
     work, env = runner(tmp_path, "w", emulator.url, "state/snapctl.state.json", manifest(n=3))
     snap(work, env, "apply", "--auto-approve")
     lineage = re.search(r'"lineage": "([^"]+)"', snap(work, env, "state", "list", "--json").stdout)[1]
-    moved = snap(work, env, "state", "migrate", "--to", pg.state_url, "--to-workspace", "prod")
+    moved = snap(work, env, "state", "migrate", "--to", pg.state_url, "--to-workspace", "prod", "--keep-source")
     assert pg.password not in moved.output and "3 task(s)" in moved.stdout
     on_pg = env | {"SNAPCTL_STATE": pg.state_url, "SNAPCTL_WORKSPACE": "prod"}
     assert snap(work, on_pg, "plan").stdout.startswith("No changes. 3 task(s)")
@@ -210,11 +210,13 @@ def test_migrate_both_ways_keeps_the_lineage_and_a_clean_plan(tmp_path, emulator
     (work / "manifests" / "app.yaml").write_text(manifest(n=4))
     snap(work, on_pg, "apply", "--auto-approve")
     # Back into a file: the same state, one more task.
-    snap(work, on_pg, "state", "migrate", "--to", "back/snapctl.state.json", "--to-workspace", "default")
+    snap(
+        work, on_pg, "state", "migrate", "--to", "back/snapctl.state.json", "--to-workspace", "default", "--keep-source"
+    )
     back = env | {"SNAPCTL_STATE": "back/snapctl.state.json"}
     assert snap(work, back, "plan").stdout.startswith("No changes. 4 task(s)")
     assert lineage in (work / "back" / "snapctl.state.json").read_text()
-    # A destination holding another state is refused, and left alone.
+    # (--keep-source kept both sources usable.) A destination holding another state is refused, and left alone.
     refused = snap(work, env, "state", "migrate", "--to", pg.state_url, "--to-workspace", "prod", code=1)
     assert "ahead of the source" in refused.stderr  # the same lineage, written since
     other, env_other = runner(tmp_path, "o", emulator.url, "state/snapctl.state.json", manifest(n=1, app="other"))
@@ -242,7 +244,7 @@ def test_a_refused_first_run_leaves_no_workspace_and_migrate_takes_over_an_empty
     work, env = runner(tmp_path, "w", emulator.url, "state/snapctl.state.json", manifest(n=2))
     snap(work, env, "apply", "--auto-approve")
     lineage = re.search(r'"lineage": "([^"]+)"', snap(work, env, "state", "list", "--json").stdout)[1]
-    assert "2 task(s)" in snap(work, env, "state", "migrate", "--to", pg.state_url).stdout
+    assert "2 task(s)" in snap(work, env, "state", "migrate", "--to", pg.state_url, "--keep-source").stdout
     on_pg = env | {"SNAPCTL_STATE": pg.state_url}
     assert lineage in snap(work, on_pg, "state", "list", "--json").stdout
     assert snap(work, on_pg, "plan").stdout.startswith("No changes. 2 task(s)")

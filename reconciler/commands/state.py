@@ -126,18 +126,26 @@ def state_rm(addresses, state_path, workspace, lock_timeout_s):
 @click.option(
     "--to-workspace", metavar="W", help="The destination's workspace, created if need be (default: the same name)."
 )
+@click.option(
+    "--keep-source",
+    is_flag=True,
+    help="Keep the source as a usable copy (by default it becomes a signpost naming the destination).",
+)
 @lock_option
 @handle_errors
-def state_migrate(state_path, workspace, destination, to_workspace, lock_timeout_s):
-    """Copy the state (lineage, serial, tasks, pending calls, endpoint) to another backend or workspace.
+def state_migrate(state_path, workspace, destination, to_workspace, keep_source, lock_timeout_s):
+    """Move the state (lineage, serial, tasks, pending calls, endpoint) to another backend or workspace.
 
     Both states are locked while copying. A destination holding another state
     (another lineage) is refused, unless it holds nothing (no task, never bound
     to an endpoint); one holding an older copy of this state is brought up to
-    date. A destination workspace that does not exist is created (migrating is
-    the explicit act that makes it). The source is left as it is: point --state
-    at the destination from now on, and remove the source when you no longer need it.
+    date, and a signpost this state left there is replaced (migrating back). A
+    destination workspace that does not exist is created (migrating is the
+    explicit act that makes it). Then the source becomes a signpost: it holds
+    only where the state went and when, and every command that would use it is
+    refused, naming the destination. --keep-source leaves it a usable copy.
     """
+    from ..errors import StateError, WriteError
     from ..state import store_for
 
     source = open_store(state_path, workspace, lock_timeout_s, "snapctl state migrate")
@@ -150,15 +158,32 @@ def state_migrate(state_path, workspace, destination, to_workspace, lock_timeout
     )
     if (source.kind, source.identity) == (target.kind, target.identity):  # the same file, however named
         raise UsageError("--to names the state being migrated; give another file, database or --to-workspace")
+    target.replaces_signpost = True
     with source:
         if not source.state.exists:
             raise UsageError(f"there is no state at {source.location} to migrate")
+        copied = source.state
         with target:
-            target.copy_from(source.state)
+            target.copy_from(copied)
+        out(
+            f"Copied the state (lineage {copied.lineage}, serial {copied.serial}, "
+            f"{len(copied.tasks)} task(s), {len(copied.pending)} pending call(s)) "
+            f"from {source.location} to {target.location}.\n"
+        )
+        if keep_source:
+            out(f"{source.location} is kept as a usable copy (--keep-source): point --state at one of them only.\n")
+            return
+        try:
+            source.leave_signpost(target.reference)
+        except (StateError, WriteError) as exc:
+            raise StateError(
+                f"{source.location} could not be made a signpost ({exc}); it is still a usable copy of the "
+                f"state now at {target.location}: remove it, or run the migration again"
+            ) from None
     out(
-        f"Copied the state (lineage {source.state.lineage}, serial {source.state.serial}, "
-        f"{len(source.state.tasks)} task(s), {len(source.state.pending)} pending call(s)) "
-        f"from {source.location} to {target.location}.\n"
+        f"{source.location} now holds only a signpost naming {target.reference}: every command that would "
+        "use it is refused. Point --state/--workspace (SNAPCTL_STATE, snapctl.toml) at the destination "
+        "(--keep-source keeps a usable copy instead).\n"
     )
 
 

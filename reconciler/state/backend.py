@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import StateError, UsageError, WriteError
-from .model import State, has_legacy_fingerprints
+from ..errors import StateError, StateMoved, UsageError, WriteError
+from .model import Signpost, State, has_legacy_fingerprints
 
 DEFAULT_WORKSPACE = "default"
 #: A workspace name, matched whole (fullmatch: ``$`` would also match before a final newline).
@@ -147,6 +147,8 @@ class StateStore(abc.ABC):
         self._scratch = False
         #: Whether the state held a task or a pending call when this run opened it (see :meth:`open`).
         self.held_tasks = False
+        #: A signpost found here is read, not refused: ``state migrate`` brings its state back.
+        self.replaces_signpost = False
 
     # The protocol: what a backend implements ---------------------------------------
 
@@ -165,9 +167,24 @@ class StateStore(abc.ABC):
         """What names this state exactly (a saved plan records it): the location, a file's resolved."""
         return self.location
 
+    @property
+    def reference(self) -> str:
+        """The state as any directory names it (a signpost records it): :attr:`described`, a file's path absolute."""
+        return self.described
+
     @abc.abstractmethod
+    def read_stored(self) -> State:
+        """What is stored, without the lock: the state as of every recorded call, a new one if
+        there is none, or a signpost (:attr:`State.signpost`) where a state was migrated away."""
+
     def read(self) -> State:
-        """The state as of every recorded call, without the lock; a new one if there is none."""
+        """The state as of every recorded call, without the lock; a new one if there is none.
+        A signpost is refused (:class:`StateMoved`, naming where the state went), so that a
+        forgotten ``--state`` or workspace never acts on what was migrated away."""
+        state = self.read_stored()
+        if state.signpost is not None and not self.replaces_signpost:
+            raise StateMoved(state.signpost.refusal(self.described))
+        return state
 
     @abc.abstractmethod
     def _lock(self) -> None:
@@ -221,6 +238,10 @@ class StateStore(abc.ABC):
 
     def _before_close(self) -> None:
         """Write what is still only journaled (file: a checkpoint)."""
+        return
+
+    def _after_signpost(self) -> None:
+        """Remove what still holds the state besides the signpost just written (file: its backup)."""
         return
 
     # Shared ------------------------------------------------------------------------------
@@ -303,6 +324,7 @@ class StateStore(abc.ABC):
         its tasks are then forgotten, not stopped."""
         if self.workspace == DEFAULT_WORKSPACE:
             raise UsageError("the default workspace cannot be deleted")
+        self.replaces_signpost = True  # a signpost holds nothing: it may be deleted
         with self:
             held = sorted(set(self.state.tasks) | set(self.state.pending))
             if held and not force:
@@ -473,9 +495,19 @@ class StateStore(abc.ABC):
 
     def copy_from(self, source: State) -> None:
         """Make this state an exact copy of ``source`` (``state migrate``): same lineage and serial.
-        A destination that holds nothing (:meth:`State.holds_nothing`) is taken over whatever its lineage."""
+        A destination that holds nothing (:meth:`State.holds_nothing`) is taken over whatever its lineage;
+        a signpost only by the state it names, coming back (its lineage, at its serial or later)."""
         self._scratch = False  # asked for, even if it holds no task
-        if self.state.exists and self.state.holds_nothing():
+        signpost = self.state.signpost
+        if signpost is not None:
+            if self.state.lineage != source.lineage or source.serial < self.state.serial:
+                raise StateError(
+                    f"{self.location} holds the signpost of another state (lineage {self.state.lineage}, serial "
+                    f"{self.state.serial}, migrated to {signpost.moved_to}); the source has lineage {source.lineage}, "
+                    f"serial {source.serial}. Nothing copied"
+                )
+            self.state.exists = False  # the state comes back: the signpost gives way
+        elif self.state.exists and self.state.holds_nothing():
             self.state.exists = False  # nothing there to keep, nor to be ahead of
         if self.state.exists and self.state.lineage != source.lineage:
             raise StateError(
@@ -489,3 +521,12 @@ class StateStore(abc.ABC):
             )
         self.state.copy_as(source)
         self.checkpoint()
+
+    def leave_signpost(self, moved_to: str) -> Signpost:
+        """Replace this state by a signpost naming ``moved_to`` and now (``state migrate``, once the
+        copy is written there): its tasks, pending calls, observations and key leave this place."""
+        signpost = Signpost(moved_to, now_iso())
+        self.state = State.signpost_of(self.state, signpost)
+        self.checkpoint()
+        self._after_signpost()
+        return signpost

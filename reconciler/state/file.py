@@ -33,7 +33,7 @@ import orjson
 
 from ..errors import LockError, StateError, WriteError
 from .backend import DEFAULT_WORKSPACE, HOLDER_RECORD_WAIT_S, LockHolder, StateStore, check_workspace
-from .model import FORMAT_VERSION, State, TaskTable, check_fingerprint_params
+from .model import FORMAT_VERSION, SIGNPOST_FORMAT_VERSION, Signpost, State, TaskTable, check_fingerprint_params
 
 DEFAULT_STATE_PATH = Path("state/snapctl.state.json")
 #: Added to the message of a failed state write.
@@ -97,8 +97,11 @@ _END_MARK = b"\n}}\n"
 
 def encode_document(state: State) -> bytes:
     """The document as written to disk: JSON with the header on the first
-    lines and one task per line (readable, diffable, and read back lazily)."""
+    lines and one task per line (readable, diffable, and read back lazily); a signpost
+    is its header alone."""
     header = state.header()
+    if state.signpost is not None:
+        return orjson.dumps(header, option=orjson.OPT_INDENT_2) + b"\n"
     if state.pending:
         header["pending"] = dict(sorted(state.pending.items()))
     if state.observed:
@@ -167,6 +170,8 @@ def _parse_document(path: Path, raw: bytes) -> State:
     version = doc.get("format_version")
     if not isinstance(version, int):
         raise StateError(f"{path}: no format_version; this is not a snapctl state file")
+    if version == SIGNPOST_FORMAT_VERSION and "signpost" in doc:
+        return _parse_signpost(path, doc)
     if version > FORMAT_VERSION:
         raise StateError(
             f"{path}: written in state format {version} by snapctl {doc.get('snapctl_version', '?')}; "
@@ -218,6 +223,14 @@ def _parse_document(path: Path, raw: bytes) -> State:
     return state
 
 
+def _parse_signpost(path: Path, doc: dict[str, Any]) -> State:
+    lineage, serial = doc.get("lineage"), doc.get("serial")
+    if not (isinstance(lineage, str) and isinstance(serial, int)):
+        raise StateError(f"{path}: a signpost without its lineage or serial")
+    signpost = Signpost.of_record(doc["signpost"], str(path))
+    return State(lineage=lineage, serial=serial, exists=True, signpost=signpost)
+
+
 def _replay_journal(path: Path, state: State) -> bool:
     """Apply the journal's entries newer than the document. True if a journal was found."""
     jpath = journal_path(path)
@@ -259,7 +272,8 @@ def read_state_file(path: Path | str) -> State:
     except IsADirectoryError:
         raise StateError(f"{path} is a directory, not a state file") from None
     state = _parse_document(path, raw)
-    _replay_journal(path, state)
+    if state.signpost is None:
+        _replay_journal(path, state)
     return state
 
 
@@ -370,7 +384,11 @@ class FileStore(StateStore):
     def identity(self) -> str:
         return str(self.path)
 
-    def read(self) -> State:
+    @property
+    def reference(self) -> str:
+        return f"{resolve_path(self.base_path)} (workspace {self.workspace})"
+
+    def read_stored(self) -> State:
         return read_state_file(self.path)
 
     def workspaces(self) -> list[str]:
@@ -407,6 +425,12 @@ class FileStore(StateStore):
         self._had_backup = backup_path(self.path).exists()
         if journal_path(self.path).exists():
             self.checkpoint()
+
+    def _after_signpost(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(backup_path(self.path))
+        self._had_backup = False
+        _fsync_dir(self.path.parent)
 
     def _before_close(self) -> None:
         if self._journal_fd is not None:

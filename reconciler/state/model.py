@@ -28,6 +28,12 @@ from ..errors import StateError
 
 #: 2: scrypt fingerprints, endpoint binding. Format 1 (HMAC fingerprints) is still read.
 FORMAT_VERSION = 2
+#: 3: a signpost, what ``state migrate`` leaves where a state was (where it went, when; no
+#: task, no key). States are still written in format 2; a snapctl that reads format 2 only
+#: refuses a signpost as a state written by a newer snapctl ("Upgrade snapctl").
+SIGNPOST_FORMAT_VERSION = 3
+#: The version of the signpost's own record (its ``version``).
+SIGNPOST_VERSION = 1
 #: Wire paths of secret fields inside a StartSnapshot request.
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("StorageConfig", "CustomConfig", "SecretKey"),
@@ -168,6 +174,45 @@ def has_legacy_fingerprints(request: Any) -> bool:
     return any(is_legacy_fingerprint(parent.get(name)) for parent, names in secret_holders(request) for name in names)
 
 
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+@dataclass(frozen=True)
+class Signpost:
+    """Where a migrated state went (``moved_to``: its location and workspace, never a
+    password) and when (``moved_at``)."""
+
+    moved_to: str
+    moved_at: str
+
+    def record(self) -> dict[str, Any]:
+        return {"version": SIGNPOST_VERSION, "moved_to": self.moved_to, "moved_at": self.moved_at}
+
+    @classmethod
+    def of_record(cls, record: Any, source: str) -> Signpost:
+        """The signpost of a stored record, or StateError (a newer version: "Upgrade snapctl")."""
+        version = record.get("version") if isinstance(record, dict) else None
+        if not isinstance(version, int) or version < 1:
+            raise StateError(f"{source}: a signpost without a valid version")
+        if version > SIGNPOST_VERSION:
+            raise StateError(
+                f"{source}: a signpost of version {version}, written by a newer snapctl; this snapctl "
+                f"reads signpost version {SIGNPOST_VERSION}. Upgrade snapctl"
+            )
+        moved_to, moved_at = record.get("moved_to"), record.get("moved_at")
+        if not isinstance(moved_to, str) or not isinstance(moved_at, str):
+            raise StateError(f"{source}: a signpost without moved_to or moved_at")
+        return cls(_printable(moved_to), _printable(moved_at))
+
+    def refusal(self, where: str) -> str:
+        """The one line that refuses to use the state at ``where``."""
+        return (
+            f"state {where} was migrated to {self.moved_to} at {self.moved_at} (snapctl state migrate): "
+            "use that state (--state or SNAPCTL_STATE, --workspace, snapctl.toml); nothing was read or sent"
+        )
+
+
 @dataclass
 class State:
     """A state in memory. ``tasks`` maps an address to its entry:
@@ -189,6 +234,8 @@ class State:
     endpoint: str | None = None
     region: str | None = None
     fingerprint_params: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_FINGERPRINT_PARAMS))
+    #: Set when this is no state but the signpost a migration left (no task, no key).
+    signpost: Signpost | None = None
     #: Fingerprints computed in this run, by (kind, value, salt and cost): a plan asks for the same secret many times.
     _memo: dict[tuple, str] = field(default_factory=dict, repr=False, compare=False)
     #: scrypt fingerprints being computed in the background (see :meth:`prefetch_fingerprints`).
@@ -199,8 +246,21 @@ class State:
     def new(cls) -> State:
         return cls(lineage=str(uuid.uuid4()), fingerprint_key=_secrets.token_hex(32))
 
+    @classmethod
+    def signpost_of(cls, state: State, signpost: Signpost) -> State:
+        """The signpost that takes ``state``'s place (its lineage and serial, nothing else)."""
+        return cls(lineage=state.lineage, serial=state.serial, exists=True, signpost=signpost)
+
     def header(self) -> dict[str, Any]:
-        """Everything but the tasks and pending calls, as stored."""
+        """Everything but the tasks and pending calls, as stored (a signpost: all of it)."""
+        if self.signpost is not None:
+            return {
+                "format_version": SIGNPOST_FORMAT_VERSION,
+                "snapctl_version": __version__,
+                "lineage": self.lineage,
+                "serial": self.serial,
+                "signpost": self.signpost.record(),
+            }
         header: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "snapctl_version": __version__,
@@ -216,7 +276,7 @@ class State:
     def holds_nothing(self) -> bool:
         """Whether this state never recorded a completed call and holds no task, pending
         call or observation: a run refused at its first call leaves such a state behind."""
-        return self.endpoint is None and not (self.tasks or self.pending or self.observed)
+        return self.signpost is None and self.endpoint is None and not (self.tasks or self.pending or self.observed)
 
     def copy_as(self, other: State) -> None:
         """Take ``other``'s content (lineage, serial, key, binding, tasks, pending, observations)."""
@@ -226,6 +286,7 @@ class State:
         self.tasks = other.tasks.copy() if isinstance(other.tasks, TaskTable) else TaskTable(other.tasks)
         self.pending = dict(other.pending)
         self.observed = dict(other.observed)
+        self.signpost = other.signpost
         self._memo = {}
         self._computing = {}
 

@@ -36,7 +36,7 @@ import orjson
 
 from ..errors import LockError, StateError, UsageError, WriteError
 from .backend import DEFAULT_WORKSPACE, HOLDER_RECORD_WAIT_S, LockHolder, StateStore
-from .model import FORMAT_VERSION, State, TaskTable, check_fingerprint_params
+from .model import FORMAT_VERSION, SIGNPOST_FORMAT_VERSION, Signpost, State, TaskTable, check_fingerprint_params
 
 SCHEMA_VERSION = 1
 #: First key of the two-key advisory locks: the space of snapctl's locks ("snap").
@@ -313,7 +313,7 @@ class PostgresStore(StateStore):
             if conn is not self._conn:
                 conn.close()
 
-    def read(self) -> State:
+    def read_stored(self) -> State:
         with self._reading("read", f"cannot read the state {self.location}") as conn:
             return self._read(conn)
 
@@ -334,6 +334,11 @@ class PostgresStore(StateStore):
                 if row is None:
                     return State.new()
                 lineage, serial, format_version, key, params, endpoint, region = row
+                if format_version == SIGNPOST_FORMAT_VERSION and isinstance(params, dict) and "signpost" in params:
+                    # A signpost keeps its record in the header's one free-form column: a schema
+                    # change would lock every earlier snapctl out of every workspace.
+                    signpost = Signpost.of_record(params["signpost"], self.location)
+                    return State(lineage=lineage, serial=serial, exists=True, signpost=signpost)
                 if format_version > FORMAT_VERSION:
                     raise StateError(
                         f"{self.location}: written in state format {format_version}; this snapctl reads "
@@ -577,13 +582,17 @@ class PostgresStore(StateStore):
         from .. import __version__
 
         s = self.state
+        # A signpost (format 3): its record in fingerprint_params, no key (see _read).
+        signpost = s.signpost
         return {
             "ws": self.workspace,
             "lineage": s.lineage,
             "serial": s.serial,
-            "format": FORMAT_VERSION,
-            "key": s.fingerprint_key,
-            "params": orjson.dumps(s.fingerprint_params).decode(),
+            "format": FORMAT_VERSION if signpost is None else SIGNPOST_FORMAT_VERSION,
+            "key": s.fingerprint_key if signpost is None else "",
+            "params": orjson.dumps(
+                s.fingerprint_params if signpost is None else {"signpost": signpost.record()}
+            ).decode(),
             "endpoint": s.endpoint,
             "region": s.region,
             "version": __version__,
