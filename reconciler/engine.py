@@ -301,14 +301,16 @@ def verify_saved_plan(
             f"the saved plan was made for endpoint {saved.endpoint} (region {saved.region}), not "
             f"{target[0]} (region {target[1]}); nothing was sent. Run snapctl plan against the endpoint to use"
         )
-    try:
-        check_plan_current(saved, state, store.location)
-    except UsageError as exc:
-        if saved.state_path and saved.state_path != store.identity:
-            raise UsageError(
-                f"{exc} (it was made against {saved.state_path}: pass --state to apply it there)"
-            ) from None
-        raise
+    if saved.state_path != store.identity:
+        # Whether that state holds anything yet or not: a plan made for an empty state must not
+        # make another state with its lineage (two states of one lineage are taken for copies
+        # of one another, and state migrate would overwrite one with the other).
+        made_for = saved.state_path or "a state it does not name (saved by an older snapctl)"
+        raise UsageError(
+            f"the saved plan was made for the state {made_for}, not {store.identity}; nothing was sent. "
+            "Apply it with the --state and --workspace it was planned with, or run snapctl plan again"
+        )
+    check_plan_current(saved, state, store.location)
     if not state.exists and saved.new_state_key:
         state.lineage, state.fingerprint_key = saved.state_lineage, saved.new_state_key
     try:

@@ -119,7 +119,8 @@ class Plan(BaseModel):
     new_state_key: str | None = None
     #: Absolute paths, so the plan applies from any directory.
     manifest_paths: list[str] = Field(default_factory=list)
-    #: The state file the plan was made against (absolute), named when apply finds another.
+    #: The state the plan was made for (:attr:`StateStore.identity`: a file's absolute path, or a
+    #: database's host, port and name with the workspace; never a password): apply refuses any other.
     state_path: str | None = None
     #: The scope it was made with: apply plans again with them to check that nothing changed.
     targets: list[str] = Field(default_factory=list)

@@ -130,8 +130,9 @@ def test_the_database_password_never_shows_however_the_url_writes_it(tmp_path, e
         ]
         listed = runs[-6].stdout
         assert f'"location": "postgresql://{role}:***@{host}' in listed, listed
-        saved = (work / f"{name}.plan").read_text()
-        assert f"postgresql://{role}:***@{host}" in saved, saved
+        saved = (work / f"{name}.plan").read_text()  # names the database, never the URL given
+        assert f'"state_path": "postgresql://{host} (workspace default)"' in saved, saved
+        assert role not in saved and "***" not in saved, saved
     # A wrong password in each form, a bad percent-escape in it: one line each, none of it shown.
     wrong = {
         "raw": f"postgresql://{role}:Hash#Sec?ret43@{host}",
@@ -166,8 +167,16 @@ def test_an_unreadable_state_url_is_one_line_showing_none_of_it(tmp_path, emulat
     ):
         for args in (
             ["plan"],
+            ["plan", "--out", "p.plan"],
             ["apply", "--auto-approve"],
+            ["destroy", "--auto-approve"],
+            ["import", f"{APP}/R/T0"],
             ["state", "list", "--json"],
+            ["state", "show", f"{APP}/R/T0"],
+            ["state", "rm", f"{APP}/R/T0"],
+            ["state", "rebind"],
+            ["state", "migrate", "--to", "moved/snapctl.state.json"],
+            ["status"],
             ["status", "--offline"],
             ["force-unlock"],
             ["reconcile"],
@@ -178,4 +187,5 @@ def test_an_unreadable_state_url_is_one_line_showing_none_of_it(tmp_path, emulat
         moved = run_snapctl(["state", "migrate", "--to", url], cwd=work, env=env)
         line = one_error_line(moved, "URL cannot be read")
         assert "Secret42" not in moved.output, line
+    assert not (work / "p.plan").exists() and not (work / "moved").exists()
     assert emulator.stats()["by_action"].keys() == {"StartSnapshot"}  # the first apply's only

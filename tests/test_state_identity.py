@@ -167,3 +167,66 @@ def test_an_emulator_listening_beyond_loopback_warns_that_its_control_endpoints_
         assert len(lines) == 1 and lines[0].startswith(f"warning: listening on {host}, not a loopback address"), stderr
         assert "unsigned control endpoints" in lines[0] and warned in lines[0], lines[0]
         assert "s3cr3t" not in stderr
+
+
+# -- a saved plan applies only to the state it was made for ----------------------------------
+
+
+def lineage_of(work: Path, env: dict, *args: str) -> str | None:
+    listed = json.loads(snap(work, env, "state", "list", "--json", *args).stdout)
+    return listed["lineage"] if listed["serial"] else None
+
+
+@pytest.mark.parametrize("backend", ["file", "postgresql"])
+def test_a_plan_made_for_an_empty_workspace_applies_to_that_one_only(tmp_path, emulator, pg_server, backend):
+    from urllib.parse import quote
+
+    if backend == "postgresql":
+        location, elsewhere = (pg_server.url(pg_server.new_database()) for _ in range(2))
+    else:
+        location, elsewhere = "state/snapctl.state.json", str(tmp_path / "other" / "snapctl.state.json")
+    work, env = project(tmp_path, emulator.url, location)
+    # The scenario: planned while pa is empty, applied to pb, then to pa.
+    for name in ("pa", "pb"):
+        snap(work, env, "workspace", "new", name)
+    empty_pb = json.loads(snap(work, env, "state", "list", "--json", "--workspace", "pb").stdout)
+    snap(work, env, "plan", "--workspace", "pa", "--out", "p.plan")
+    saved = (work / "p.plan").read_text()
+    for secret in (pg_server.password, quote(pg_server.password, safe="")):
+        assert secret not in saved
+    refused = run_snapctl(["apply", "p.plan", "--workspace", "pb"], cwd=work, env=env)
+    line = one_error_line(refused, "the saved plan was made for the state ", "nothing was sent")
+    assert (
+        ("(workspace pa), not " in line and "(workspace pb)" in line)
+        if backend == "postgresql"
+        else ("snapctl.state.pa.json, not " in line and "snapctl.state.pb.json" in line)
+    ), line
+    assert emulator.stats()["total"] == 0
+    assert json.loads(snap(work, env, "state", "list", "--json", "--workspace", "pb").stdout) == empty_pb
+    snap(work, env, "apply", "p.plan", "--workspace", "pa")
+    assert one_error_line(run_snapctl(["apply", "p.plan", "--workspace", "pa"], cwd=work, env=env), "stale")
+    # pb, applied on its own, is another state: another lineage, and migrate will not overwrite it.
+    (work / "manifests" / "app.yaml").write_text(manifest(1).replace(APP, "otherapp"))
+    snap(work, env, "apply", "--auto-approve", "--workspace", "pb")
+    pa, pb = lineage_of(work, env, "--workspace", "pa"), lineage_of(work, env, "--workspace", "pb")
+    assert pa and pb and pa != pb
+    migrate = ["state", "migrate", "--workspace", "pa", "--to", location, "--to-workspace", "pb"]
+    moved = run_snapctl(migrate, cwd=work, env=env)
+    one_error_line(moved, "holds another state (lineage")
+    listed = snap(work, env, "state", "list", "--workspace", "pb").stdout.split()
+    assert listed == ["otherapp/R/T0"] and lineage_of(work, env, "--workspace", "pb") == pb
+    # The same in the default workspace of two places: an empty one, then a copy of the same state.
+    (work / "manifests" / "app.yaml").write_text(manifest(2))
+    snap(work, env, "plan", "--out", "d.plan")
+    refused = run_snapctl(["apply", "d.plan", "--state", elsewhere], cwd=work, env=env)
+    one_error_line(refused, "the saved plan was made for the state ")
+    assert lineage_of(work, env, "--state", elsewhere) is None
+    snap(work, env, "apply", "--auto-approve")
+    snap(work, env, "state", "migrate", "--to", elsewhere)
+    assert lineage_of(work, env, "--state", elsewhere) == lineage_of(work, env)
+    (work / "manifests" / "app.yaml").write_text(manifest(3))
+    snap(work, env, "plan", "--out", "e.plan")
+    one_error_line(run_snapctl(["apply", "e.plan", "--state", elsewhere], cwd=work, env=env), "made for the state")
+    assert "1 added" in snap(work, env, "apply", "e.plan").stdout
+    starts = emulator.stats()["by_action"]["StartSnapshot"]["outcomes"]
+    assert starts["ok"] == 4, starts  # pa's two, pb's one, the default workspace's third: each started once

@@ -33,7 +33,15 @@ import orjson
 
 from ..errors import LockError, StateError, WriteError
 from .backend import DEFAULT_WORKSPACE, HOLDER_RECORD_WAIT_S, LockHolder, StateStore, check_workspace
-from .model import FORMAT_VERSION, SIGNPOST_FORMAT_VERSION, Signpost, State, TaskTable, check_fingerprint_params
+from .model import (
+    FORMAT_VERSION,
+    SIGNPOST_FORMAT_VERSION,
+    Signpost,
+    State,
+    TaskTable,
+    check_fingerprint_params,
+    check_records,
+)
 
 DEFAULT_STATE_PATH = Path("state/snapctl.state.json")
 #: Added to the message of a failed state write.
@@ -193,17 +201,8 @@ def _parse_document(path: Path, raw: bytes) -> State:
     # Entries kept as bytes are checked when first read (every plan reads them all
     # before any call is sent).
     tasks = TaskTable(lazy_tasks if lazy_tasks is not None else tasks, source=str(path))
-    pending = doc.get("pending", {})
-    if not isinstance(pending, dict) or not all(
-        isinstance(i, dict) and isinstance(i.get("action"), str) and isinstance(i.get("request"), dict)
-        for i in pending.values()
-    ):
-        raise StateError(f"{path}: pending has the wrong type")
-    observed = doc.get("observed", {})
-    if not isinstance(observed, dict) or not all(
-        isinstance(o, dict) and isinstance(o.get("status"), str) for o in observed.values()
-    ):
-        raise StateError(f"{path}: observed has the wrong type")
+    pending, observed = doc.get("pending", {}), doc.get("observed", {})
+    check_records(pending, observed, str(path))
     endpoint, region = doc.get("endpoint"), doc.get("region")
     if not (endpoint is None or isinstance(endpoint, str)) or not (region is None or isinstance(region, str)):
         raise StateError(f"{path}: endpoint or region has the wrong type")

@@ -12,6 +12,7 @@ compared correctly, and replaced by scrypt ones when the task is next written.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import secrets as _secrets
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from typing_extensions import Required, TypedDict
 
 from .. import __version__
 from ..errors import StateError
@@ -135,6 +137,54 @@ class TaskTable(MutableMapping[str, dict]):
         """(address, compact JSON of the entry) in address order, without decoding stored entries."""
         for address in sorted(self._entries):
             yield address, self.raw(address)
+
+
+class PendingCall(TypedDict):
+    """A call sent and never settled (``State.pending``)."""
+
+    action: str
+    request: dict[str, Any]
+
+
+class ObservedRecord(TypedDict, total=False):
+    """What a refresh last saw of a task (``State.observed``)."""
+
+    status: Required[str]
+    stop_reason: str | None
+    started: str | None
+    ended: str | None
+    since: str | None
+    serial: int | None
+
+
+@functools.cache
+def _records_adapter(record: type) -> Any:
+    from pydantic import ConfigDict, TypeAdapter
+
+    return TypeAdapter(dict[str, record], config=ConfigDict(strict=True))  # type: ignore[valid-type]
+
+
+def check_records(pending: Any, observed: Any, source: str) -> None:
+    """Refuse pending calls and observations of another shape than snapctl writes, in one
+    line naming the task (every backend reads them through this, so each refuses alike)."""
+    from pydantic import ValidationError
+
+    for kind, record, records in (("pending call", PendingCall, pending), ("observation", ObservedRecord, observed)):
+        if not isinstance(records, dict):
+            raise StateError(f"{source}: its {kind}s are not a mapping of task addresses")
+        if not records:
+            continue
+        try:
+            _records_adapter(record).validate_python(records)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            address, *field_path = error["loc"] or ("?",)
+            where = ".".join(map(str, field_path))
+            problem = f"{where}: {error['msg']}" if where else f"{error['msg']}"
+            raise StateError(
+                f"{source}: the {kind} of task {str(address)!r} is not one snapctl writes ({problem}); "
+                "nothing was changed. Restore the state from a backup"
+            ) from None
 
 
 def _decode_entry(address: str, raw: bytes | str, source: str) -> dict[str, Any]:

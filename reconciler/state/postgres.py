@@ -8,14 +8,16 @@ Schema ``snapctl`` (created on first write, versioned in ``snapctl.schema_versio
   intent of a call not settled yet, and what a refresh last ``observed`` (each
   may be NULL), so a call rewrites one row, never the whole state;
 - ``locks``: who holds each workspace's lock (host, pid, command, start time),
-  readable by every client.
+  readable by every client;
+- ``lock_keys``: each workspace's lock key, a number of its own (version 2).
 
 Every record is a statement that also moves the workspace's serial on (and
 checks it), committed before the API call (intent) and after it (put/delete):
 a process killed at any moment loses nothing. Records that concurrent calls
 make at the same moment share one transaction (group commit), so durability
 costs one commit per group, not one per record. The lock is a
-session-level advisory lock on the same connection as the writes: the server
+session-level advisory lock (snapctl's ``LOCK_SPACE`` and the workspace's
+number: no two workspaces share one) on the same connection as the writes: the server
 releases it when the holder's connection ends (a killed runner never blocks
 the next), and no write can happen without it. A connection lost during an
 apply makes every later record fail: the apply stops starting calls.
@@ -36,10 +38,19 @@ import orjson
 
 from ..errors import LockError, StateError, UsageError, WriteError
 from .backend import DEFAULT_WORKSPACE, HOLDER_RECORD_WAIT_S, LockHolder, StateStore
-from .model import FORMAT_VERSION, SIGNPOST_FORMAT_VERSION, Signpost, State, TaskTable, check_fingerprint_params
+from .model import (
+    FORMAT_VERSION,
+    SIGNPOST_FORMAT_VERSION,
+    Signpost,
+    State,
+    TaskTable,
+    check_fingerprint_params,
+    check_records,
+)
 
-SCHEMA_VERSION = 1
-#: First key of the two-key advisory locks: the space of snapctl's locks ("snap").
+SCHEMA_VERSION = 2
+#: First key of the two-key advisory locks: the space of snapctl's locks ("snap"). The second
+#: is a workspace's number in ``snapctl.lock_keys`` (0: the lock that creates and migrates the schema).
 LOCK_SPACE = 0x736E6170
 CONNECT_TIMEOUT_S = 10
 #: What a failed write adds: what the next run does with what was recorded.
@@ -76,6 +87,15 @@ _MIGRATIONS: dict[int, list[str]] = {
             pid int NOT NULL,
             command text NOT NULL,
             started_at timestamptz NOT NULL
+        )""",
+    ],
+    # Each workspace's lock key: a number of its own, kept for good (a workspace deleted and
+    # made again keeps it), so that no two workspaces share a lock (a 32-bit hash of the
+    # name did: w29009 and w116065). Identity values start at 1; 0 is the schema's lock.
+    2: [
+        """CREATE TABLE snapctl.lock_keys (
+            workspace text PRIMARY KEY,
+            key integer GENERATED ALWAYS AS IDENTITY (START WITH 1) UNIQUE
         )""",
     ],
 }
@@ -170,8 +190,9 @@ def redact(url: str) -> str:
         return "<an unreadable postgresql:// URL>"
 
 
-def lock_key(workspace: str) -> int:
-    """The second key of a workspace's advisory lock (a stable signed 32-bit hash)."""
+def legacy_lock_key(workspace: str) -> int:
+    """The second key of a workspace's advisory lock in schema version 1 (a 32-bit hash of its
+    name, which two names can share): only to see whether a snapctl before 0.3 holds it."""
     return int.from_bytes(hashlib.sha256(workspace.encode()).digest()[:4], "big", signed=True)
 
 
@@ -209,6 +230,10 @@ class PostgresStore(StateStore):
         self.masked = masked_url(self._params)
         self._conn: Any = None
         self._holder: LockHolder | None = None
+        #: The lock key this store holds (see _lock_key).
+        self._key: int | None = None
+        #: (host, port, database) as libpq reached them (see :attr:`identity`).
+        self._server: tuple[str, str, str] | None = None
         given = [self._params.get(key, "") for key in SECRET_PARAMETERS] + [os.environ.get("PGPASSWORD", "")]
         # Each secret as libpq reads it and as it may be written in the URL (percent-encoded), longest first.
         self._secrets = sorted(
@@ -229,6 +254,19 @@ class PostgresStore(StateStore):
     def described(self) -> str:
         return self.location  # names its workspace already
 
+    @property
+    def identity(self) -> str:
+        """The database as libpq reached it (host, port and database name, whatever supplied them:
+        the URL, PGHOST and the like, a service file) and the workspace; never a user or password.
+        Connects once if this store has not yet."""
+        if self._server is None:
+            with self._reading("identity", f"cannot read {self.location}"):
+                pass
+        assert self._server is not None
+        host, port, dbname = self._server
+        shown = f"[{host}]" if ":" in host else _quoted(host, "/")
+        return f"postgresql://{shown}:{_quoted(port)}/{_quoted(dbname)} (workspace {self.workspace})"
+
     # Connections and errors -------------------------------------------------------------
 
     def _reason(self, exc: BaseException) -> str:
@@ -242,7 +280,7 @@ class PostgresStore(StateStore):
     def _connect(self, purpose: str):
         psycopg = _psycopg()
         try:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 self.url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT_S,
@@ -250,6 +288,8 @@ class PostgresStore(StateStore):
             )
         except psycopg.Error as exc:
             raise StateError(f"cannot connect to the state database {self.masked}: {self._reason(exc)}") from None
+        self._server = (conn.info.host, str(conn.info.port), conn.info.dbname)
+        return conn
 
     def _lost(self, exc: BaseException) -> WriteError:
         return self._fail(
@@ -258,12 +298,18 @@ class PostgresStore(StateStore):
 
     # Schema ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _schema_version(conn) -> int:
-        """0 when there is no snapctl schema yet."""
+    def _schema_version(self, conn) -> int:
+        """0 when there is no snapctl schema yet; StateError when its version was deleted."""
         if conn.execute("SELECT to_regclass('snapctl.schema_version')").fetchone()[0] is None:
             return 0
-        return conn.execute("SELECT coalesce(max(version), 0) FROM snapctl.schema_version").fetchone()[0]
+        version = conn.execute("SELECT max(version) FROM snapctl.schema_version").fetchone()[0]
+        if version is None:  # the table is made and filled in one transaction: never seen empty
+            raise StateError(
+                f"the state database {self.masked} is damaged: snapctl.schema_version holds no row, "
+                "though the snapctl schema is there; nothing was read or changed. Restore the database "
+                "from a backup (or put back the row of its version)"
+            )
+        return version
 
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -283,11 +329,12 @@ class PostgresStore(StateStore):
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_SPACE,))
             conn.execute("CREATE SCHEMA IF NOT EXISTS snapctl")
+            made = conn.execute("SELECT to_regclass('snapctl.schema_version')").fetchone()[0] is None
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS snapctl.schema_version (version int PRIMARY KEY, "
                 "snapctl_version text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            version = self._schema_version(conn)
+            version = 0 if made else self._schema_version(conn)
             self._check_version(version)
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[step]:
@@ -358,11 +405,12 @@ class PostgresStore(StateStore):
                         if entry is not None:
                             entries[address] = entry
                         if intent is not None:
-                            pending[address] = orjson.loads(intent)
+                            pending[address] = self._decode(address, intent, "pending call")
                         if seen is not None:
-                            observed[address] = orjson.loads(seen)
+                            observed[address] = self._decode(address, seen, "observation")
         finally:
             conn.isolation_level = None
+        check_records(pending, observed, self.location)
         return State(
             lineage=lineage,
             serial=serial,
@@ -375,6 +423,15 @@ class PostgresStore(StateStore):
             endpoint=endpoint,
             region=region,
         )
+
+    def _decode(self, address: str, text: str, kind: str) -> Any:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:  # jsonb is valid JSON: a number orjson cannot hold (over 64 bits)
+            raise StateError(
+                f"{self.location}: the {kind} of task {address!r} is not one snapctl writes (a number out of "
+                "range); nothing was changed. Restore the state from a backup"
+            ) from None
 
     def workspaces(self) -> list[str]:
         with self._reading("list", f"cannot read {self.masked}") as conn:
@@ -414,36 +471,49 @@ class PostgresStore(StateStore):
             return None
         return LockHolder(row[0], row[1], row[3].isoformat(timespec="seconds"), row[2])
 
+    def _lock_key(self, conn, *, create: bool) -> int | None:
+        """The workspace's lock key (its number in snapctl.lock_keys), given one on first use
+        with ``create``; None when it has none yet."""
+        row = conn.execute("SELECT key FROM snapctl.lock_keys WHERE workspace = %s", (self.workspace,)).fetchone()
+        if row is None and create:
+            row = conn.execute(
+                "INSERT INTO snapctl.lock_keys (workspace) VALUES (%s) ON CONFLICT (workspace) "
+                "DO UPDATE SET workspace = EXCLUDED.workspace RETURNING key",
+                (self.workspace,),
+            ).fetchone()
+        return None if row is None else row[0]
+
     def lock_is_held(self) -> bool:
         """True while some session holds the workspace's advisory lock."""
-        conn = self._connect("lock check")
-        try:
+        with self._reading("lock check", f"cannot read the lock of {self.location}") as conn:
+            version = self._schema_version(conn)
+            if version == 0:
+                return False
+            # A snapctl of schema version 1 holds the hashed key: one may still run during an upgrade.
+            keys = [legacy_lock_key(self.workspace)]
+            if version >= 2:
+                keys.append(self._lock_key(conn, create=False) or 0)
             return bool(
                 conn.execute(
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
                     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "AND classid = %s::oid AND objid = %s::oid AND objsubid = 2",
-                    (LOCK_SPACE, lock_key(self.workspace) & 0xFFFFFFFF),
+                    "AND classid = %s::oid AND objid = ANY(%s::oid[]) AND objsubid = 2",
+                    (LOCK_SPACE, [key & 0xFFFFFFFF for key in keys if key]),
                 ).fetchone()[0]
             )
-        finally:
-            conn.close()
 
     def forget_holder(self) -> bool:
-        conn = self._connect("force-unlock")
-        try:
+        with self._reading("force-unlock", f"cannot remove the lock record of {self.location}") as conn:
             if conn.execute("SELECT to_regclass('snapctl.locks')").fetchone()[0] is None:
                 return False
             return conn.execute("DELETE FROM snapctl.locks WHERE workspace = %s", (self.workspace,)).rowcount > 0
-        finally:
-            conn.close()
 
     def _lock(self) -> None:
         psycopg = _psycopg()
         conn = self._connect("lock")
         try:
             self._ensure_schema(conn)
-            key = lock_key(self.workspace)
+            key = self._lock_key(conn, create=True)
             deadline = time.monotonic() + self._lock_timeout_s
             while not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_SPACE, key)).fetchone()[0]:
                 now = time.monotonic()
@@ -472,7 +542,7 @@ class PostgresStore(StateStore):
         except BaseException:
             conn.close()
             raise
-        self._conn, self._holder = conn, holder
+        self._conn, self._holder, self._key = conn, holder, key
 
     def _unlock(self) -> None:
         conn, holder, self._conn, self._holder = self._conn, self._holder, None, None
@@ -492,7 +562,7 @@ class PostgresStore(StateStore):
                     "DELETE FROM snapctl.locks WHERE workspace = %s AND host = %s AND pid = %s",
                     (self.workspace, holder.host, holder.pid),
                 )
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_SPACE, lock_key(self.workspace)))
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_SPACE, self._key))
         except Exception:  # the connection is gone: the server released the lock with it
             pass
         finally:
