@@ -296,3 +296,23 @@ def test_many_targets_match_as_one_at_a_time_would():
     for wrong in ("app0/room1/task", "app0/room1/task1/x", "app", "room1", "/"):
         with pytest.raises(UsageError, match=f"--target {wrong} matches no task"):
             make_plan(desired, state, targets=[*targets, wrong])
+
+
+def test_the_json_plan_written_an_action_at_a_time_is_the_document_byte_for_byte():
+    import orjson
+
+    from reconciler import render
+
+    state = state_with(a__r__t=BASE, a__r__u=BASE, a__r__w=BASE)
+    desired = {
+        "a/r/t": changed(ImageConfig__Interval=9),  # update
+        "a/r/u": changed(ImageConfig__Width=5),  # replace
+        "a/r/v": changed(StorageConfig__CustomConfig__SecretKey="SECRET-2"),  # create, with a secret
+    }  # a/r/w: delete
+    for plan in (make_plan(desired, state), make_plan({"a/r/t": BASE, "a/r/u": BASE, "a/r/w": BASE}, state)):
+        whole = orjson.dumps(render.plan_document(plan), option=orjson.OPT_INDENT_2) + b"\n"
+        assert b"".join(render.plan_json(plan)) == whole
+    assert [a["action"] for a in orjson.loads(whole)["actions"]] == [] and b"SECRET" not in whole
+    streamed = b"".join(render.plan_json(make_plan(desired, state)))
+    assert [a["action"] for a in orjson.loads(streamed)["actions"]] == ["update", "replace", "create", "delete"]
+    assert b"SECRET-2" not in streamed

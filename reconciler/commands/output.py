@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -43,6 +43,19 @@ def print_json(document: Any) -> None:
     click.echo(text)
 
 
+def write_chunks(chunks: Iterable[bytes], size: int = 1 << 20) -> None:
+    """Write a document given in pieces to stdout, about ``size`` bytes at a time."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            click.echo(b"".join(pending), nl=False)
+            pending, held = [], 0
+    click.echo(b"".join(pending), nl=False)
+
+
 def print_warnings(manifests, style: Style) -> None:
     for warning in manifests.warnings:
         err(style(f"{warning}\n", "yellow"))
@@ -53,7 +66,7 @@ def print_plan(the_plan, fmt: str, no_color: bool) -> None:
     from .. import render
 
     if fmt == "json":
-        print_json(render.plan_document(the_plan))
+        write_chunks(render.plan_json(the_plan))
     elif fmt == "markdown":
         out(render.plan_markdown(the_plan))
     else:
