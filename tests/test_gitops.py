@@ -94,7 +94,7 @@ def test_saved_plan_for_another_state_is_refused(work, env, server):
     # Another state over the same running tasks: it takes them over only when told to.
     assert run_snapctl(["apply", "--auto-approve", "--adopt"], cwd=other, env=env_other).code == 0
     refused = run_snapctl(["apply", str(work / "p.plan")], cwd=other, env=env_other)
-    assert refused.code == 1 and "another state" in refused.stderr
+    assert refused.code == 1 and f"made for the state {work / 'state' / 'snapctl.state.json'}, not " in refused.stderr
 
 
 def test_a_refused_saved_plan_writes_nothing(work, env, server, tmp_path_factory):
@@ -112,7 +112,8 @@ def test_a_refused_saved_plan_writes_nothing(work, env, server, tmp_path_factory
         refused = run_snapctl(["apply", str(work / "p.plan")], cwd=elsewhere, env=env | {"HOME": str(elsewhere)})
         assert refused.code == 1, refused.output
         assert refused.stdout == "" and refused.stderr.count("\n") == 1, refused.output
-        assert "stale" in refused.stderr and "pass --state" in refused.stderr
+        assert f"the saved plan was made for the state {work / 'state' / 'snapctl.state.json'}, not " in refused.stderr
+        assert "nothing was sent. Apply it with the --state and --workspace it was planned with" in refused.stderr
         assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == listing
     assert stats(server.url)["total"] == before
 
