@@ -121,3 +121,22 @@ def wait_for(predicate, *, timeout: float = 30.0, what: str = "condition", inter
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def snap(work: Path, env: dict[str, str], *args: str, code: int = 0) -> Run:
+    """``snapctl ARGS`` in ``work``, which must exit ``code`` without a traceback."""
+    run = run_snapctl(list(args), cwd=work, env=env)
+    assert run.code == code, run.output
+    assert "Traceback" not in run.output and 'File "' not in run.output, run.output
+    return run
+
+
+def one_error_line(run: Run, *fragments: str) -> str:
+    """Exit 1, no traceback, exactly one line on stderr (``Error: …``) holding every fragment."""
+    assert run.code == 1, run.output
+    assert "Traceback" not in run.output and 'File "' not in run.output, run.output
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), run.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], run.stderr
+    return lines[0]

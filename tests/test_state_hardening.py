@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from snapctl_testing import Run, run_snapctl, snapctl_env
+from snapctl_testing import Run, one_error_line, run_snapctl, snap, snapctl_env
 
 APP = "hardapp"
 
@@ -32,24 +32,6 @@ def project(tmp_path: Path, url: str, state: str, text: str | None = None, **ext
     (work / "manifests").mkdir(parents=True)
     (work / "manifests" / "app.yaml").write_text(manifest() if text is None else text)
     return work, snapctl_env(url, work, SNAPCTL_STATE=state, **extra)
-
-
-def snap(work: Path, env: dict, *args: str, code: int = 0) -> Run:
-    run = run_snapctl(list(args), cwd=work, env=env)
-    assert run.code == code, run.output
-    assert "Traceback" not in run.output and 'File "' not in run.output, run.output
-    return run
-
-
-def one_error_line(run: Run, *fragments: str) -> str:
-    """Exit 1, no traceback, exactly one line on stderr (``Error: …``) holding every fragment."""
-    assert run.code == 1, run.output
-    assert "Traceback" not in run.output and 'File "' not in run.output, run.output
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), run.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], run.stderr
-    return lines[0]
 
 
 def files_under(root: Path) -> set[str]:
@@ -180,6 +162,9 @@ def test_an_unreadable_state_url_is_one_line_showing_none_of_it(tmp_path, emulat
             ["status", "--offline"],
             ["force-unlock"],
             ["reconcile"],
+            ["workspace", "list"],
+            ["workspace", "new", "w2"],
+            ["workspace", "delete", "w2"],
         ):
             refused = run_snapctl(args, cwd=work, env=env | {"SNAPCTL_STATE": url})
             line = one_error_line(refused, "postgresql:// URL cannot be read (libpq: ")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from snapctl_testing import Run, run_snapctl, snapctl_env, wait_for
+from snapctl_testing import one_error_line, run_snapctl, snap, snapctl_env, wait_for
 
 APP = "idapp"
 
@@ -33,24 +33,6 @@ def project(tmp_path: Path, url: str, state: str, n: int = 2, **extra: str) -> t
     (work / "manifests").mkdir(parents=True)
     (work / "manifests" / "app.yaml").write_text(manifest(n))
     return work, snapctl_env(url, work, SNAPCTL_STATE=state, **extra)
-
-
-def snap(work: Path, env: dict, *args: str, code: int = 0) -> Run:
-    run = run_snapctl(list(args), cwd=work, env=env)
-    assert run.code == code, run.output
-    assert "Traceback" not in run.output and 'File "' not in run.output, run.output
-    return run
-
-
-def one_error_line(run: Run, *fragments: str) -> str:
-    """Exit 1, no traceback, exactly one line on stderr (``Error: …``) holding every fragment."""
-    assert run.code == 1, run.output
-    assert "Traceback" not in run.output and 'File "' not in run.output, run.output
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), run.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], run.stderr
-    return lines[0]
 
 
 # -- state rebind ------------------------------------------------------------------------
