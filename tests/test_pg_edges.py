@@ -102,7 +102,7 @@ def test_a_malformed_row_is_refused_in_one_line_like_the_file_state(tmp_path, em
         return
     # The file state refuses the same content with the same words.
     on_file = env | {"SNAPCTL_STATE": "state/snapctl.state.json"}
-    snap(work, on_file, "apply", "--auto-approve")
+    snap(work, on_file, "apply", "--auto-approve", "--adopt")  # the tasks the database's state runs
     document = json.loads((work / "state" / "snapctl.state.json").read_text())
     document[column] = {f"{APP}/R/T1": json.loads(value)}
     (work / "state" / "snapctl.state.json").write_text(json.dumps(document))
@@ -181,7 +181,8 @@ def test_two_workspaces_whose_names_hashed_alike_have_locks_of_their_own(tmp_pat
         assert "is locked by a live process" in snap(work, first, "force-unlock", code=1).stderr
         # The other workspace is free: applied, and not locked.
         (work / "manifests" / "app.yaml").write_text(manifest(3))
-        assert "Tasks: 1 added, 2 already running" in snap(work, second, "apply", "--auto-approve").stdout
+        applied = snap(work, second, "apply", "--auto-approve", "--adopt")  # T0, T1 run from w29009
+        assert "Tasks: 1 added, 2 already running" in applied.stdout, applied.stdout
         assert snap(work, second, "force-unlock").stdout == "The state is not locked.\n"
         with PostgresStore(pg.state_url, workspace="w116065") as other:
             assert other.lock_is_held() and len(other.state.tasks) == 3
@@ -201,7 +202,9 @@ def test_a_version_1_schema_is_upgraded_and_its_hashed_locks_still_respected(tmp
         assert "is locked by a live process" in snap(work, env, "force-unlock", code=1).stderr
     assert snap(work, env, "plan").stdout.startswith("No changes.")
     snap(work, env, "workspace", "new", "w2")
-    assert "Apply complete!" in snap(work, env | {"SNAPCTL_WORKSPACE": "w2"}, "apply", "--auto-approve").stdout
+    assert (
+        "Apply complete!" in snap(work, env | {"SNAPCTL_WORKSPACE": "w2"}, "apply", "--auto-approve", "--adopt").stdout
+    )
     assert pg.query("SELECT max(version) FROM snapctl.schema_version")[0][0] == 2
     assert pg.query("SELECT workspace FROM snapctl.lock_keys") == [("w2",)]
 

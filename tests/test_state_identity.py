@@ -203,7 +203,7 @@ def test_a_plan_made_for_an_empty_workspace_applies_to_that_one_only(tmp_path, e
     refused = run_snapctl(["apply", "d.plan", "--state", elsewhere], cwd=work, env=env)
     one_error_line(refused, "the saved plan was made for the state ")
     assert lineage_of(work, env, "--state", elsewhere) is None
-    snap(work, env, "apply", "--auto-approve")
+    snap(work, env, "apply", "--auto-approve", "--adopt")  # the tasks pa runs, now the default workspace's too
     snap(work, env, "state", "migrate", "--to", elsewhere)
     assert lineage_of(work, env, "--state", elsewhere) == lineage_of(work, env)
     (work / "manifests" / "app.yaml").write_text(manifest(3))
