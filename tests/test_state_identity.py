@@ -204,7 +204,7 @@ def test_a_plan_made_for_an_empty_workspace_applies_to_that_one_only(tmp_path, e
     one_error_line(refused, "the saved plan was made for the state ")
     assert lineage_of(work, env, "--state", elsewhere) is None
     snap(work, env, "apply", "--auto-approve", "--adopt")  # the tasks pa runs, now the default workspace's too
-    snap(work, env, "state", "migrate", "--to", elsewhere)
+    snap(work, env, "state", "migrate", "--to", elsewhere, "--keep-source")
     assert lineage_of(work, env, "--state", elsewhere) == lineage_of(work, env)
     (work / "manifests" / "app.yaml").write_text(manifest(3))
     snap(work, env, "plan", "--out", "e.plan")
