@@ -32,21 +32,29 @@ def liveness(health: Any, stuck_after_s: float) -> tuple[bool, str]:
     return False, f"loop stuck: it last went round {age:.0f}s ago (the bound is {stuck_after_s:g}s)"
 
 
-class ReadyCollector:
-    """``snapctl_controller_ready``, read from the health facts at each scrape (a Prometheus
-    custom collector): 1 when /readyz would answer 200."""
+class HealthCollector:
+    """The probes' verdicts as metrics, judged at each scrape (a Prometheus custom collector):
+    ``snapctl_controller_alive`` (1 when /healthz would answer 200) and
+    ``snapctl_controller_ready`` (1 when /readyz would)."""
 
-    def __init__(self, health: Callable[[], Any]):
-        self._health = health
+    def __init__(self, health: Callable[[], Any], stuck_after_s: float):
+        self._health, self._stuck_after_s = health, stuck_after_s
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        health = self._health()
+        alive = GaugeMetricFamily(
+            "snapctl_controller_alive",
+            "1 when /healthz answers 200 (the loop went round within --stuck-after seconds)",
+        )
+        alive.add_metric([], 1.0 if liveness(health, self._stuck_after_s)[0] else 0.0)
+        yield alive
         ready = GaugeMetricFamily(
             "snapctl_controller_ready",
             "1 when /readyz answers 200 (leading or standing by, manifests loaded, state reachable)",
         )
-        ready.add_metric([], 1.0 if self._health().ready()[0] else 0.0)
+        ready.add_metric([], 1.0 if health.ready()[0] else 0.0)
         yield ready
 
 
@@ -62,7 +70,7 @@ class OpsServer:
         *,
         stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
     ):
-        registry.register(ReadyCollector(health))
+        registry.register(HealthCollector(health, stuck_after_s))
         handler = type(
             "OpsHandler",
             (_Handler,),

@@ -1,20 +1,189 @@
-"""What snapctl ships for production (deploy/): Kubernetes manifests and a systemd unit. Each is
-checked against the real thing: the Kubernetes objects are validated offline against the API's
-schemas, the unit by ``systemd-analyze verify``, and every command line they hold is one
-``snapctl reconcile`` accepts."""
+"""What snapctl ships for production (deploy/): Prometheus alert rules with their promtool unit
+tests, a Grafana dashboard, Kubernetes manifests and a systemd unit. Each is checked against the
+real thing: the rules and the dashboard name only metrics a running controller exports (scraped
+from ``snapctl reconcile --watch``), promtool runs the rules' tests, the Kubernetes objects are
+validated offline against the API's schemas, the unit by ``systemd-analyze verify``, and every
+command line they hold is one ``snapctl reconcile`` accepts."""
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
+import httpx
+import pytest
 import yaml
-from snapctl_testing import SNAPCTL, run_snapctl, snapctl_env
+from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, wait_for
+
+from reconciler.emulator import EmulatorConfig, EmulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+#: Names Prometheus itself gives every target, not snapctl's.
+PROMETHEUS_OWN = {"up"}
+
+MANIFEST = """\
+app_id: deployapp
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+defaults: {storage: archive}
+rooms:
+  R1:
+    tasks:
+      T1: {}
+"""
+
+
+def promtool() -> str:
+    """promtool, which the suite needs (.ci/run installs Debian's prometheus package)."""
+    found = shutil.which("promtool")
+    assert found, "promtool is missing: apt-get install prometheus (as .ci/run does)"
+    return found
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> set[str]:
+    """Every metric name a running controller's /metrics lists (its # TYPE lines and samples)."""
+    with EmulatorServer(EmulatorConfig()) as server:
+        return _scrape(tmp_path_factory, server.url)
+
+
+def _scrape(tmp_path_factory, url: str) -> set[str]:
+    work = new_project(tmp_path_factory.mktemp("deploy"), url, {"app.yaml": MANIFEST})
+    proc = subprocess.Popen(
+        [SNAPCTL, "reconcile", "--watch", "--interval", "0.2", "--metrics-port", "0"],
+        cwd=work,
+        env=snapctl_env(url, work),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = wait_for(proc.stderr.readline, what="the metrics line")
+        port = int(re.search(r":(\d+)/metrics", line).group(1))
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        text = wait_for(lambda: (lambda t: t if "snapctl_tasks_declared 1.0" in t else None)(httpx.get(metrics).text))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    names = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M))
+    names |= set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[ {]", text, flags=re.M))
+    assert "snapctl_tasks_declared" in names and "snapctl_api_requests_total" in names, text
+    return names
+
+
+_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
+}  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (or a Grafana query's ``label_values(M, L)``)."""
+    expr = re.sub(r"label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*,[^)]*\)", r"\1", expr)
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # ranges
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)  # label lists
+    names = set()
+    for match in re.finditer(r"(?<![\w$.])([a-zA-Z_:][a-zA-Z0-9_:]*)\b(\s*\()?", expr):
+        name, call = match.groups()
+        if not call and name not in _WORDS:
+            names.add(name)
+    return names
+
+
+def test_metric_names_are_read_from_promql():
+    expr = (
+        'sum by (job, reason) (rate(snapctl_a_total{job=~"$job",x="y{z}"}[5m])) / on (instance) group_left () '
+        "max(snapctl_b) > 0.1 and time() - c:recorded offset 5m or vector(0) unless label_values(snapctl_c, job)"
+    )
+    assert metric_names(expr) == {"snapctl_a_total", "snapctl_b", "c:recorded", "snapctl_c"}
+
+
+def alert_rules() -> list[dict]:
+    document = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_cover_what_matters_and_pass_their_promtool_tests():
+    names = {rule["alert"] for rule in alert_rules()}
+    assert {
+        "SnapctlTasksFailing",
+        "SnapctlTasksNotRunning",
+        "SnapctlControllerDown",
+        "SnapctlNoControllerUp",
+        "SnapctlLoopStuck",
+        "SnapctlThrottled",
+    } <= names
+    checked = subprocess.run(
+        [promtool(), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yaml")], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run(
+        [promtool(), "test", "rules", "alerts_test.yaml"], cwd=DEPLOY / "prometheus", capture_output=True, text=True
+    )
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+    # Every rule is exercised: its alert fires in at least one test case.
+    cases = yaml.safe_load((DEPLOY / "prometheus" / "alerts_test.yaml").read_text())["tests"]
+    fired = {check["alertname"] for case in cases for check in case["alert_rule_test"] if check["exp_alerts"]}
+    assert fired == names
+
+
+def test_alert_rules_read_only_metrics_snapctl_exports(exported):
+    read, missing = set(), {}
+    for rule in alert_rules():
+        names = metric_names(rule["expr"])
+        assert names, rule["alert"]
+        if names - exported - PROMETHEUS_OWN:
+            missing[rule["alert"]] = sorted(names - exported - PROMETHEUS_OWN)
+        read |= names
+    assert not missing, f"rules read metrics snapctl does not export: {missing}"
+    assert len(read - PROMETHEUS_OWN) >= 6, read
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "snapctl.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            queries.append(variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"])
+    return queries
+
+
+def test_dashboard_queries_are_promql(tmp_path):
+    """Each panel's query parses (promtool checks it as a recording rule; $job as Grafana fills it)."""
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": query.replace("$job", ".*")}
+        for i, query in enumerate(dashboard_queries())
+        if not query.startswith("label_values(")
+    ]
+    path = tmp_path / "dashboard_rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
+
+
+def test_dashboard_queries_read_only_metrics_snapctl_exports(exported):
+    queries = dashboard_queries()
+    assert len(queries) >= 10
+    read = set()
+    for query in queries:
+        names = metric_names(query)
+        assert names, query
+        read |= names
+    missing = read - exported - PROMETHEUS_OWN
+    assert not missing, f"the dashboard reads metrics snapctl does not export: {sorted(missing)}"
+    assert {"snapctl_tasks_declared", "snapctl_api_requests_total", "snapctl_api_throttled_total"} <= read
 
 
 def reconcile_accepts(argv: list[str]) -> dict:

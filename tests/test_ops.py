@@ -147,7 +147,7 @@ def test_the_metrics_port_answers_metrics_probes_and_404(emulator, tmp_path):
         wait_for(lambda: "snapctl_tasks_declared 2.0" in get(port, "/metrics").text, what="metrics of the tasks")
         metrics = get(port, "/metrics")
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
-        assert "snapctl_controller_ready 1.0" in metrics.text
+        assert "snapctl_controller_ready 1.0" in metrics.text and "snapctl_controller_alive 1.0" in metrics.text
         assert "# TYPE snapctl_api_requests_total counter" in metrics.text
         openmetrics = get(port, "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
         assert openmetrics.text.endswith("# EOF\n")
@@ -200,6 +200,7 @@ def test_probes_judge_the_controllers_health_facts():
         status.update(last_tick_monotonic=time.monotonic() - 1000)
         answer = get(server.port, "/healthz")
         assert answer.status_code == 503 and answer.text.startswith("loop stuck: it last went round 100")
+        assert "snapctl_controller_alive 0.0" in get(server.port, "/metrics").text
         status.update(role=Role.stopped)
         assert get(server.port, "/healthz").text == "controller is stopped\n"
     finally:
