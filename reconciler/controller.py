@@ -37,6 +37,8 @@ from .errors import Interrupted, SnapctlError
 from .plan import Plan
 from .state import DEFAULT_WORKSPACE, store_for
 
+_DOCUMENTED_REASONS = frozenset(reason.value for reason in api.StopReason)
+
 log = logging.getLogger("snapctl.controller")
 
 
@@ -280,7 +282,9 @@ class Metrics:
                 self.observed.labels(status.value).set(counts.get(status.value, 0))
             for seen in (round_.observations or {}).values():
                 if seen.stopped:
-                    self.task_failures.labels(seen.stop_reason or "none").inc()
+                    # The documented reasons only: a label per name an answer makes up would grow without end.
+                    reason = seen.stop_reason if seen.stop_reason in _DOCUMENTED_REASONS else "other"
+                    self.task_failures.labels(reason or "none").inc()
             self.reads.set(round_.reads)
         changes = round_.changes
         for kind in ("create", "update", "replace", "delete", "reassert"):
