@@ -212,3 +212,34 @@ def test_a_plan_made_for_an_empty_workspace_applies_to_that_one_only(tmp_path, e
     assert "1 added" in snap(work, env, "apply", "e.plan").stdout
     starts = emulator.stats()["by_action"]["StartSnapshot"]["outcomes"]
     assert starts["ok"] == 4, starts  # pa's two, pb's one, the default workspace's third: each started once
+
+
+def test_an_emulator_stops_on_a_sigterm_sent_as_soon_as_it_says_it_listens():
+    # The signal used to land between the listening line and uvicorn's own handlers, where a
+    # no-op handler swallowed it: the emulator ran on (a supervisor's stop went unheard).
+    import os
+    import signal
+    import subprocess
+
+    from snapctl_testing import SNAPCTL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOLC_", "SNAPCTL_"))}
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [SNAPCTL, "emulator", "--port", "0"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert "snapctl emulator listening on http://" in proc.stdout.readline()
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr

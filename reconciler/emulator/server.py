@@ -136,6 +136,15 @@ def run_forever(config: EmulatorConfig, secret_key_source: str = "default") -> N
         emulator_log.setLevel(logging.WARNING)
     sock = _bind(config.host, config.port)
     server = _uvicorn_server(app, log_config=uvicorn.config.LOGGING_CONFIG)
+
+    def stop(*_) -> None:
+        server.should_exit = True
+
+    # Until uvicorn takes the signals over (and again when it re-raises the one that stopped
+    # it, once done) SIGINT and SIGTERM ask it to stop: one that arrives as soon as the line
+    # below is printed stops the server at once (it was ignored, and the emulator ran on),
+    # and a signalled shutdown exits with status 0.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(
         f"snapctl emulator listening on {_url(sock)}{config.api_path.rstrip('/')} "
         f"(access key {config.access_key}, secret key {secret_key_source})",
@@ -144,9 +153,6 @@ def run_forever(config: EmulatorConfig, secret_key_source: str = "default") -> N
     exposed = exposure_warning(sock, default_keys=secret_key_source == "default")
     if exposed:
         print(exposed, file=sys.stderr, flush=True)
-    # uvicorn re-raises the signal that stopped it once it is done; a no-op handler
-    # makes that re-raise harmless, so a signalled shutdown exits with status 0.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     finally:
