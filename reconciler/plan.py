@@ -133,7 +133,8 @@ class Plan(BaseModel):
     unchanged: int = 0
     #: Made with --refresh: against what GetSnapshotTask showed of the live tasks.
     refreshed: bool = False
-    #: Tasks read with --refresh: how many of each observed status.
+    #: Tasks read with --refresh: how many of each observed status (``new``: not found and not
+    #: in the state, a create like any other).
     observed: dict[str, int] = Field(default_factory=dict)
     #: Tasks the refresh could not see (not found, older than the read window).
     unknown: list[UnknownTask] = Field(default_factory=list)
@@ -418,6 +419,9 @@ def make_plan(
     def plan_task(address: str, want: dict[str, Any] | None, have: dict[str, Any] | None) -> None:
         nonlocal unchanged
         seen = observations.get(address) if observations is not None else None
+        if seen is not None and have is None and _not_found(seen):
+            observed["new"] = observed.get("new", 0) + 1  # not in the state either: created below
+            seen = None
         if seen is not None:
             observed[seen.observed.value] = observed.get(seen.observed.value, 0) + 1
             if seen.live is None or seen.observed is Observed.unknown:  # nothing is planned from what was not seen
@@ -547,6 +551,12 @@ def make_plan(
     )
     made._display_only = display_only
     return made
+
+
+def _not_found(seen: Observation) -> bool:
+    """The read answered "not found" (no status: not a failed read, nor Status 0, nor an
+    answer of another shape, each of which says nothing of whether the task exists)."""
+    return seen.live is None and seen.status is None and not seen.read_error and not getattr(seen, "unreadable", False)
 
 
 def _plan_observed(address: str, want: dict[str, Any], have: dict[str, Any] | None, seen: Observation):

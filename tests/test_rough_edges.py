@@ -3,6 +3,7 @@ end to end with the real ``snapctl`` command (against the emulator where it call
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -128,3 +129,36 @@ def test_completion_scripts_are_printed_and_the_bash_one_completes(tmp_path):
     assert done.stdout.splitlines() == ["plan", "text json markdown"], done.stdout + done.stderr
     run = run_snapctl(["completion", "tcsh"], cwd=tmp_path, env=env)
     assert run.code == 1 and len(run.stderr.splitlines()) == 1 and "'tcsh' is not one of" in run.stderr, run.output
+
+
+# -- apply --refresh: a task not in the state yet is new, not unseen -------------------------
+
+NEW_TASKS = """\
+app_id: app1
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+defaults: {storage: archive}
+rooms:
+  R1:
+    tasks:
+      Old: {}
+"""
+
+
+def test_refresh_plans_tasks_new_in_the_manifests_as_creates_not_as_unseen(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": NEW_TASKS})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    (work / "manifests" / "app.yaml").write_text(NEW_TASKS + "      New1: {}\n      New2: {}\n")
+    plan = run_snapctl(["plan", "--refresh", "--no-color"], cwd=work, env=env)
+    assert plan.code == 0, plan.output
+    assert "could not be seen" not in plan.stdout and "TaskNotFound" not in plan.stdout, plan.stdout
+    assert "Refreshed 3 task(s) with GetSnapshotTask" in plan.stdout and ": 2 new, 1 running." in plan.stdout
+    assert "Plan: 2 to add, 0 to change" in plan.stdout, plan.stdout
+    document = json.loads(run_snapctl(["plan", "--refresh", "--json"], cwd=work, env=env).stdout)
+    assert document["unknown"] == [] and document["observed"] == {"new": 2, "running": 1}, document
+    applied = run_snapctl(["apply", "--refresh", "--auto-approve", "--no-color"], cwd=work, env=env)
+    assert applied.code == 0, applied.output
+    assert "could not be seen" not in applied.output and "TaskNotFound" not in applied.output, applied.output
+    assert "StartSnapshot will confirm" not in applied.output, applied.output
+    assert {t["TaskId"] for t in emulator.tasks()} == {"Old", "New1", "New2"}
