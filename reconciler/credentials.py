@@ -51,7 +51,10 @@ def load_credentials(environ: Mapping[str, str] | None = None) -> SigningKey:
     if access_key or secret_key:
         if not (access_key and secret_key):
             have, missing = ("VOLC_ACCESSKEY", "VOLC_SECRETKEY") if access_key else ("VOLC_SECRETKEY", "VOLC_ACCESSKEY")
-            raise UsageError(f"{have} is set but {missing} is not: set both, or neither to use ~/.volc/credentials")
+            raise UsageError(
+                f"{have} is set but {missing} is not{near_miss_hint(env)}: set both, or neither to use "
+                "~/.volc/credentials"
+            )
         return SigningKey(
             check_credential_text(access_key, "VOLC_ACCESSKEY"),
             check_credential_text(secret_key, "VOLC_SECRETKEY"),
@@ -61,9 +64,28 @@ def load_credentials(environ: Mapping[str, str] | None = None) -> SigningKey:
     if path.is_file():
         return _from_file(path)
     raise UsageError(
-        "no credentials: set VOLC_ACCESSKEY and VOLC_SECRETKEY, or write access_key_id and "
+        f"no credentials{near_miss_hint(env)}: set VOLC_ACCESSKEY and VOLC_SECRETKEY, or write access_key_id and "
         f"secret_access_key in the [default] section of {path}"
     )
+
+
+#: The variables snapctl reads its credentials from.
+CREDENTIAL_VARIABLES = ("VOLC_ACCESSKEY", "VOLC_SECRETKEY", "VOLC_SESSION_TOKEN")
+
+
+def near_miss_hint(environ: Mapping[str, str]) -> str:
+    """`` (VOLC_ACCESS_KEY is set: did you mean VOLC_ACCESSKEY?)`` for each variable set under
+    a name close to one snapctl reads (never a value); empty when there is none."""
+    import difflib
+
+    meant = []
+    for name in sorted(environ):
+        if name in CREDENTIAL_VARIABLES or not environ[name]:
+            continue
+        match = difflib.get_close_matches(name.upper(), CREDENTIAL_VARIABLES, n=1, cutoff=0.8)
+        if match:
+            meant.append(f"{name} is set: did you mean {match[0]}?")
+    return f" ({'; '.join(meant)})" if meant else ""
 
 
 def _from_file(path: Path) -> SigningKey:

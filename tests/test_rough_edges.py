@@ -162,3 +162,32 @@ def test_refresh_plans_tasks_new_in_the_manifests_as_creates_not_as_unseen(emula
     assert "could not be seen" not in applied.output and "TaskNotFound" not in applied.output, applied.output
     assert "StartSnapshot will confirm" not in applied.output, applied.output
     assert {t["TaskId"] for t in emulator.tasks()} == {"Old", "New1", "New2"}
+
+
+# -- a credentials variable set under a near-miss name is named ------------------------------
+
+
+def test_a_near_miss_credentials_variable_is_suggested(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": NEW_TASKS})
+    env = snapctl_env(emulator.url, work)
+    del env["VOLC_ACCESSKEY"], env["VOLC_SECRETKEY"]
+    typo = {**env, "VOLC_ACCESS_KEY": "AK-value-never-shown", "VOLC_SECRET_KEY": "SK-value-never-shown"}
+    run = run_snapctl(["apply", "--auto-approve"], cwd=work, env=typo)
+    assert run.code == 1 and run.stdout == "" and len(run.stderr.splitlines()) == 1, run.output
+    assert run.stderr.startswith(
+        "Error: no credentials (VOLC_ACCESS_KEY is set: did you mean VOLC_ACCESSKEY?; "
+        "VOLC_SECRET_KEY is set: did you mean VOLC_SECRETKEY?): set VOLC_ACCESSKEY and VOLC_SECRETKEY"
+    ), run.stderr
+    assert "never-shown" not in run.output
+    # one right, one misspelt: the pair's message names the misspelt one too
+    half = {**env, "VOLC_ACCESSKEY": "AK-value-never-shown", "VOLC_SECRET_KEY": "SK-value-never-shown"}
+    run = run_snapctl(["reconcile"], cwd=work, env=half)
+    assert run.code == 1 and len(run.stderr.splitlines()) == 1, run.output
+    assert "VOLC_ACCESSKEY is set but VOLC_SECRETKEY is not (VOLC_SECRET_KEY is set: did you mean VOLC_SECRETKEY?)" in (
+        run.stderr
+    ), run.stderr
+    assert "never-shown" not in run.output
+    # no near miss, no hint
+    run = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
+    assert run.code == 1 and "Error: no credentials: set VOLC_ACCESSKEY" in run.stderr, run.output
+    assert emulator.stats()["total"] == 0 and not (work / "state" / "snapctl.state.json").exists()
