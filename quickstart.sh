@@ -31,7 +31,7 @@ fi
 echo "Emulator at $url"
 
 # The emulator's documented default credentials, and demo values for the
-# S3-compatible storage secrets that manifests/offsite.yaml reads from the environment.
+# S3-compatible storage secrets that manifests/offsite-s3.yaml reads from the environment.
 export SNAPCTL_ENDPOINT="$url"
 export VOLC_ACCESSKEY=AKLTsnapctlemulator VOLC_SECRETKEY=snapctl-emulator-secret
 export OFFSITE_ACCESS_KEY="${OFFSITE_ACCESS_KEY:-demo-offsite-access-key}"

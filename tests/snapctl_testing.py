@@ -74,6 +74,40 @@ def run_snapctl(
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_on_terminal(
+    args: list[str], cwd: Path, env: dict[str, str], answer: str | None = None, *, program: str = SNAPCTL
+) -> tuple[int, str]:
+    """Run ``program ARGS`` (``snapctl`` by default) on a pseudo-terminal (stdin, stdout and
+    stderr all the terminal) to completion; its exit code and everything it showed. ``answer``
+    is typed once the command asks ("Enter a value")."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execve(program, [program, *args], env)
+    output = b""
+    deadline = time.monotonic() + 60
+    answered = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+            if answer is not None and not answered and b"Enter a value" in output:
+                os.write(fd, answer.encode() + b"\r")
+                answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
 def start_apply(work: Path, env: dict[str, str], *extra: str, quiet: bool = False) -> subprocess.Popen:
     """``snapctl apply --auto-approve`` in the background (to kill or race it); ``quiet``
     discards its output, else stdout and stderr are pipes to read with ``communicate``."""

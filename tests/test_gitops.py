@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
-import time
 
 import httpx
 import pytest
-from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
+from snapctl_testing import SNAPCTL, new_project, run_on_terminal, run_snapctl, snapctl_env, stats, tasks, wait_for
 
 from reconciler.emulator.config import EmulatorConfig
 from reconciler.emulator.server import EmulatorServer
@@ -341,43 +338,18 @@ def test_no_escape_codes_off_terminal_or_with_no_color(work, env):
     assert not ANSI.search(snap(work, env, "plan", "--no-color").output)
 
 
-def _run_on_terminal(args, cwd, env, answer=None):
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(cwd)
-        os.execve(SNAPCTL, [SNAPCTL, *args], env)
-    output = b""
-    deadline = time.monotonic() + 60
-    answered = False
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-            if answer is not None and not answered and b"Enter a value" in output:
-                os.write(fd, answer.encode() + b"\r")
-                answered = True
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
-
-
 def test_colour_on_a_terminal_unless_no_color(work, env):
-    code, output = _run_on_terminal(["plan"], work, env | {"TERM": "xterm"})
+    code, output = run_on_terminal(["plan"], work, env | {"TERM": "xterm"})
     assert code == 0 and ANSI.search(output)
-    code, output = _run_on_terminal(["plan"], work, env | {"TERM": "xterm", "NO_COLOR": "1"})
+    code, output = run_on_terminal(["plan"], work, env | {"TERM": "xterm", "NO_COLOR": "1"})
     assert code == 0 and not ANSI.search(output)
 
 
 def test_interactive_confirmation(work, env, server):
-    code, output = _run_on_terminal(["apply"], work, env | {"TERM": "xterm"}, answer="no")
+    code, output = run_on_terminal(["apply"], work, env | {"TERM": "xterm"}, answer="no")
     assert code == 1 and "cancelled" in output
     assert stats(server.url)["total"] == 0
-    code, output = _run_on_terminal(["apply"], work, env | {"TERM": "xterm"}, answer="yes")
+    code, output = run_on_terminal(["apply"], work, env | {"TERM": "xterm"}, answer="yes")
     assert code == 0, output
     assert set(tasks(server.url)) == ADDRESSES
 
@@ -392,7 +364,7 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise(tmp_path):
     )
     with EmulatorServer(EmulatorConfig(latency_ms=150)) as slow:
         env = snapctl_env(slow.url, tmp_path)
-        code, output = _run_on_terminal(
+        code, output = run_on_terminal(
             ["apply", "--auto-approve", "--parallelism", "4"], tmp_path, env | {"TERM": "xterm", "COLUMNS": "120"}
         )
         assert code == 0, output

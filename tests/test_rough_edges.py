@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env
@@ -191,3 +193,91 @@ def test_a_near_miss_credentials_variable_is_suggested(emulator, tmp_path):
     run = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
     assert run.code == 1 and "Error: no credentials: set VOLC_ACCESSKEY" in run.stderr, run.output
     assert emulator.stats()["total"] == 0 and not (work / "state" / "snapctl.state.json").exists()
+
+
+# -- after ./quickstart.sh, the README's next step works as written ---------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL_STEPS = (
+    "python3 -m venv .venv",
+    ".venv/bin/python -m pip install --quiet --upgrade pip",
+    '.venv/bin/python -m pip install --quiet -e ".[test]"',
+)
+
+
+def _tour_block() -> list[str]:
+    """The README's first shell block after the quick start: its emulator again, and a plan."""
+    for block in (REPO / "README.md").read_text().split("## A ten-minute tour", 1)[1].split("```sh\n")[1:2]:
+        return block.split("```")[0].splitlines()
+    raise AssertionError("no shell block under '## A ten-minute tour' in README.md")
+
+
+def test_after_the_quickstart_the_readmes_next_step_works_as_written(tmp_path):
+    from pg_server import free_port
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copytree(REPO / "manifests", clone / "manifests")
+    (clone / "state").mkdir()
+    # The quick start's steps, but for the install (this test runs in an installed snapctl).
+    script = (REPO / "quickstart.sh").read_text()
+    for step in INSTALL_STEPS:
+        assert step in script, step
+        script = script.replace(step, "true")
+    (clone / "quickstart.sh").write_text(script)
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    for name, target in (("snapctl", SNAPCTL), ("python", sys.executable)):
+        wrapper = clone / ".venv" / "bin" / name
+        wrapper.write_text(f'#!/bin/sh\nexec {target} "$@"\n')
+        wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOLC_", "SNAPCTL_", "OFFSITE_"))}
+    env.update(HOME=str(clone))
+    port = str(free_port())
+    done = subprocess.run(
+        ["bash", "quickstart.sh"],
+        cwd=clone,
+        env={**env, "SNAPCTL_QUICKSTART_PORT": port},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    started = int(done.stdout.rsplit("Tasks running in the emulator:", 1)[1].split()[0])
+    assert started > 0, done.stdout
+
+    # The README's next block, word for word but for the quick start's port (18080 there).
+    block = _tour_block()
+    assert any("18080" in line for line in block), block
+    expected = next(line.split("#", 1)[1].strip() for line in block if line.startswith("snapctl plan "))
+    steps = [line.replace("18080", port) for line in block]
+    (clone / "next-step.sh").write_text(
+        "set -e\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + "\n".join(steps) + "\n"
+    )
+    next_step = subprocess.run(
+        ["bash", "next-step.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert next_step.returncode == 0, next_step.stdout + next_step.stderr
+    assert "belongs to endpoint" not in next_step.stderr, next_step.stderr
+    assert expected == f"No changes. {started} task(s) match the state.", (expected, started)
+    assert expected in next_step.stdout, next_step.stdout + next_step.stderr
+
+
+# -- the docs name files that exist and say what an empty manifest does -----------------------
+
+
+def test_docs_name_manifest_files_that_exist_and_say_an_empty_file_is_an_error(emulator, tmp_path):
+    import re
+
+    # (the pages that send a user to the repository's examples; docs/ show made-up files in examples)
+    pages = [REPO / "quickstart.sh", REPO / "README.md", REPO / "manifests" / "README.md"]
+    named = {(page.name, m) for page in pages for m in re.findall(r"manifests/[\w.-]+\.ya?ml", page.read_text())}
+    assert ("quickstart.sh", "manifests/offsite-s3.yaml") in named
+    assert [(page, name) for page, name in sorted(named) if not (REPO / name).is_file()] == []
+    # What manifests/README.md says of empty files and documents is what snapctl does.
+    rules = " ".join((REPO / "manifests" / "README.md").read_text().split())
+    assert "a file that holds no document (empty, or only comments) is an error" in rules
+    assert "skipped (an empty file with a warning)" not in rules
+    work = new_project(tmp_path, emulator.url, {"app.yaml": NEW_TASKS + "---\n", "empty.yaml": "# nothing\n"})
+    run = run_snapctl(["validate"], cwd=work, env=snapctl_env(emulator.url, work))
+    assert run.code == 1 and "manifests/empty.yaml:1:1: error: the file holds no YAML document" in run.stderr
+    assert "app.yaml" not in run.stderr, run.stderr
