@@ -177,18 +177,6 @@ def test_mistyped_command_suggests_the_right_one(tmp_path):
     assert unknown.code == 1 and "See snapctl --help." in unknown.stderr
 
 
-def test_every_api_command_takes_the_same_api_options():
-    from reconciler import cli
-
-    def options(command) -> set[str]:
-        return {opt for p in command.params for opt in p.opts if opt.startswith("--")}
-
-    api = {"--endpoint", "--qps", "--parallelism", "--timeout"}
-    group = cli.LazyGroup()
-    for name in ("plan", "apply", "destroy", "reconcile", "import"):
-        assert api <= options(group.get_command(None, name)), name  # type: ignore[arg-type]
-
-
 def test_emulator_started_by_hand_behind_a_path_prefix(tmp_path, emulator):
     """An emulator you start yourself, reached through SNAPCTL_ENDPOINT with a path: snapctl posts to
     exactly that path and signs it (the README's recipe)."""

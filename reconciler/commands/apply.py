@@ -19,6 +19,7 @@ from .options import (
     open_store,
     output_options,
     refresh_option,
+    refuse_unless,
     scope_options,
     state_option,
 )
@@ -100,7 +101,7 @@ def _looks_like_plan_file(paths) -> bool:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @state_option
 @scope_options
-@api_options
+@api_options(qps=True, read_qps=True, parallelism=True)
 @lock_option
 @output_options
 @refresh_option
@@ -132,6 +133,7 @@ def apply(
     """
     from .. import engine, render
 
+    refuse_unless(refresh, "applies only with --refresh (apply reads nothing without it)", "read_qps")
     settings = api_opts.settings()
     target = settings.target()
     if _looks_like_plan_file(paths):
@@ -241,7 +243,7 @@ def _run_planned(
     metavar="ADDR",
     help="Destroy only APP/ROOM/TASK (or APP/ROOM, APP). Repeatable.",
 )
-@api_options
+@api_options(qps=True, read_qps=False, parallelism=True)
 @lock_option
 @output_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")

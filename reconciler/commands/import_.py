@@ -13,7 +13,7 @@ from .output import handle_errors, out, print_json
 @click.argument("address")
 @paths_argument
 @state_option
-@api_options
+@api_options(qps=False, read_qps=False, parallelism=False)
 @lock_option
 @output_options
 @handle_errors

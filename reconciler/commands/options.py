@@ -184,48 +184,89 @@ class ApiOptions:
         return endpoint, region
 
 
-def api_options(f):
-    """The options of every command that can call the API (the same everywhere), given
-    to the command as one ``api_opts`` argument, an :class:`ApiOptions`."""
+def api_options(*, qps: bool, read_qps: bool, parallelism: bool):
+    """The API options of a command that can call the API, only those that have an effect
+    there: ``--endpoint`` and ``--timeout`` always; ``--qps`` where the command sends many
+    write calls, ``--read-qps`` where it reads many tasks (GetSnapshotTask), ``--parallelism``
+    where many tasks are in flight (a rate or a bound on one call limits nothing). They reach
+    the command as one ``api_opts`` argument, an :class:`ApiOptions` (defaults for those it lacks)."""
 
-    run = f
+    def decorate(f):
+        run = f
 
-    @functools.wraps(run)
-    def command(*args, endpoint, qps, read_qps, parallelism, timeout_s, **kwargs):
-        return run(*args, api_opts=ApiOptions(endpoint, qps, read_qps, parallelism, timeout_s), **kwargs)
+        @functools.wraps(run)
+        def command(*args, endpoint, timeout_s, **kwargs):
+            given = {name: kwargs.pop(name) for name in ("qps", "read_qps", "parallelism") if name in kwargs}
+            options = ApiOptions(
+                endpoint,
+                given.get("qps", float(api.DOCUMENTED_QPS)),
+                given.get("read_qps", float(api.DOCUMENTED_READ_QPS)),
+                given.get("parallelism", DEFAULT_PARALLELISM),
+                timeout_s,
+            )
+            return run(*args, api_opts=options, **kwargs)
 
-    f = command
-    f = click.option("--endpoint", help=ENDPOINT_HELP)(f)
-    f = click.option(
-        "--qps",
-        type=Number(0, 1_000_000),
-        default=float(api.DOCUMENTED_QPS),
-        show_default=True,
-        help="Requests per second per write action (0: no limit).",
-    )(f)
-    f = click.option(
-        "--read-qps",
-        type=Number(0, 1_000_000),
-        default=float(api.DOCUMENTED_READ_QPS),
-        show_default=True,
-        help="GetSnapshotTask reads per second (0: no limit).",
-    )(f)
-    f = click.option(
-        "--parallelism",
-        type=Number(1, 100_000, integer=True),
-        default=64,
-        show_default=True,
-        help="Tasks in flight at once.",
-    )(f)
-    f = click.option(
-        "--timeout",
-        "timeout_s",
-        type=Number(0.1, MAX_SECONDS),
-        default=10.0,
-        show_default=True,
-        help="Seconds to wait for one answer.",
-    )(f)
-    return f
+        f = command
+        f = click.option("--endpoint", help=ENDPOINT_HELP)(f)
+        if qps:
+            f = click.option(
+                "--qps",
+                type=Number(0, 1_000_000),
+                default=float(api.DOCUMENTED_QPS),
+                show_default=True,
+                help="Requests per second per write action (0: no limit).",
+            )(f)
+        if read_qps:
+            f = click.option(
+                "--read-qps",
+                type=Number(0, 1_000_000),
+                default=float(api.DOCUMENTED_READ_QPS),
+                show_default=True,
+                help="GetSnapshotTask reads per second (0: no limit).",
+            )(f)
+        if parallelism:
+            f = click.option(
+                "--parallelism",
+                type=Number(1, 100_000, integer=True),
+                default=DEFAULT_PARALLELISM,
+                show_default=True,
+                help="Tasks in flight at once.",
+            )(f)
+        return click.option(
+            "--timeout",
+            "timeout_s",
+            type=Number(0.1, MAX_SECONDS),
+            default=10.0,
+            show_default=True,
+            help="Seconds to wait for one answer.",
+        )(f)
+
+    return decorate
+
+
+#: Tasks in flight at once, unless --parallelism says otherwise.
+DEFAULT_PARALLELISM = 64
+
+
+def refuse_unless(applies: bool, why: str, *names: str) -> None:
+    """Refuse, in one line, an option of ``names`` (parameter names) given on the command
+    line while it cannot apply: ``--metrics-port applies only with --watch``, ``why`` being
+    the end of that sentence."""
+    if applies:
+        return
+    from click.core import ParameterSource
+
+    from ..errors import UsageError
+
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) not in (
+            None,
+            ParameterSource.DEFAULT,
+            ParameterSource.DEFAULT_MAP,
+        ):
+            flag = max(param.opts, key=len)
+            raise UsageError(f"{flag} {why}; nothing was sent")
 
 
 def lock_option(f):

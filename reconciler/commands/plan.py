@@ -19,6 +19,7 @@ from .options import (
     output_options,
     paths_argument,
     refresh_option,
+    refuse_unless,
     scope_options,
     state_option,
 )
@@ -29,7 +30,7 @@ from .output import EXIT_CHANGES, colour_enabled, err, handle_errors, out, print
 @paths_argument
 @state_option
 @scope_options
-@api_options
+@api_options(qps=False, read_qps=True, parallelism=True)
 @output_options
 @format_option
 @click.option(
@@ -70,7 +71,10 @@ def plan(
     from .. import engine
     from ..manifest import SECRETS_REQUIRED, SECRETS_UNKNOWN
 
-    refresh = refresh and not destroy
+    refuse_unless(not (refresh and destroy), "does not apply with --destroy (a destroy plan reads nothing)", "refresh")
+    refuse_unless(
+        refresh, "applies only with --refresh (plan sends nothing without it)", "read_qps", "parallelism", "timeout_s"
+    )
     settings = api_opts.settings(credentials=refresh)
     secrets = SECRETS_UNKNOWN if no_secrets else SECRETS_REQUIRED
     manifests = (

@@ -21,6 +21,7 @@ from .options import (
     open_store,
     output_options,
     paths_argument,
+    refuse_unless,
     state_option,
 )
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_errors, out
@@ -29,7 +30,7 @@ from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_er
 @click.command(short_help="Read every declared task, fix what is not as declared (--watch: keep doing it).")
 @paths_argument
 @state_option
-@api_options
+@api_options(qps=True, read_qps=True, parallelism=True)
 @lock_option
 @output_options
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until SIGTERM/SIGINT.")
@@ -120,6 +121,8 @@ def reconcile(
     from .. import controller, render
     from ..runenv import check_metrics_address
 
+    refuse_unless(watch, "applies only with --watch", "interval_s", "metrics_port", "metrics_host")
+    refuse_unless(not no_refresh, "does not apply with --no-refresh (it reads nothing)", "read_qps")
     settings = api_opts.settings()
     targets = [parse_target(url) for url in notify_urls] if watch else []
     open_store(state_path, workspace, lock_timeout_s, "snapctl reconcile")  # a workspace that does not exist: refused

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..style import Style
-from .options import api_options, load, open_store, output_options, paths_argument, state_option
+from .options import api_options, load, open_store, output_options, paths_argument, refuse_unless, state_option
 from .output import EXIT_CHANGES, EXIT_ERROR, colour_enabled, handle_errors, out, print_json
 
 _COLOURS = {
@@ -37,7 +37,7 @@ _HEALTHY = ("running", "not_started")
     help="Show what the state last knows (observations of apply --refresh, reconcile, import; starts "
     "recorded since) without calling the API.",
 )
-@api_options
+@api_options(qps=False, read_qps=True, parallelism=True)
 @output_options
 @handle_errors
 def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no_color):
@@ -55,6 +55,14 @@ def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no
     """
     from .. import engine
 
+    refuse_unless(
+        not offline,
+        "does not apply with --offline (it calls no API)",
+        "endpoint",
+        "read_qps",
+        "parallelism",
+        "timeout_s",
+    )
     if offline:
         manifests = load(paths)
         state = open_store(state_path, workspace, 0.0, "snapctl status").read()
