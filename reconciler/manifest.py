@@ -353,6 +353,36 @@ def manifest_json_schema() -> dict:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
+#: The file name ``write_manifest_schema`` gives the schema in a directory.
+SCHEMA_FILE_NAME = "snapctl.schema.json"
+
+
+def manifest_json_schema_bytes() -> bytes:
+    """The schema as ``snapctl schema`` prints it (two-space indent, a final newline)."""
+    import orjson
+
+    return orjson.dumps(manifest_json_schema(), option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def write_manifest_schema(path: str | Path) -> Path:
+    """Write the JSON Schema to ``path`` (a file, or a directory to hold ``snapctl.schema.json``),
+    replacing what was there at once (a temporary file renamed), readable by all like any file
+    kept in a repository; the path written. An unwritable place is a :class:`UsageError`."""
+    target = Path(path)
+    if target.is_dir():
+        target = target / SCHEMA_FILE_NAME
+    elif str(path).endswith(("/", os.sep)):
+        raise UsageError(f"{path}: no such directory; create it first, or name the file to write")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(manifest_json_schema_bytes())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"{target}: cannot write the schema ({exc.strerror or exc})") from None
+    return target
+
+
 def _drop_null_defaults(node: Any) -> None:
     # "absent means inherit" fields default to None, which is not a value a user may write.
     if isinstance(node, dict):

@@ -281,3 +281,34 @@ def test_docs_name_manifest_files_that_exist_and_say_an_empty_file_is_an_error(e
     run = run_snapctl(["validate"], cwd=work, env=snapctl_env(emulator.url, work))
     assert run.code == 1 and "manifests/empty.yaml:1:1: error: the file holds no YAML document" in run.stderr
     assert "app.yaml" not in run.stderr, run.stderr
+
+
+# -- snapctl schema --out: the schema where a user's manifests can point at it ----------------
+
+
+def test_schema_out_writes_the_schema_for_a_projects_manifests(tmp_path):
+    import jsonschema
+
+    env = snapctl_env(None, tmp_path)
+    printed = run_snapctl(["schema"], cwd=tmp_path, env=env)
+    assert printed.code == 0 and printed.stdout.encode() == (REPO / "docs" / "snapctl.schema.json").read_bytes()
+    (tmp_path / "schemas").mkdir()
+    for given, written in (("schemas", "schemas/snapctl.schema.json"), ("editor.json", "editor.json")):
+        run = run_snapctl(["schema", "--out", given], cwd=tmp_path, env=env)
+        assert run.code == 0 and run.stderr == "", run.output
+        assert (tmp_path / written).read_text() == printed.stdout  # the same bytes as printed
+        assert oct((tmp_path / written).stat().st_mode & 0o044) == oct(0o044)  # readable by all, as in a repo
+        assert f"Wrote the manifest schema to {written}." in run.stdout, run.stdout
+    # The line it prints, as the first line of a manifest in manifests/, reaches the schema.
+    line = run_snapctl(["schema", "--out", "schemas/"], cwd=tmp_path, env=env).stdout.splitlines()[-1].strip()
+    assert line == "# yaml-language-server: $schema=../schemas/snapctl.schema.json", line
+    reference = (tmp_path / "manifests" / line.split("$schema=")[1]).resolve()
+    schema = json.loads(reference.read_text())
+    jsonschema.validate({"app_id": "a", "rooms": {"R": {"tasks": {"T": {}}}}}, schema)
+    # A place that cannot be written: one line, nothing left behind.
+    for bad, message in (("missing/", "missing/: no such directory"), ("nodir/x.json", "cannot write the schema")):
+        run = run_snapctl(["schema", "--out", bad], cwd=tmp_path, env=env)
+        assert run.code == 1 and run.stdout == "" and len(run.stderr.splitlines()) == 1, run.output
+        assert message in run.stderr, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["editor.json", "schemas"]
+    assert [p.name for p in (tmp_path / "schemas").iterdir()] == ["snapctl.schema.json"]
