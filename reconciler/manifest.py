@@ -34,11 +34,13 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from . import api
+from . import api, regions
 from .errors import UsageError
 from .yamlsource import DeferredEnviron, Diagnostic, Document, Location, read_documents, read_documents_fast
 
@@ -198,13 +200,30 @@ class Stream(_Strict):
     index: api.StreamIndex = _opt("optional, unique within the list")
 
 
+def _region_field(storage: str, vendors: tuple[str | None, ...] = (None,)) -> Any:
+    """A storage's ``region``: the API's integer code, or (where the vendor's table is known,
+    see :mod:`.regions`) a region name, turned into its code by the model's validator."""
+    description = (
+        "the API's integer code, or a region name (cn-beijing) of the vendor's table"
+        if any(regions.table_for(storage, v) for v in vendors)
+        else "the API's integer code (the vendor's table of names is not known)"
+    )
+    schema = {**regions.json_schema(storage, vendors), "title": "Region", "description": description}
+    return Annotated[api.Region, WithJsonSchema(schema)]
+
+
 class TosStorage(_Strict):
     """Volcengine TOS."""
 
     type: Literal["tos", 0]
     account_id: api.NonEmpty
-    region: api.Region = 0
+    region: _region_field("tos") = 0
     bucket: api.NonEmpty
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region_code(cls, value: Any) -> Any:
+        return regions.region_code(value, "tos")
 
 
 class CustomStorage(_Strict):
@@ -212,10 +231,18 @@ class CustomStorage(_Strict):
 
     type: Literal["custom", 2]
     vendor: VendorField = Field(0, description="s3 | oss | obs | cos | kodo (API 0..4)")
-    region: api.Region = 0
+    region: _region_field("custom", ("s3", "oss")) = 0
     bucket: api.NonEmpty
     access_key: api.NonEmpty = Field(description="secret: write ${env:NAME}")
     secret_key: api.NonEmpty = Field(description="secret: write ${env:NAME}")
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region_code(cls, value: Any, info: ValidationInfo) -> Any:
+        vendor = info.data.get("vendor")
+        if vendor is None:  # the vendor is wrong (reported): a name cannot be judged
+            return value if not isinstance(value, str) else 0
+        return regions.region_code(value, "custom", api.Vendor(vendor).name)
 
 
 class VeImageXStorage(_Strict):
@@ -223,8 +250,13 @@ class VeImageXStorage(_Strict):
 
     type: Literal["veimagex", 3]
     account_id: api.NonEmpty
-    region: api.Region = 0
+    region: _region_field("veimagex") = 0
     service_id: api.NonEmpty
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region_code(cls, value: Any) -> Any:
+        return regions.region_code(value, "veimagex")
 
 
 class _InvalidStorage(BaseModel):

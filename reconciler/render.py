@@ -48,23 +48,27 @@ _HEADLINES = {
 }
 
 
-def field_value(value: Any, path: str = "") -> str:
+def field_value(value: Any, path: str = "", body: dict[str, Any] | None = None) -> str:
     """A field's value as plans and ``state show`` print it: JSON, secrets masked, and the
-    manifest's name beside an API code (``0 (jpeg)``)."""
+    manifest's name beside an API code (``0 (jpeg)``, ``0 (cn-beijing)``). ``body``: the
+    request the value is part of (a region's name depends on its storage's vendor)."""
     if value is None:
         return "(none)"
     if value == UNKNOWN_SECRET:
         return UNKNOWN_SECRET
     # JSON escapes the C0 controls; printable the rest (C1 controls, separators), never cut.
     text = printable(json.dumps(mask_secrets(value), ensure_ascii=False, sort_keys=False), limit=sys.maxsize)
-    name = code_name(path, value)
+    name = code_name(path, value, body)
     return f"{text} ({name})" if name else text
 
 
-def code_name(path: str, value: Any) -> str | None:
-    """The manifest's word for an API code at ``path`` (``ImageConfig.Format`` 1 -> ``png``)."""
+def code_name(path: str, value: Any, body: dict[str, Any] | None = None) -> str | None:
+    """The manifest's word for an API code at ``path`` (``ImageConfig.Format`` 1 -> ``png``;
+    a storage ``Region`` by the vendor's table, the vendor read from ``body``)."""
     if type(value) is not int:
         return None
+    if path.startswith("StorageConfig.") and path.endswith("Config.Region"):
+        return _region_name(path, value, body)
     enum = _CODES.get(path.rsplit(".", 1)[-1] if path.endswith(".StreamType") else path)
     if enum is None:
         return None
@@ -72,6 +76,21 @@ def code_name(path: str, value: Any) -> str | None:
         return enum(value).name
     except ValueError:
         return None
+
+
+def _region_name(path: str, code: int, body: dict[str, Any] | None) -> str | None:
+    from . import api, regions
+
+    if path == "StorageConfig.TosConfig.Region":
+        return regions.region_name("tos", None, code)
+    if path != "StorageConfig.CustomConfig.Region" or body is None:
+        return None
+    custom = (body.get("StorageConfig") or {}).get("CustomConfig") or {}
+    try:
+        vendor = api.Vendor(custom.get("Vendor", 0)).name
+    except (ValueError, TypeError):
+        return None
+    return regions.region_name("custom", vendor, code)
 
 
 def _code_enums() -> dict[str, Any]:
@@ -90,7 +109,7 @@ _CODES = _code_enums()
 
 def code_names(body: dict[str, Any] | None) -> dict[str, str]:
     """The manifest's names of the API codes in ``body``, by flattened path (``{"ImageConfig.Format": "jpeg"}``)."""
-    names = {path: code_name(path, value) for path, value in flatten(body)}
+    names = {path: code_name(path, value, body) for path, value in flatten(body)}
     return {path: name for path, name in names.items() if name is not None}
 
 
@@ -165,15 +184,16 @@ def plan_text(plan: Plan, style: Style) -> str:
             lines.append(style("  # changed outside snapctl: live -> declared", "yellow"))
         lines.append(style(f"{action.symbol:>4} {action.address}", colour))
         changes = action_changes(action)
+        old, new = action.current, action.desired  # what a region's name is read against
         width = max((len(c.path) for c in changes), default=0)
         for change in changes:
             if action.kind is ActionKind.create:
                 lines.append(
-                    style(f"      + {change.path.ljust(width)} = {field_value(change.new, change.path)}", "green")
+                    style(f"      + {change.path.ljust(width)} = {field_value(change.new, change.path, new)}", "green")
                 )
             elif action.kind is ActionKind.delete:
                 lines.append(
-                    style(f"      - {change.path.ljust(width)} = {field_value(change.old, change.path)}", "red")
+                    style(f"      - {change.path.ljust(width)} = {field_value(change.old, change.path, old)}", "red")
                 )
             else:
                 mark = (
@@ -182,8 +202,8 @@ def plan_text(plan: Plan, style: Style) -> str:
                     else ""
                 )
                 lines.append(
-                    f"      ~ {change.path.ljust(width)} = {field_value(change.old, change.path)} -> "
-                    f"{field_value(change.new, change.path)}{mark}"
+                    f"      ~ {change.path.ljust(width)} = {field_value(change.old, change.path, old)} -> "
+                    f"{field_value(change.new, change.path, new)}{mark}"
                 )
         lines.append("")
     lines.append(style(plan.summary.line(), "bold"))
@@ -225,9 +245,9 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
                 body.append(f"#     {action.reason}")
             for change in action_changes(action):
                 if action.kind is ActionKind.create:
-                    body.append(f"+     {change.path} = {field_value(change.new, change.path)}")
+                    body.append(f"+     {change.path} = {field_value(change.new, change.path, action.desired)}")
                 elif action.kind is ActionKind.delete:
-                    body.append(f"-     {change.path} = {field_value(change.old, change.path)}")
+                    body.append(f"-     {change.path} = {field_value(change.old, change.path, action.current)}")
                 else:
                     note = (
                         "  # forces replacement"
@@ -235,7 +255,8 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
                         else ""
                     )
                     body.append(
-                        f"!     {change.path}: {field_value(change.old, change.path)} -> {field_value(change.new, change.path)}{note}"
+                        f"!     {change.path}: {field_value(change.old, change.path, action.current)} -> "
+                        f"{field_value(change.new, change.path, action.desired)}{note}"
                     )
         body.append("```")
         title = f"Room `{room}`: {len(actions)} action(s)"
@@ -301,7 +322,7 @@ def _action_document(a: PlannedAction) -> dict[str, Any]:
         "observed": a.observed,
         "stop_reason": a.stop_reason,
         "changed_outside": a.changed_outside,
-        "changes": [_change_document(c) for c in action_changes(a)],
+        "changes": [_change_document(c, a) for c in action_changes(a)],
     }
 
 
@@ -329,11 +350,11 @@ def invalid_document(diagnostics: Iterable[Any], command: str) -> dict[str, Any]
     }
 
 
-def _change_document(change: FieldChange) -> dict[str, Any]:
+def _change_document(change: FieldChange, action: PlannedAction) -> dict[str, Any]:
     """A field change as JSON: the API's values, and the manifest's names of codes beside them."""
     return change.model_dump() | {
-        "old_name": code_name(change.path, change.old),
-        "new_name": code_name(change.path, change.new),
+        "old_name": code_name(change.path, change.old, action.current),
+        "new_name": code_name(change.path, change.new, action.desired),
     }
 
 

@@ -295,6 +295,7 @@ def test_state_show_names_codes_as_the_plan_does(work, env):
         "ImageConfig.Format": "jpeg",
         "StorageConfig.Type": "custom",
         "StorageConfig.CustomConfig.Vendor": "oss",
+        "StorageConfig.CustomConfig.Region": "oss-cn-hangzhou",  # OSS region 0, by the vendor's table
     }
 
 

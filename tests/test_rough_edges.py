@@ -312,3 +312,86 @@ def test_schema_out_writes_the_schema_for_a_projects_manifests(tmp_path):
         assert message in run.stderr, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["editor.json", "schemas"]
     assert [p.name for p in (tmp_path / "schemas").iterdir()] == ["snapctl.schema.json"]
+
+
+# -- storage regions by name, where the vendor's table is known -------------------------------
+
+REGIONS = """\
+app_id: app1
+storage:
+  tos: {type: tos, account_id: "2100000990", bucket: snaps, region: cn-shanghai}
+  s3: {type: custom, vendor: s3, bucket: b, region: eu-west-1, access_key: "${env:RK}", secret_key: "${env:RS}"}
+  oss: {type: custom, vendor: oss, bucket: b, region: 7, access_key: "${env:RK}", secret_key: "${env:RS}"}
+  kodo: {type: custom, vendor: kodo, bucket: b, region: 3, access_key: "${env:RK}", secret_key: "${env:RS}"}
+rooms:
+  R:
+    tasks:
+      Tos: {storage: tos}
+      S3: {storage: s3}
+      Oss: {storage: oss}
+      Kodo: {storage: kodo}
+"""
+
+
+def test_storage_regions_take_the_vendors_names_and_plans_show_both(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": REGIONS})
+    env = snapctl_env(emulator.url, work, RK="region-access-key", RS="region-secret-key")
+    plan = run_snapctl(["plan", "--no-color"], cwd=work, env=env)
+    assert plan.code == 0, plan.output
+    regions = [line.split("+ ")[1] for line in plan.stdout.splitlines() if "Config.Region" in line]
+    assert [" ".join(r.split()) for r in regions] == [
+        "StorageConfig.CustomConfig.Region = 3",  # Kodo: no table, no name
+        "StorageConfig.CustomConfig.Region = 7 (oss-cn-shenzhen)",  # an integer, named
+        "StorageConfig.CustomConfig.Region = 4 (eu-west-1)",
+        "StorageConfig.TosConfig.Region = 2 (cn-shanghai)",
+    ], plan.stdout
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    sent = {t["TaskId"]: t["Request"]["StorageConfig"] for t in emulator.tasks()}
+    assert sent["Tos"]["TosConfig"]["Region"] == 2 and sent["S3"]["CustomConfig"]["Region"] == 4
+    assert sent["Oss"]["CustomConfig"]["Region"] == 7 and sent["Kodo"]["CustomConfig"]["Region"] == 3
+    # A change of region by name: old and new named, in text and JSON.
+    (work / "manifests" / "app.yaml").write_text(REGIONS.replace("region: cn-shanghai", "region: cn-beijing"))
+    plan = run_snapctl(["plan", "--no-color"], cwd=work, env=env)
+    assert "~ StorageConfig.TosConfig.Region = 2 (cn-shanghai) -> 0 (cn-beijing)" in plan.stdout, plan.stdout
+    document = json.loads(run_snapctl(["plan", "--json"], cwd=work, env=env).stdout)
+    (change,) = [c for a in document["actions"] for c in a["changes"]]
+    assert (change["old"], change["old_name"], change["new"], change["new_name"]) == (2, "cn-shanghai", 0, "cn-beijing")
+    shown = run_snapctl(["state", "show", "app1/R/S3"], cwd=work, env=env).stdout
+    assert "StorageConfig.CustomConfig.Region = 4 (eu-west-1)" in shown, shown
+
+
+BAD_REGIONS = """\
+app_id: app1
+storage:
+  a: {type: tos, account_id: "1", bucket: b, region: cn-bejing}
+  b: {type: custom, vendor: s3, bucket: b, region: eu-central-1, access_key: k, secret_key: s}
+  c: {type: custom, vendor: s3, bucket: b, region: 23, access_key: k, secret_key: s}
+  d: {type: custom, vendor: cos, bucket: b, region: ap-guangzhou, access_key: k, secret_key: s}
+  e: {type: veimagex, account_id: "1", service_id: s, region: cn-beijing}
+  f: {type: custom, vendor: oss, bucket: b, region: us-east-1, access_key: k, secret_key: s}
+rooms:
+  R: {tasks: {T: {storage: a}}}
+"""
+
+
+def test_a_region_the_table_does_not_know_or_refuses_is_one_located_error(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": BAD_REGIONS})
+    env = snapctl_env(emulator.url, work)
+    run = run_snapctl(["validate"], cwd=work, env=env)
+    assert run.code == 1, run.output
+    errors = [line for line in run.stderr.splitlines() if ": error: " in line]
+    assert errors == [
+        "manifests/app.yaml:3:54: error: storage.a.region: 'cn-bejing' is not in the TOS region table; did you "
+        "mean 'cn-beijing'?",
+        "manifests/app.yaml:4:52: error: storage.b.region: Amazon S3 region 7 (eu-central-1) is not supported by "
+        "the API (the vendor's Region table marks it 暂不支持); choose another region",
+        "manifests/app.yaml:5:52: error: storage.c.region: Amazon S3 region 23 (us-gov-west-1) is not supported by "
+        "the API (the vendor's Region table marks it 暂不支持); choose another region",
+        "manifests/app.yaml:6:53: error: storage.d.region: region names are not known for Tencent COS: give the "
+        "API's integer code from the vendor's Region table (see docs/regions.md)",
+        "manifests/app.yaml:7:63: error: storage.e.region: region names are not known for veImageX: give the "
+        "API's integer code from the vendor's Region table (see docs/regions.md)",
+        "manifests/app.yaml:8:53: error: storage.f.region: 'us-east-1' is not in the Alibaba OSS region table; "
+        "did you mean 'oss-us-east-1'?",
+    ], run.stderr
+    assert emulator.stats()["total"] == 0

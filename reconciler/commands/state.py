@@ -86,7 +86,7 @@ def state_show(address, state_path, workspace, as_json, no_color):
         return
     out(f"# {address}\n")
     for path, value in flatten(entry["request"]):
-        out(f"{path} = {field_value(value, path)}\n")
+        out(f"{path} = {field_value(value, path, entry['request'])}\n")
     # What came from the API is shown as api.printable makes it (an older state may hold it otherwise).
     out(f"# applied at {entry.get('applied_at')} (RequestId {printable(entry.get('request_id') or '-')})\n")
     if seen is not None:
