@@ -44,7 +44,7 @@ OFFERED = {
     "destroy": {"--target", "--endpoint", "--qps", "--parallelism", "--timeout", "--lock-timeout", "--auto-approve"},
     "reconcile": {
         "--endpoint", "--qps", "--read-qps", "--parallelism", "--timeout", "--lock-timeout", "--watch",
-        "--interval", "--metrics-port", "--metrics-host", "--no-refresh",
+        "--interval", "--metrics-port", "--metrics-host", "--log-format", "--no-refresh",
     },
     "status": {"--target", "--offline", "--endpoint", "--read-qps", "--parallelism", "--timeout"},
     "import": {"--endpoint", "--timeout", "--lock-timeout"},
@@ -63,6 +63,7 @@ CANNOT_APPLY = [
     (["reconcile", "--metrics-port", "0"], "--metrics-port applies only with --watch"),
     (["reconcile", "--metrics-host", "0.0.0.0"], "--metrics-host applies only with --watch"),
     (["reconcile", "--interval", "5"], "--interval applies only with --watch"),
+    (["reconcile", "--log-format", "json"], "--log-format applies only with --watch"),
     (["reconcile", "--no-refresh", "--read-qps", "5"], "--read-qps does not apply with --no-refresh"),
     (["plan", "--read-qps", "5"], "--read-qps applies only with --refresh"),
     (["plan", "--parallelism", "5"], "--parallelism applies only with --refresh"),

@@ -121,7 +121,7 @@ def reconcile(
     from .. import controller, render
     from ..runenv import check_metrics_address
 
-    refuse_unless(watch, "applies only with --watch", "interval_s", "metrics_port", "metrics_host")
+    refuse_unless(watch, "applies only with --watch", "interval_s", "metrics_port", "metrics_host", "log_format")
     refuse_unless(not no_refresh, "does not apply with --no-refresh (it reads nothing)", "read_qps")
     settings = api_opts.settings()
     targets = [parse_target(url) for url in notify_urls] if watch else []
