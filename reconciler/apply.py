@@ -53,6 +53,8 @@ class ActionResult:
     healed: bool = False
     #: It already ran, and the state may not adopt it (a state that held no task, without --adopt).
     not_adopted: bool = False
+    #: What the refresh saw of a healed task, in the API's words: ``ended (IdleTimeOut)``.
+    was: str = ""
 
     @property
     def outcome(self) -> str:
@@ -325,6 +327,7 @@ class Applier:
             result.healed = True
         elif action is not None and action.observed in ("ended", "failed"):
             result.healed = True  # a refresh found it stopped: started again
+            result.was = f"{action.observed} ({action.stop_reason})" if action.stop_reason else action.observed
         await self._record(self.store.record_put, address, desired, call.request_id)
 
 

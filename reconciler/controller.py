@@ -206,7 +206,7 @@ class Round:
 
     @property
     def changes(self) -> dict[str, int]:
-        """What the round changed: tasks by action kind (restarts are creates), and confirmed unknowns."""
+        """What the round changed: tasks by action kind, and confirmed unknowns."""
         counts: dict[str, int] = {}
         for result in self.report.results if self.report else []:
             if result.ok and (result.kind != "reassert" or result.healed):
@@ -287,7 +287,7 @@ class Metrics:
                     self.task_failures.labels(reason or "none").inc()
             self.reads.set(round_.reads)
         changes = round_.changes
-        for kind in ("create", "update", "replace", "delete", "reassert"):
+        for kind in ("create", "restart", "update", "replace", "delete", "reassert"):
             self.round_changes.labels(kind).set(changes.get(kind, 0))
         self.rounds.labels("ok" if round_.ok else "failed").inc()
         self.last_round.set(round_.started_at)
@@ -461,7 +461,8 @@ def watch(
                 status.emit(EventKind.manifests_fixed, detail="manifests load again")
             broken = None
         for result in round_.report.healed if round_.report else []:
-            status.emit(EventKind.healed, address=result.address, detail=f"{result.address} started again")
+            was = f" (was {result.was})" if result.was else ""
+            status.emit(EventKind.healed, address=result.address, detail=f"{result.address} started again{was}")
         if metrics is not None:
             metrics.observe(round_)
         if on_round is not None:

@@ -19,7 +19,10 @@ from .api import Observation, Observed, comparable
 from .errors import UsageError
 from .state import FINGERPRINT_PREFIX, SECRET_FIELDS, State, has_legacy_fingerprints, is_fingerprint, secret_holders
 
-PLAN_FORMAT_VERSION = 1
+#: Saved plans this snapctl writes; it also reads format 1 (before restarts had their own
+#: kind, an ended or failed task's restart was a create: read as a restart).
+PLAN_FORMAT_VERSION = 2
+READABLE_PLAN_FORMATS = (1, 2)
 #: The reasons of plain creates and deletes (renderers leave these unsaid).
 CREATE_REASON, DELETE_REASON = "not in the state", "not in the manifests"
 #: A secret's value in a plan made without secret values (``plan --no-secrets``).
@@ -37,9 +40,19 @@ class ActionKind(str, enum.Enum):
     update = "update"
     replace = "replace"  # type: ignore[assignment]  # shadows str.replace, never called on a kind
     delete = "delete"
+    #: A declared task a refresh saw ended or failed: StartSnapshot again, as recorded.
+    restart = "restart"
 
 
-SYMBOLS = {ActionKind.create: "+", ActionKind.update: "~", ActionKind.replace: "-/+", ActionKind.delete: "-"}
+SYMBOLS = {
+    ActionKind.create: "+",
+    ActionKind.restart: ">",
+    ActionKind.update: "~",
+    ActionKind.replace: "-/+",
+    ActionKind.delete: "-",
+}
+#: The kinds that start a task from nothing running (every field is new).
+STARTS = frozenset({ActionKind.create, ActionKind.restart})
 
 
 class FieldChange(BaseModel):
@@ -79,6 +92,7 @@ class PlanSummary(BaseModel):
     change: int = 0
     replace: int = 0
     destroy: int = 0
+    restart: int = 0
 
     @classmethod
     def of(cls, actions: Sequence[PlannedAction]) -> PlanSummary:
@@ -87,15 +101,18 @@ class PlanSummary(BaseModel):
             change=sum(a.kind is ActionKind.update for a in actions),
             replace=sum(a.kind is ActionKind.replace for a in actions),
             destroy=sum(a.kind is ActionKind.delete for a in actions),
+            restart=sum(a.kind is ActionKind.restart for a in actions),
         )
 
     @property
     def total(self) -> int:
-        return self.add + self.change + self.replace + self.destroy
+        return self.add + self.change + self.replace + self.destroy + self.restart
 
     def line(self) -> str:
+        restart = f"{self.restart} to restart, " if self.restart else ""
         return (
-            f"Plan: {self.add} to add, {self.change} to change, {self.replace} to replace, {self.destroy} to destroy."
+            f"Plan: {self.add} to add, {restart}{self.change} to change, {self.replace} to replace, "
+            f"{self.destroy} to destroy."
         )
 
 
@@ -177,13 +194,14 @@ class Plan(BaseModel):
         if not isinstance(doc, dict) or "format_version" not in doc:
             raise UsageError(f"{source}: not a snapctl plan file (save one with snapctl plan --out FILE)")
         version = doc.get("format_version")
-        if version != PLAN_FORMAT_VERSION:
+        if version not in READABLE_PLAN_FORMATS:
+            readable = " and ".join(str(v) for v in READABLE_PLAN_FORMATS)
             raise UsageError(
-                f"{source}: plan format {version!r} is not supported (this snapctl reads {PLAN_FORMAT_VERSION}); "
+                f"{source}: plan format {version!r} is not supported (this snapctl reads {readable}); "
                 "run snapctl plan --out FILE with this snapctl"
             )
         try:
-            return cls.model_validate(doc)
+            return upgrade_plan(cls.model_validate(doc))
         except ValueError:
             raise UsageError(f"{source}: not a snapctl plan file (save one with snapctl plan --out FILE)") from None
 
@@ -564,7 +582,7 @@ def _plan_observed(address: str, want: dict[str, Any], have: dict[str, Any] | No
     if seen.stopped:
         return PlannedAction(
             address=address,
-            kind=ActionKind.create,
+            kind=ActionKind.restart,
             desired=want,
             current=have,
             reason=f"{seen.describe()}: started again",
@@ -702,6 +720,17 @@ def _holds_secret(request: dict[str, Any]) -> bool:
     )
 
 
+def upgrade_plan(plan: Plan) -> Plan:
+    """A saved plan of an older readable format as this snapctl makes it (format 1: the
+    restart of an ended or failed task was a create carrying its observation)."""
+    if plan.format_version == 1:
+        for action in plan.actions:
+            if action.kind is ActionKind.create and action.observed in ("ended", "failed"):
+                action.kind = ActionKind.restart
+        plan.format_version = PLAN_FORMAT_VERSION
+    return plan
+
+
 def check_plan_current(plan: Plan, state: State, state_path: str) -> None:
     """Refuse a saved plan whose state has moved on or belongs to another state."""
     if plan.state_exists and state.exists and plan.state_lineage != state.lineage:
@@ -724,7 +753,7 @@ def observations_of(saved: Plan) -> dict[str, Observation]:
     for action in saved.actions:
         if action.observed is None:
             continue
-        if action.current is not None and action.kind is not ActionKind.create:
+        if action.current is not None and action.kind not in STARTS:
             live = {k: v for k, v in action.current.items() if k != "BusinessId"}
         else:  # a restart (the live configuration is not used) or an adoption (it was the declared one)
             live = comparable(action.desired or {})
@@ -777,4 +806,10 @@ def _same_action(a: PlannedAction, b: PlannedAction) -> bool:
 
 
 def _article(kind: ActionKind) -> str:
-    return {"create": "a create", "update": "an update", "replace": "a replace", "delete": "a delete"}[kind.value]
+    return {
+        "create": "a create",
+        "restart": "a restart",
+        "update": "an update",
+        "replace": "a replace",
+        "delete": "a delete",
+    }[kind.value]

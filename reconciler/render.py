@@ -19,6 +19,7 @@ from .api import printable
 from .plan import (
     CREATE_REASON,
     DELETE_REASON,
+    STARTS,
     UNKNOWN_SECRET,
     ActionKind,
     FieldChange,
@@ -36,12 +37,14 @@ OUTPUT_FORMAT_VERSION = 1
 
 _COLOURS = {
     ActionKind.create: "green",
+    ActionKind.restart: "cyan",
     ActionKind.update: "yellow",
     ActionKind.replace: "magenta",
     ActionKind.delete: "red",
 }
 _HEADLINES = {
     ActionKind.create: "will be created",
+    ActionKind.restart: "will be restarted",
     ActionKind.update: "will be updated in place",
     ActionKind.replace: "must be replaced",
     ActionKind.delete: "will be destroyed",
@@ -128,7 +131,7 @@ def flatten(body: dict[str, Any] | list[Any] | None, prefix: str = "") -> list[t
 
 def action_changes(action: PlannedAction) -> list[FieldChange]:
     """The field changes of an action; creates and deletes list every field."""
-    if action.kind is ActionKind.create:
+    if action.kind in STARTS:
         return [
             FieldChange(
                 path=p, old=None, new=v, forces_replacement=False, sensitive=v in ("(sensitive)", UNKNOWN_SECRET)
@@ -167,6 +170,14 @@ def _no_changes(plan: Plan) -> str:
     return f"No changes. {plan.unchanged} task(s) match the state."
 
 
+def headline(action: PlannedAction) -> str:
+    """``will be created``; a restart with what the refresh saw: ``will be restarted (ended: IdleTimeOut)``."""
+    if action.kind is ActionKind.restart and action.observed:
+        seen = f"{action.observed}: {action.stop_reason}" if action.stop_reason else action.observed
+        return f"{_HEADLINES[action.kind]} ({seen})"
+    return _HEADLINES[action.kind]
+
+
 def plan_text(plan: Plan, style: Style) -> str:
     """The human plan: every action with its field diff, then the summary line."""
     refresh = _refresh_lines(plan)
@@ -177,8 +188,8 @@ def plan_text(plan: Plan, style: Style) -> str:
     lines = [*refresh, *([""] if refresh else []), "snapctl will perform the following actions:", ""]
     for action in plan.actions:
         colour = _COLOURS[action.kind]
-        lines.append(style(f"  # {action.address} {_HEADLINES[action.kind]}", "bold"))
-        if action.reason not in ("", CREATE_REASON, DELETE_REASON):
+        lines.append(style(f"  # {action.address} {headline(action)}", "bold"))
+        if action.reason not in ("", CREATE_REASON, DELETE_REASON) and action.kind is not ActionKind.restart:
             lines.append(style(f"  # ({action.reason})", "dim"))
         if action.changed_outside:
             lines.append(style("  # changed outside snapctl: live -> declared", "yellow"))
@@ -187,7 +198,7 @@ def plan_text(plan: Plan, style: Style) -> str:
         old, new = action.current, action.desired  # what a region's name is read against
         width = max((len(c.path) for c in changes), default=0)
         for change in changes:
-            if action.kind is ActionKind.create:
+            if action.kind in STARTS:
                 lines.append(
                     style(f"      + {change.path.ljust(width)} = {field_value(change.new, change.path, new)}", "green")
                 )
@@ -239,12 +250,12 @@ def plan_markdown(plan: Plan, *, collapse_over: int = 10) -> str:
         actions = list(group)
         body = ["```diff"]
         for action in actions:
-            prefix = {"+": "+", "~": "!", "-/+": "!", "-": "-"}[action.symbol]
-            body.append(f"{prefix} {action.symbol} {action.address} ({_HEADLINES[action.kind]})")
+            prefix = {"+": "+", ">": "+", "~": "!", "-/+": "!", "-": "-"}[action.symbol]
+            body.append(f"{prefix} {action.symbol} {action.address} ({headline(action)})")
             if action.observed is not None:  # planned from a refresh: say why, in the API's words
                 body.append(f"#     {action.reason}")
             for change in action_changes(action):
-                if action.kind is ActionKind.create:
+                if action.kind in STARTS:
                     body.append(f"+     {change.path} = {field_value(change.new, change.path, action.desired)}")
                 elif action.kind is ActionKind.delete:
                     body.append(f"-     {change.path} = {field_value(change.old, change.path, action.current)}")
@@ -430,7 +441,14 @@ def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -
     }
 
 
-_DONE = {"create": "created", "update": "updated", "replace": "replaced", "delete": "destroyed", "reassert": "running"}
+_DONE = {
+    "create": "created",
+    "restart": "restarted",
+    "update": "updated",
+    "replace": "replaced",
+    "delete": "destroyed",
+    "reassert": "running",
+}
 
 
 def result_line(result: ActionResult, style: Style) -> str:
@@ -443,7 +461,9 @@ def result_line(result: ActionResult, style: Style) -> str:
         err = result.error
         rid = f" [RequestId {err.request_id}]" if err and err.request_id else ""
         return style(f"{result.address}: {result.kind} failed: {err}{rid}", "red")
-    word = "healed (was not running)" if result.healed else _DONE.get(result.kind, result.kind)
+    word = _DONE.get(result.kind, result.kind)
+    if result.healed:
+        word = f"healed: {result.was}" if result.was else "healed (was not running)"
     if result.adopted:
         word = "already running, adopted"
     return f"{result.address}: {word} ({calls})"
@@ -534,11 +554,14 @@ def apply_summary(report: ApplyReport, plan: Plan, style: Style, *, command: str
             )
         )
     else:
-        left = {kind: sum(r.kind == kind for r in report.not_adopted) for kind in ("create", "update", "replace")}
+        kinds = ("create", "restart", "update", "replace")
+        left = {kind: sum(r.kind == kind for r in report.not_adopted) for kind in kinds}
         already = already_running(report)
         added = f"{s.add - already - left['create']} added, " + (
             f"{already} already running, adopted, " if already else ""
         )
+        restarted = s.restart - left["restart"]
+        added += f"{restarted} restarted, " if restarted else ""
         counts = (
             f"Tasks: {added}{s.change - left['update']} changed, {s.replace - left['replace']} replaced, "
             f"{s.destroy} destroyed"

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-_ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31", "bold": "1", "dim": "2"}
+_ANSI = {"cyan": "36", "green": "32", "yellow": "33", "magenta": "35", "red": "31", "bold": "1", "dim": "2"}
 
 
 class Style:

@@ -134,7 +134,7 @@ def test_plan_json_shape(work, env):
     assert result.code == 0
     doc = json.loads(result.stdout)
     assert doc["format_version"] == 1 and doc["type"] == "plan" and doc["has_changes"] is True
-    assert doc["summary"] == {"add": 3, "change": 0, "replace": 0, "destroy": 0, "unchanged": 0}
+    assert doc["summary"] == {"add": 3, "change": 0, "replace": 0, "destroy": 0, "restart": 0, "unchanged": 0}
     assert {a["address"] for a in doc["actions"]} == ADDRESSES
     for action in doc["actions"]:
         assert set(action) == {

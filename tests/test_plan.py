@@ -222,7 +222,7 @@ def test_ended_and_unknown_tasks():
     state = state_with(a__r__t=BASE)
     ended = api.Observation("a/r/t", api.Observed.ended, status=3, stop_reason="IdleTimeOut", live={})
     [action] = make_plan({"a/r/t": BASE}, state, observations={"a/r/t": ended}).actions
-    assert (action.kind, action.observed, action.stop_reason) == (ActionKind.create, "ended", "IdleTimeOut")
+    assert (action.kind, action.observed, action.stop_reason) == (ActionKind.restart, "ended", "IdleTimeOut")
     assert action.reason == "ended (IdleTimeOut): started again"
     unknown = api.Observation("a/r/t", api.Observed.unknown, detail="not found: X")
     plan = make_plan({"a/r/t": BASE}, state, observations={"a/r/t": unknown})

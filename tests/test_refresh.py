@@ -120,28 +120,32 @@ def test_drift_is_planned_with_the_api_reasons_and_fixed_exactly(work, env, emul
 
     text = snap(work, env, "plan", "--refresh", "--detailed-exitcode", "--no-color")
     assert text.code == 2, text.output
-    assert "# (ended (IdleTimeOut): started again)" in text.stdout
-    assert "# (failed (StartTaskFailed): started again)" in text.stdout
-    assert "# (ended (StopByAPI): started again)" in text.stdout
+    # Restarts have their own symbol, headline (the API's StopReason) and count.
+    assert "  # app1/Idle/T1 will be restarted (ended: IdleTimeOut)\n   > app1/Idle/T1\n" in text.stdout
+    assert "  # app1/Main/Fail will be restarted (failed: StartTaskFailed)" in text.stdout
+    assert "  # app1/Main/Stop will be restarted (ended: StopByAPI)" in text.stdout
+    assert "will be created" not in text.stdout
     assert text.stdout.count("changed outside snapctl: live -> declared") == 2
     assert "ImageConfig.Interval = 10 -> 3" in text.stdout
     assert "ImageConfig.Width = 640 -> 320  # forces replacement" in text.stdout
-    assert "Plan: 3 to add, 1 to change, 1 to replace, 0 to destroy." in text.stdout
+    assert "Plan: 0 to add, 3 to restart, 1 to change, 1 to replace, 0 to destroy." in text.stdout
 
     document = json.loads(snap(work, env, "plan", "--refresh", "--json").stdout)
     assert document["refreshed"] and document["observed"] == {"ended": 2, "failed": 1, "running": 3}
     assert document["refresh_s"] > 0
     actions = {a["address"]: a for a in document["actions"]}
     assert {a: (x["action"], x["observed"], x["stop_reason"], x["changed_outside"]) for a, x in actions.items()} == {
-        "app1/Idle/T1": ("create", "ended", "IdleTimeOut", False),
-        "app1/Main/Fail": ("create", "failed", "StartTaskFailed", False),
-        "app1/Main/Stop": ("create", "ended", "StopByAPI", False),
+        "app1/Idle/T1": ("restart", "ended", "IdleTimeOut", False),
+        "app1/Main/Fail": ("restart", "failed", "StartTaskFailed", False),
+        "app1/Main/Stop": ("restart", "ended", "StopByAPI", False),
         "app1/Main/Interval": ("update", "running", None, True),
         "app1/Main/Width": ("replace", "running", None, True),
     }
     assert [(c["path"], c["old"], c["new"]) for c in actions["app1/Main/Interval"]["changes"]] == [
         ("ImageConfig.Interval", 10, 3)
     ]
+    assert actions["app1/Idle/T1"]["symbol"] == ">"
+    assert document["summary"] == {"add": 0, "restart": 3, "change": 1, "replace": 1, "destroy": 0, "unchanged": 1}
     markdown = snap(work, env, "plan", "--refresh", "--format", "markdown").stdout
     assert "ended (IdleTimeOut): started again" in markdown and "failed (StartTaskFailed)" in markdown
     assert "changed outside snapctl" in markdown

@@ -395,3 +395,82 @@ def test_a_region_the_table_does_not_know_or_refuses_is_one_located_error(emulat
         "did you mean 'oss-us-east-1'?",
     ], run.stderr
     assert emulator.stats()["total"] == 0
+
+
+# -- restarts are not creates -----------------------------------------------------------------
+
+RESTARTS = """\
+app_id: app1
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+defaults: {storage: archive}
+rooms:
+  Idle: {tasks: {T1: {}, T2: {}}}
+  Main: {tasks: {Stop: {}}}
+"""
+
+
+def _ended(emulator, work, env) -> None:
+    """Three tasks applied, then ended: two idled out, one stopped by API; and one new task declared."""
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    assert emulator.admin("streams-stopped", {"AppId": "app1", "RoomId": "Idle", "Immediate": True}).json()["ended"]
+    assert emulator.admin("stop-task", {"AppId": "app1", "RoomId": "Main", "TaskId": "Stop"}).status_code == 200
+    (work / "manifests" / "app.yaml").write_text(RESTARTS + "  New: {tasks: {N: {}}}\n")
+
+
+def test_restarts_have_their_own_symbol_count_and_reason(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": RESTARTS})
+    env = snapctl_env(emulator.url, work)
+    _ended(emulator, work, env)
+    plan = run_snapctl(["plan", "--refresh", "--no-color"], cwd=work, env=env)
+    assert plan.code == 0, plan.output
+    assert "Plan: 1 to add, 3 to restart, 0 to change, 0 to replace, 0 to destroy." in plan.stdout, plan.stdout
+    assert "  # app1/Idle/T1 will be restarted (ended: IdleTimeOut)\n   > app1/Idle/T1\n" in plan.stdout
+    assert "  # app1/Main/Stop will be restarted (ended: StopByAPI)\n" in plan.stdout
+    assert "  # app1/New/N will be created\n   + app1/New/N\n" in plan.stdout
+    document = json.loads(run_snapctl(["plan", "--refresh", "--json"], cwd=work, env=env).stdout)
+    assert {a["address"]: (a["action"], a["symbol"]) for a in document["actions"]} == {
+        "app1/Idle/T1": ("restart", ">"),
+        "app1/Idle/T2": ("restart", ">"),
+        "app1/Main/Stop": ("restart", ">"),
+        "app1/New/N": ("create", "+"),
+    }
+    assert (document["summary"]["add"], document["summary"]["restart"]) == (1, 3)
+    applied = run_snapctl(["apply", "--refresh", "--auto-approve", "--no-color"], cwd=work, env=env)
+    assert applied.code == 0, applied.output
+    assert "Apply complete! Tasks: 1 added, 3 restarted, 0 changed" in applied.stdout, applied.stdout
+    assert "app1/Idle/T1: healed: ended (IdleTimeOut) (StartSnapshot started)" in applied.stdout, applied.stdout
+
+
+def test_reconcile_says_why_it_healed(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": RESTARTS})
+    env = snapctl_env(emulator.url, work)
+    _ended(emulator, work, env)
+    round_ = run_snapctl(["reconcile", "--no-color"], cwd=work, env=env)
+    assert round_.code == 0, round_.output
+    lines = round_.stdout.splitlines()
+    assert "app1/Idle/T1: healed: ended (IdleTimeOut) (StartSnapshot started)" in lines, round_.stdout
+    assert "app1/Main/Stop: healed: ended (StopByAPI) (StartSnapshot started)" in lines, round_.stdout
+    assert {t["TaskId"] for t in emulator.tasks()} == {"T1", "T2", "Stop", "N"}
+
+
+def test_a_saved_plan_of_format_1_is_read_with_its_restarts(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": RESTARTS})
+    env = snapctl_env(emulator.url, work)
+    _ended(emulator, work, env)
+    assert run_snapctl(["plan", "--refresh", "--out", "fix.plan"], cwd=work, env=env).code == 0
+    saved = json.loads((work / "fix.plan").read_text())
+    assert saved["format_version"] == 2
+    # As snapctl 0.2 saved it: restarts were creates, and the summary had no restart count.
+    old = dict(saved, format_version=1)
+    old["actions"] = [dict(a, kind="create") for a in saved["actions"]]
+    old["summary"] = {k: v for k, v in saved["summary"].items() if k != "restart"} | {"add": 4}
+    (work / "old.plan").write_text(json.dumps(old))
+    shown = run_snapctl(["show", "old.plan", "--no-color"], cwd=work, env=env)
+    assert "Plan: 1 to add, 3 to restart," in shown.stdout, shown.output
+    future = dict(saved, format_version=3)
+    (work / "future.plan").write_text(json.dumps(future))
+    refused = run_snapctl(["apply", "future.plan"], cwd=work, env=env)
+    assert refused.code == 1 and "plan format 3 is not supported (this snapctl reads 1 and 2)" in refused.stderr
+    applied = run_snapctl(["apply", "old.plan", "--no-color"], cwd=work, env=env)
+    assert applied.code == 0 and "Tasks: 1 added, 3 restarted" in applied.stdout, applied.output
