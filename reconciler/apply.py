@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -244,14 +245,21 @@ class Applier:
         return await asyncio.to_thread(record, *args)
 
     async def _call(
-        self, address: str, action: str, running_if_done: dict, call: Coroutine[Any, Any, CallResult]
+        self,
+        address: str,
+        action: str,
+        running_if_done: dict,
+        call: Coroutine[Any, Any, CallResult],
+        replace: str | None = None,
     ) -> CallResult:
         """Send one call with its intent journaled first: if the process dies before the
         outcome is recorded, the state still knows the task may run ``running_if_done``
         (or, for a Stop, may have stopped). A StartSnapshot answered "already started"
-        that this state may not adopt withdraws its intent: the API did nothing."""
+        that this state may not adopt withdraws its intent: the API did nothing.
+        ``replace``: see ``StateStore.record_intent``."""
+        intent = functools.partial(self.store.record_intent, replace=replace)
         try:
-            previous = await self._record(self.store.record_intent, address, action, running_if_done)
+            previous = await self._record(intent, address, action, running_if_done)
         except BaseException:
             call.close()  # never sent
             raise
@@ -301,7 +309,11 @@ class Applier:
                     update = update_request(start)
         if stop is not None:
             result.calls.append(await self._call(address, "StopSnapshot", action.current, self.client.stop(stop)))
-            await self._record(self.store.record_delete, address)
+            if start is None:
+                await self._record(self.store.record_delete, address)
+            else:  # half a replace: one record says the start is owed, until it is answered
+                stopped = functools.partial(self.store.record_intent, replace="stopped")
+                await self._record(stopped, address, "StartSnapshot", desired)
         if start is None:
             return
         if update is not None:
@@ -316,7 +328,8 @@ class Applier:
             # call, that stays the best knowledge there is, so no intent is needed.
             call = await self.client.start(start)
         else:
-            call = await self._call(address, "StartSnapshot", desired, self.client.start(start))
+            replacing = "starting" if stop is not None else None
+            call = await self._call(address, "StartSnapshot", desired, self.client.start(start), replace=replacing)
         result.calls.append(call)
         if kind != "reassert" and self._not_adoptable(call):
             result.not_adopted = True

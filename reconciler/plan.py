@@ -81,6 +81,9 @@ class PlannedAction(BaseModel):
     #: The live configuration differs from the state's record: someone changed
     #: the task outside snapctl (``changes`` go from the live to the declared values).
     changed_outside: bool = False
+    #: An interrupted apply left this task half-done: what it had sent ("stop sent, start
+    #: not yet" for a replace cut between its calls); the action finishes it.
+    pending: str | None = None
 
     @property
     def symbol(self) -> str:
@@ -546,10 +549,19 @@ def make_plan(
                         address=address,
                         kind=ActionKind.create,
                         desired=intent["request"],
-                        reason=f"an interrupted apply sent {intent['action']} and never learned its outcome: started again",
+                        reason=(
+                            "an interrupted replace stopped the task and never started it again: started again"
+                            if intent.get("replace")
+                            else f"an interrupted apply sent {intent['action']} and never learned its outcome: "
+                            "started again"
+                        ),
                     )
                 )
         actions.sort(key=lambda a: a.address)
+    for action in actions:
+        unsettled = state.pending.get(action.address)
+        if unsettled is not None:
+            action.pending = pending_text(unsettled)
     made = Plan(
         state_lineage=state.lineage,
         state_serial=state.serial,
@@ -569,6 +581,16 @@ def make_plan(
     )
     made._display_only = display_only
     return made
+
+
+def pending_text(intent: Mapping[str, Any]) -> str:
+    """What an unsettled intent says of its task: ``stop sent, start not yet``."""
+    replace = intent.get("replace")
+    if replace == "stopped":
+        return "stop sent, start not yet"
+    if replace == "starting":
+        return "stopped, then StartSnapshot sent: outcome not known"
+    return f"{intent['action']} sent, outcome not known"
 
 
 def _not_found(seen: Observation) -> bool:

@@ -171,11 +171,15 @@ def _no_changes(plan: Plan) -> str:
 
 
 def headline(action: PlannedAction) -> str:
-    """``will be created``; a restart with what the refresh saw: ``will be restarted (ended: IdleTimeOut)``."""
+    """``will be created``; a restart with what the refresh saw: ``will be restarted (ended: IdleTimeOut)``;
+    a task an interrupted apply left half-done with what it had sent: ``(pending: stop sent, start not yet)``."""
+    words = _HEADLINES[action.kind]
     if action.kind is ActionKind.restart and action.observed:
         seen = f"{action.observed}: {action.stop_reason}" if action.stop_reason else action.observed
-        return f"{_HEADLINES[action.kind]} ({seen})"
-    return _HEADLINES[action.kind]
+        words += f" ({seen})"
+    if action.pending:
+        words += f" (pending: {action.pending})"
+    return words
 
 
 def plan_text(plan: Plan, style: Style) -> str:
@@ -333,6 +337,7 @@ def _action_document(a: PlannedAction) -> dict[str, Any]:
         "observed": a.observed,
         "stop_reason": a.stop_reason,
         "changed_outside": a.changed_outside,
+        "pending": a.pending,
         "changes": [_change_document(c, a) for c in action_changes(a)],
     }
 

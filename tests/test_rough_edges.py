@@ -474,3 +474,83 @@ def test_a_saved_plan_of_format_1_is_read_with_its_restarts(emulator, tmp_path):
     assert refused.code == 1 and "plan format 3 is not supported (this snapctl reads 1 and 2)" in refused.stderr
     applied = run_snapctl(["apply", "old.plan", "--no-color"], cwd=work, env=env)
     assert applied.code == 0 and "Tasks: 1 added, 3 restarted" in applied.stdout, applied.output
+
+
+# -- a second signal during a replace: the half-done tasks are named, and plan marks them -----
+
+REPLACED = """\
+app_id: app1
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+defaults: {storage: archive}
+rooms:
+  R: {tasks: {A: {image: {width: 320}}, B: {image: {width: 320}}}}
+"""
+
+
+def test_a_second_signal_during_a_replace_names_what_it_left_half_done(emulator, tmp_path):
+    import signal
+
+    from snapctl_testing import calls, wait_for
+
+    work = new_project(tmp_path, emulator.url, {"app.yaml": REPLACED})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    (work / "manifests" / "app.yaml").write_text(REPLACED.replace("320", "640"))
+    starts = calls(emulator.url, "StartSnapshot")
+    # The emulator acts at once and answers 2 s later: both stops are done, then both starts
+    # are sent and done, and snapctl has heard of neither start when the signals come.
+    emulator.configure(latency_ms=2000)
+    proc = subprocess.Popen(
+        [SNAPCTL, "apply", "--auto-approve", "--no-color"],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: calls(emulator.url, "StartSnapshot") >= starts + 2, what="both starts sent")
+        proc.send_signal(signal.SIGINT)  # the first: finish the calls in flight ...
+        proc.send_signal(signal.SIGTERM)  # ... the second (another signal: never merged with the first): now
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    emulator.configure(latency_ms=0)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == (
+        "Interrupted: stopped at once by a second signal; 2 task(s) left half-done: "
+        "app1/R/A (stopped, then StartSnapshot sent: outcome not known), "
+        "app1/R/B (stopped, then StartSnapshot sent: outcome not known); the state records them: "
+        "the next snapctl apply finishes them (snapctl plan marks them pending)."
+    ), stderr
+    plan = run_snapctl(["plan", "--no-color"], cwd=work, env=env)
+    assert "  # app1/R/A will be created (pending: stopped, then StartSnapshot sent: outcome not known)" in (
+        plan.stdout
+    ), plan.stdout
+    assert "Plan: 2 to add," in plan.stdout, plan.stdout
+    applied = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
+    assert applied.code == 0, applied.output
+    assert {t["TaskId"]: t["Request"]["ImageConfig"]["Width"] for t in emulator.tasks()} == {"A": 640, "B": 640}
+    assert run_snapctl(["plan", "--detailed-exitcode"], cwd=work, env=env).code == 0
+
+
+def test_a_replace_whose_start_is_refused_is_marked_pending_in_plan(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": REPLACED})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    (work / "manifests" / "app.yaml").write_text(REPLACED.replace("A: {image: {width: 320}}", "A: {image: {width: 9}}"))
+    emulator.configure(refuse_starts=["app1/R/A"])
+    failed = run_snapctl(["apply", "--auto-approve"], cwd=work, env=env)
+    assert failed.code == 1, failed.output
+    emulator.configure(refuse_starts=[])
+    plan = run_snapctl(["plan", "--no-color"], cwd=work, env=env)
+    assert "  # app1/R/A will be created (pending: stop sent, start not yet)\n" in plan.stdout, plan.stdout
+    assert "(an interrupted replace stopped the task and never started it again: started again)" in plan.stdout
+    document = json.loads(run_snapctl(["plan", "--json"], cwd=work, env=env).stdout)
+    assert [(a["address"], a["pending"]) for a in document["actions"]] == [("app1/R/A", "stop sent, start not yet")]
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    assert {t["TaskId"]: t["Request"]["ImageConfig"]["Width"] for t in emulator.tasks()} == {"A": 9, "B": 320}

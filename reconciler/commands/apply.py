@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..style import Style
 from .options import (
     adopt_option,
@@ -76,6 +76,8 @@ def _execute(
                 stop_event=stop,
                 adopt=adopt,
             )
+    except KeyboardInterrupt:  # a second SIGINT/SIGTERM: stopped at once, calls in flight abandoned
+        raise Interrupted(_half_done(the_plan, store)) from None
     finally:
         progress.close()
     if as_json:
@@ -91,6 +93,20 @@ def _execute(
     if not report.ok:
         sys.exit(EXIT_ERROR)
     return report
+
+
+def _half_done(the_plan, store) -> str:
+    """What a run stopped at once left: the tasks of the plan with a call not settled, named."""
+    from ..plan import pending_text
+
+    pending = store.state.pending
+    left = [f"{a.address} ({pending_text(pending[a.address])})" for a in the_plan.actions if a.address in pending]
+    if not left:
+        return "stopped at once by a second signal; no task was left half-done"
+    return (
+        f"stopped at once by a second signal; {len(left)} task(s) left half-done: {', '.join(left)}; "
+        "the state records them: the next snapctl apply finishes them (snapctl plan marks them pending)"
+    )
 
 
 def _looks_like_plan_file(paths) -> bool:

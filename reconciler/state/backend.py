@@ -463,10 +463,16 @@ class StateStore(abc.ABC):
     def record_delete(self, address: str) -> None:
         self._append({"op": "delete", "address": address})
 
-    def record_intent(self, address: str, action: str, request_wire: dict[str, Any]) -> dict[str, Any] | None:
+    def record_intent(
+        self, address: str, action: str, request_wire: dict[str, Any], *, replace: str | None = None
+    ) -> dict[str, Any] | None:
         """Before sending ``action``: remember that ``address`` may run ``request_wire`` (or, for a
-        Stop, may have stopped) until the outcome is recorded. Returns the intent it replaced."""
-        intent = {"action": action, "request": self.state.fingerprint(request_wire)}
+        Stop, may have stopped) until the outcome is recorded. Returns the intent it replaced.
+        ``replace``: how far a replace got, kept in the intent for ``plan`` to show: "stopped"
+        (its stop answered, its start not sent yet), "starting" (the start sent)."""
+        intent: dict[str, Any] = {"action": action, "request": self.state.fingerprint(request_wire)}
+        if replace is not None:
+            intent["replace"] = replace
         # Only this task records for ``address`` (one record at a time), so nothing moves it meanwhile.
         previous = self.state.pending.get(address)
         self._append({"op": "intent", "address": address, "intent": intent})
