@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env
+from snapctl_testing import SNAPCTL, new_project, run_on_terminal, run_snapctl, snapctl_env
 
 # -- every manifest problem in one run --------------------------------------------------------
 
@@ -554,3 +554,23 @@ def test_a_replace_whose_start_is_refused_is_marked_pending_in_plan(emulator, tm
     assert [(a["address"], a["pending"]) for a in document["actions"]] == [("app1/R/A", "stop sent, start not yet")]
     assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
     assert {t["TaskId"]: t["Request"]["ImageConfig"]["Width"] for t in emulator.tasks()} == {"A": 9, "B": 320}
+
+
+# -- on a terminal, a line per changed task stays above the progress bar ----------------------
+
+
+def test_on_a_terminal_each_changed_task_keeps_its_line_above_the_bar(emulator, tmp_path):
+    many = "".join(f"      T{i:02d}: {{}}\n" for i in range(24))
+    work = new_project(tmp_path, emulator.url, {"app.yaml": NEW_TASKS.split("      Old")[0] + many})
+    env = snapctl_env(emulator.url, work, TERM="xterm", COLUMNS="120")
+    emulator.configure(latency_ms=100)
+    code, output = run_on_terminal(["apply", "--auto-approve", "--parallelism", "4"], work, env)
+    emulator.configure(latency_ms=0)
+    assert code == 0, output
+    assert "tasks/s" in output and "24/24" in output, output  # the live bar was drawn
+    text = output.replace("\r", "")
+    for i in range(24):
+        line = f"app1/R1/T{i:02d}: created (StartSnapshot started)"
+        assert text.count(line) == 1, (line, output)
+    # the record comes before the summary, which is printed once the bar is gone
+    assert text.rindex("app1/R1/T") < text.index("Apply complete! Tasks: 24 added"), output

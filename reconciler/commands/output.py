@@ -110,7 +110,8 @@ def handle_errors(f: Callable) -> Callable:
 
 
 class Progress:
-    """A live bar (done/total, rate, ETA) on a terminal, else one line per finished task."""
+    """One line per finished task; on a terminal they stay above a live bar (done/total, rate,
+    ETA) that is cleared at the end, so the record of each task outlives it."""
 
     def __init__(self, total: int, style: Style, *, quiet: bool, stream=None):
         self.total = total
@@ -157,8 +158,7 @@ class Progress:
             done = self._bar.tasks[0].completed + 1
             rate = done / max(time.monotonic() - self._t0, 1e-6)
             self._bar.update(self._task, advance=1, rate=f"{rate:.0f} tasks/s")
-            if not result.ok:
-                self._bar.console.print(result_line(result, self.style), markup=False, highlight=False)
+            self._bar.console.print(result_line(result, self.style), markup=False, highlight=False)
         elif not self._quiet:
             click.echo(result_line(result, self.style), file=self.stream)
 
