@@ -367,7 +367,8 @@ def test_ci_templates_run_in_order_converge_and_fail_loudly(tmp_path, emulator, 
         (work / "manifests" / "app.yaml").write_text(manifest(n=6))
         failed = run_template_steps(docs / template, "apply", env_job, work)
         assert failed.returncode == 2, (template, failed.stdout + failed.stderr)
-        assert "Apply complete!" in failed.stdout and "failed (StartTaskFailed)" in failed.stdout, failed.stdout
+        assert "Apply complete!" in failed.stdout, failed.stdout
+        assert "will be restarted (failed: StartTaskFailed)" in failed.stdout, failed.stdout
     emulator.configure(unwritable_buckets=[])
     done = run_template_steps(docs / "gitlab-ci.yml", "apply", env_gl, gl)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -410,3 +411,47 @@ def test_lock_timeout_waits_and_force_unlock_names_a_live_holder(tmp_path, emula
     out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0 and "Apply complete! Tasks: 2 added" in out, out + err
     assert snap(work, env, "force-unlock").stdout == "The state is not locked.\n"
+
+
+def test_plan_works_with_the_read_only_role_of_the_ci_templates(tmp_path, emulator, pg):
+    """docs/ci/plan-role.sql, run as written (but for the names), makes a role the pull-request
+    jobs plan with: the templates' plan job works with it; it cannot write the state."""
+    import yaml
+    from pg_server import ROLE
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "ci"
+    # The templates give the plan jobs the read-only URL, and only the apply jobs the read-write one.
+    github = yaml.safe_load((docs / "github-actions.yml").read_text())
+    assert github["jobs"]["plan"]["env"]["SNAPCTL_STATE"] == "${{ secrets.SNAPCTL_STATE_READONLY }}"
+    assert (
+        github["env"]["SNAPCTL_STATE"] == "${{ secrets.SNAPCTL_STATE }}" and "env" not in github["jobs"]["apply"]
+    ) or ("SNAPCTL_STATE" not in github["jobs"]["apply"]["env"])
+    gitlab = yaml.safe_load((docs / "gitlab-ci.yml").read_text())
+    assert gitlab["plan"]["variables"]["SNAPCTL_STATE"] == "$SNAPCTL_STATE_READONLY"
+    assert "SNAPCTL_STATE" not in gitlab["apply"].get("variables", {})
+    main, env_main = runner(tmp_path, "main", emulator.url, pg.state_url, manifest(n=3))
+    snap(main, env_main, "workspace", "new", "production")
+    done = run_template_steps(docs / "github-actions.yml", "apply", template_env(main, env_main), main)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sql = (docs / "plan-role.sql").read_text()
+    for placeholder in ("DATABASE snapctl ", "FOR ROLE snapctl ", "'change-me'"):
+        assert placeholder in sql, placeholder
+    sql = sql.replace("DATABASE snapctl ", f"DATABASE {pg.dbname} ").replace("FOR ROLE snapctl ", f"FOR ROLE {ROLE} ")
+    password = "plan-role-password"
+    with pg.server.admin(pg.dbname) as conn:
+        conn.execute("DROP ROLE IF EXISTS snapctl_plan")  # one server per test process: a role of an earlier test
+        conn.execute(sql.replace("'change-me'", f"'{password}'"))
+    readonly = pg.state_url.replace(f"{ROLE}:{pg.password}@", f"snapctl_plan:{password}@")
+    assert readonly != pg.state_url
+    # A pull request's plan job, as the templates run it, with the read-only role's URL.
+    pr, env_pr = runner(tmp_path, "pr", emulator.url, readonly, manifest(n=4))
+    sent = stats(emulator.url)["total"]
+    for template in ("github-actions.yml", "gitlab-ci.yml"):
+        done = run_template_steps(docs / template, "plan", template_env(pr, env_pr), pr)
+        assert done.returncode == 0, (template, done.stdout + done.stderr)
+        assert "Plan: 1 to add, 0 to change" in (pr / "plan.md").read_text()
+    assert stats(emulator.url)["total"] == sent  # a plan sends nothing
+    # The role cannot write: apply is refused at the lock, before any request.
+    refused = run_snapctl(["apply", "--auto-approve"], cwd=pr, env=env_pr | {"SNAPCTL_WORKSPACE": "production"})
+    assert refused.code == 1 and "Error: cannot lock the state" in refused.stderr, refused.output
+    assert stats(emulator.url)["total"] == sent and len(tasks(emulator.url)) == 3
