@@ -39,12 +39,13 @@ OFFERED = {
     },
     "apply": {
         "--target", "--replace", "--endpoint", "--qps", "--read-qps", "--parallelism", "--timeout",
-        "--lock-timeout", "--refresh", "--auto-approve",
+        "--lock-timeout", "--refresh", "--auto-approve", "--adopt",
     },
     "destroy": {"--target", "--endpoint", "--qps", "--parallelism", "--timeout", "--lock-timeout", "--auto-approve"},
     "reconcile": {
         "--endpoint", "--qps", "--read-qps", "--parallelism", "--timeout", "--lock-timeout", "--watch",
-        "--interval", "--metrics-port", "--metrics-host", "--log-format", "--no-refresh",
+        "--interval", "--metrics-port", "--metrics-host", "--log-format", "--stuck-after", "--no-refresh",
+        "--adopt",
     },
     "status": {"--target", "--offline", "--endpoint", "--read-qps", "--parallelism", "--timeout"},
     "import": {"--endpoint", "--timeout", "--lock-timeout"},
@@ -64,6 +65,7 @@ CANNOT_APPLY = [
     (["reconcile", "--metrics-host", "0.0.0.0"], "--metrics-host applies only with --watch"),
     (["reconcile", "--interval", "5"], "--interval applies only with --watch"),
     (["reconcile", "--log-format", "json"], "--log-format applies only with --watch"),
+    (["reconcile", "--watch", "--stuck-after", "60"], "--stuck-after applies only with --metrics-port"),
     (["reconcile", "--no-refresh", "--read-qps", "5"], "--read-qps does not apply with --no-refresh"),
     (["plan", "--read-qps", "5"], "--read-qps applies only with --refresh"),
     (["plan", "--parallelism", "5"], "--parallelism applies only with --refresh"),

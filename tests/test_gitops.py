@@ -146,6 +146,7 @@ def test_plan_json_shape(work, env):
             "observed",
             "stop_reason",
             "changed_outside",
+            "pending",
         }
         assert action["observed"] is None and action["changed_outside"] is False  # no --refresh
         assert action["action"] == "create" and action["symbol"] == "+"

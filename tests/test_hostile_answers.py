@@ -98,8 +98,8 @@ def test_answers_of_another_shape_are_unknown_and_never_acted_on(rigged, emulato
         assert "GetSnapshotTask answered a task of another shape than documented" in reason, reason
         assert field in reason, reason
     assert "Status 0" in unknown[address("Status0")]
-    assert "Plan: 1 to add, 0 to change, 0 to replace, 0 to destroy." in plan.stdout, plan.stdout
-    assert f"{address('Ended')} will be created" in plan.stdout or address("Ended") in plan.stdout
+    assert "Plan: 0 to add, 1 to restart, 0 to change, 0 to replace, 0 to destroy." in plan.stdout, plan.stdout
+    assert f"{address('Ended')} will be restarted (ended: StopByAPI)" in plan.stdout, plan.stdout
 
     # plan --refresh --json: the same, as JSON (integers beyond 64 bits never reach it).
     document = json.loads(run_snapctl(["plan", "--refresh", "--json"], cwd=work, env=env).stdout)

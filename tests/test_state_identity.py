@@ -61,7 +61,7 @@ def test_show_counts_the_plans_actions_and_refuses_a_format_it_cannot_read(tmp_p
     (work / "manifests" / "app.yaml").write_text(manifest(1))
     snap(work, env, "plan", "--out", "p.plan")
     doc = json.loads((work / "p.plan").read_text())
-    assert doc["summary"] == {"add": 0, "change": 0, "replace": 0, "destroy": 2}
+    assert doc["summary"] == {"add": 0, "change": 0, "replace": 0, "destroy": 2, "restart": 0}
     doc["summary"] = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
     (work / "edited.plan").write_text(json.dumps(doc))
     shown = snap(work, env, "show", "edited.plan", "--no-color")

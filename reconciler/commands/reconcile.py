@@ -122,6 +122,7 @@ def reconcile(
     from ..runenv import check_metrics_address
 
     refuse_unless(watch, "applies only with --watch", "interval_s", "metrics_port", "metrics_host", "log_format")
+    refuse_unless(metrics_port is not None, "applies only with --metrics-port (it is about /healthz)", "stuck_after_s")
     refuse_unless(not no_refresh, "does not apply with --no-refresh (it reads nothing)", "read_qps")
     settings = api_opts.settings()
     targets = [parse_target(url) for url in notify_urls] if watch else []
