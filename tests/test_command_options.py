@@ -44,7 +44,8 @@ OFFERED = {
     "destroy": {"--target", "--endpoint", "--qps", "--parallelism", "--timeout", "--lock-timeout", "--auto-approve"},
     "reconcile": {
         "--endpoint", "--qps", "--read-qps", "--parallelism", "--timeout", "--lock-timeout", "--watch",
-        "--interval", "--metrics-port", "--metrics-host", "--log-format", "--stuck-after", "--no-refresh",
+        "--interval", "--metrics-port", "--metrics-host", "--log-format", "--stuck-after", "--notify",
+        "--notify-window", "--no-refresh",
         "--adopt",
     },
     "status": {"--target", "--offline", "--endpoint", "--read-qps", "--parallelism", "--timeout"},
@@ -66,6 +67,8 @@ CANNOT_APPLY = [
     (["reconcile", "--interval", "5"], "--interval applies only with --watch"),
     (["reconcile", "--log-format", "json"], "--log-format applies only with --watch"),
     (["reconcile", "--watch", "--stuck-after", "60"], "--stuck-after applies only with --metrics-port"),
+    (["reconcile", "--notify", "http://127.0.0.1:9/hook"], "--notify applies only with --watch"),
+    (["reconcile", "--watch", "--notify-window", "5"], "--notify-window applies only with --notify"),
     (["reconcile", "--no-refresh", "--read-qps", "5"], "--read-qps does not apply with --no-refresh"),
     (["plan", "--read-qps", "5"], "--read-qps applies only with --refresh"),
     (["plan", "--parallelism", "5"], "--parallelism applies only with --refresh"),

@@ -251,7 +251,7 @@ DEFAULT_PARALLELISM = 64
 def refuse_unless(applies: bool, why: str, *names: str) -> None:
     """Refuse, in one line, an option of ``names`` (parameter names) given on the command
     line while it cannot apply: ``--metrics-port applies only with --watch``, ``why`` being
-    the end of that sentence."""
+    the end of that sentence. (An environment variable, set for every run, is not refused.)"""
     if applies:
         return
     from click.core import ParameterSource
@@ -260,11 +260,7 @@ def refuse_unless(applies: bool, why: str, *names: str) -> None:
 
     ctx = click.get_current_context()
     for param in ctx.command.params:
-        if param.name in names and ctx.get_parameter_source(param.name) not in (
-            None,
-            ParameterSource.DEFAULT,
-            ParameterSource.DEFAULT_MAP,
-        ):
+        if param.name in names and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
             flag = max(param.opts, key=len)
             raise UsageError(f"{flag} {why}; nothing was sent")
 

@@ -121,8 +121,10 @@ def reconcile(
     from .. import controller, render
     from ..runenv import check_metrics_address
 
-    refuse_unless(watch, "applies only with --watch", "interval_s", "metrics_port", "metrics_host", "log_format")
+    watch_only = ("interval_s", "metrics_port", "metrics_host", "log_format", "notify_urls")
+    refuse_unless(watch, "applies only with --watch", *watch_only)
     refuse_unless(metrics_port is not None, "applies only with --metrics-port (it is about /healthz)", "stuck_after_s")
+    refuse_unless(bool(notify_urls), "applies only with --notify", "notify_window_s")
     refuse_unless(not no_refresh, "does not apply with --no-refresh (it reads nothing)", "read_qps")
     settings = api_opts.settings()
     targets = [parse_target(url) for url in notify_urls] if watch else []
