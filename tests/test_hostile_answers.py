@@ -285,7 +285,7 @@ def assert_not_forged(text: str) -> None:
     """No line of ``text`` is a forged one, and no terminal escape is in it."""
     for line in text.splitlines():
         assert not line.startswith(f"{APP}/R/Forged"), text
-        assert not line.startswith("Plan: 0 to add"), text
+        assert not line.startswith("Plan: 0 to add, 0 to change"), text  # the forged summary
     assert "\x1b" not in text and "\x07" not in text and "\u2028" not in text and "\r" not in text, text
 
 
