@@ -8,6 +8,7 @@ of, an answer slower than --timeout."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from snapctl_testing import new_project, run_snapctl, snapctl_env
@@ -167,6 +168,9 @@ def test_rate_options_pace_the_calls(work, emulator, command, flag):
         (work / rate).mkdir()
         new_project(work / rate, emulator.url, {"app.yaml": THREE})
         before = _prepare(command, work / rate, env, emulator)
+        # The emulator limits by a sliding one-second window: let the calls of the preparation
+        # (an apply at full speed) leave it, so that only the command's own calls are counted.
+        time.sleep(1.1)
         emulator.configure(**{setting: 2})
         run = run_snapctl([*RUNS[command], flag, rate], cwd=work / rate, env=env)
         emulator.configure(**{setting: 150 if setting == "qps" else 60})
