@@ -23,8 +23,20 @@ from reconciler.state import State
 ROOT = Path(__file__).resolve().parent.parent
 
 #: What no command below needs: the API client and its event loop, the database driver,
-#: the controller's servers, the terminal and diff libraries.
-HEAVY = {"asyncio", "httpx", "httpcore", "psycopg", "rich", "deepdiff", "uvicorn", "prometheus_client", "jsonschema"}
+#: the controller's servers, the terminal and diff libraries, and the package metadata
+#: pydantic's plugin loader reads (snapctl's models use no plugin: cli._without_pydantic_plugins).
+HEAVY = {
+    "asyncio",
+    "httpx",
+    "httpcore",
+    "psycopg",
+    "rich",
+    "deepdiff",
+    "uvicorn",
+    "prometheus_client",
+    "jsonschema",
+    "importlib.metadata",
+}
 
 
 def loaded_modules(args: list[str], cwd: Path, env: dict[str, str]) -> set[str]:
@@ -43,7 +55,8 @@ def loaded_modules(args: list[str], cwd: Path, env: dict[str, str]) -> set[str]:
 
 
 def tops(names: set[str]) -> set[str]:
-    return {name.split(".")[0] for name in names}
+    """Top-level packages, and the names of HEAVY that are submodules (importlib.metadata)."""
+    return {name.split(".")[0] for name in names} | (names & HEAVY)
 
 
 @pytest.fixture
