@@ -56,6 +56,8 @@ class ActionResult:
     not_adopted: bool = False
     #: What the refresh saw of a healed task, in the API's words: ``ended (IdleTimeOut)``.
     was: str = ""
+    #: reconcile: the task fails to run (its StopReason); started again, which is no heal.
+    failing: str = ""
 
     @property
     def outcome(self) -> str:

@@ -489,9 +489,10 @@ def make_plan(
     # layout) takes the comparison below, which decides alike.
     json_of: Callable[[str], bytes] | None = getattr(desired, "json_of", None)
     stored_bytes: Callable[[str], bytes | None] | None = getattr(tasks, "stored_bytes", None)
-    if observations is not None or secrets_unknown:
+    if secrets_unknown:
         json_of = None
-    compared = set(replace) | set(state.pending)
+    # An observed task is compared by what runs; the others may take the shortcut.
+    compared = set(replace) | set(state.pending) | set(observations or ())
     for address in addresses:
         if scope and not scope.matches(address):
             continue

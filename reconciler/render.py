@@ -471,6 +471,8 @@ def result_line(result: ActionResult, style: Style) -> str:
         word = f"healed: {result.was}" if result.was else "healed (was not running)"
     if result.adopted:
         word = "already running, adopted"
+    if result.failing:
+        word = f"restarted, failing ({result.failing})"
     return f"{result.address}: {word} ({calls})"
 
 

@@ -50,8 +50,9 @@ def test_events_and_health_of_a_watching_controller(emulator, tmp_path):
         (work / "manifests" / "app.yaml").write_text(MANIFEST + "  R2: [\n")
         wait_for(lambda: any(e.kind is controller.EventKind.manifests_broken for e in events), what="broken")
         health = status.health()
-        assert not health.manifests_loaded and "app.yaml" in (health.manifests_error or "")
-        assert health.ready()[0] is False and "no manifests loaded" in health.ready()[1]
+        assert health.manifests_loaded and "app.yaml" in (health.manifests_error or "")
+        ready, reason = health.ready()
+        assert ready and "manifests broken, the last good set in force" in reason, reason
         (work / "manifests" / "app.yaml").write_text(MANIFEST)
         wait_for(lambda: any(e.kind is controller.EventKind.manifests_fixed for e in events), what="fixed")
         assert (
@@ -64,3 +65,264 @@ def test_events_and_health_of_a_watching_controller(emulator, tmp_path):
         stop.set()
         runner.join(30)
     assert status.health().role is controller.Role.stopped and not status.health().alive()
+
+
+# -- The command, end to end ------------------------------------------------------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+
+import httpx  # noqa: E402
+from snapctl_testing import SNAPCTL, calls, run_snapctl, snapctl_env  # noqa: E402
+
+FAILING = """\
+app_id: ctlapp
+storage:
+  archive: {type: tos, account_id: "2100000990", bucket: snaps}
+  broken: {type: tos, account_id: "2100000990", bucket: nowrite}
+defaults: {storage: archive}
+rooms:
+  R1:
+    tasks:
+      T1: {}
+      F1: {storage: broken}
+"""
+
+
+def many(count: int, rooms: int = 1) -> str:
+    lines = [
+        "app_id: ctlapp",
+        "storage:",
+        '  archive: {type: tos, account_id: "2100000990", bucket: snaps}',
+        "defaults: {storage: archive}",
+        "rooms:",
+    ]
+    for room in range(rooms):
+        lines += [f"  R{room:02d}:", "    tasks:"]
+        lines += [f"      T{i:03d}: {{}}" for i in range(count // rooms)]
+    return "\n".join(lines) + "\n"
+
+
+class Watch:
+    """``snapctl reconcile --watch`` in the background; its lines read as they come."""
+
+    def __init__(self, work, env, *args: str):
+        self.proc = subprocess.Popen(
+            [SNAPCTL, "reconcile", "--watch", "--no-color", *args],
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        import threading
+
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_line(self, pattern: str, what: str, start: int = 0) -> str:
+        return wait_for(
+            lambda: next((line for line in self.lines[start:] if re.search(pattern, line)), None),
+            what=f"{what} in {self.lines[-30:]}",
+            timeout=60,
+        )
+
+    def documents(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(10)
+        return code
+
+
+def running(emulator, address: str) -> bool:
+    app, room, task = address.split("/")
+    return any((t["AppId"], t["RoomId"], t["TaskId"]) == (app, room, task) for t in emulator.tasks())
+
+
+def stop_task(emulator, address: str, reason: str = "StopByAPI", *, strict: bool = True) -> None:
+    """Stop a running task out of band (``strict``: it must be running)."""
+    app, room, task = address.split("/")
+    answer = emulator.admin("stop-task", {"AppId": app, "RoomId": room, "TaskId": task, "StopReason": reason})
+    assert answer.status_code == 200 or not strict, answer.text
+
+
+def test_a_failing_task_is_reported_and_backed_off_not_healed(emulator, tmp_path):
+    emulator.configure(unwritable_buckets=["nowrite"])
+    work = new_project(tmp_path, emulator.url, {"app.yaml": FAILING})
+    env = snapctl_env(emulator.url, work)
+    watch = Watch(work, env, "--interval", "0.1", "--json", "--metrics-port", "0")
+    try:
+        port = int(re.search(r":(\d+)/metrics", watch.wait_line("Serving metrics", "the metrics line")).group(1))
+        watch.wait_line(r"ctlapp/R1/F1: failing \(StartTaskFailed\)", "the failing line")
+        # Read again and again (every 0.1 s); started once more at once, then held back (30 s).
+        wait_for(lambda: calls(emulator.url, "GetSnapshotTask") >= 40, what="40 reads")
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'snapctl_tasks_failing{reason="StartTaskFailed"} 1.0' in metrics, metrics
+        # Found failed, it was started again once (a heal); failed again, it is failing, not healed.
+        assert re.search(r"snapctl_tasks_healed_total 1\.0", metrics), metrics
+        status = run_snapctl(["status"], cwd=work, env=env)
+        assert status.code == 2 and "(failing: StartTaskFailed, 2 failure(s) in a row" in status.stdout, status.output
+        assert "1 failing" in status.stdout and re.search(r"Controller: pid \d+ on .* leads", status.stdout)
+    finally:
+        assert watch.stop() == 0
+    starts = emulator.stats()["by_action"]["StartSnapshot"]["total"]
+    assert starts == 3, f"T1 once, F1 twice (the restart that failed again is backed off): {starts}"
+    documents = watch.documents()
+    restarts = [r for d in documents for r in d.get("result", {}).get("results", []) if r["action"] == "create"]
+    assert [r["healed"] for r in restarts if r["address"] == "ctlapp/R1/F1"] == [False, True], restarts
+    # A one-shot reconcile tells the truth too: exit 1 while a declared task fails to run.
+    once = run_snapctl(["reconcile"], cwd=work, env=env)
+    assert once.code == 1 and "1 failing" in once.stdout, once.output
+    assert "Failing: ctlapp/R1/F1 (StartTaskFailed): not restarted before" in once.stderr, once.output
+    assert emulator.stats()["by_action"]["StartSnapshot"]["total"] == 3
+
+
+def test_broken_manifests_keep_the_last_good_set_healing(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
+    env = snapctl_env(emulator.url, work)
+    watch = Watch(work, env, "--interval", "0.1", "--metrics-port", "0")
+    try:
+        port = int(re.search(r":(\d+)/metrics", watch.wait_line("Serving metrics", "the metrics line")).group(1))
+        wait_for(lambda: len(emulator.tasks()) == 2, what="both tasks started")
+        (work / "manifests" / "app.yaml").write_text(MANIFEST.replace("T2: {}", "T2: {image: {interval: 0}}"))
+        watch.wait_line(r"Error: manifests broken \(the last good manifests stay in force\): .*app\.yaml", "broken")
+        assert "snapctl_manifests_valid 0.0" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        stop_task(emulator, "ctlapp/R1/T2")
+        wait_for(lambda: running(emulator, "ctlapp/R1/T2"), what="T2 healed from the last good set")
+        assert emulator.read("ctlapp", "R1", "T2")["ImageConfig"]["Interval"] == 2
+        (work / "manifests" / "app.yaml").write_text(MANIFEST)
+        watch.wait_line("Manifests fixed: 2 task", "fixed")
+        assert "snapctl_manifests_valid 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        assert watch.stop() == 0
+
+
+def test_an_ended_task_is_healed_at_once_not_at_the_end_of_a_sweep(emulator, tmp_path):
+    tasks = 60
+    work = new_project(tmp_path, emulator.url, {"app.yaml": many(tasks)})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    watch = Watch(work, env, "--read-qps", "20", "--interval", "0.1", "--json")
+    try:
+        wait_for(lambda: calls(emulator.url, "GetSnapshotTask") >= tasks, what="a first sweep")
+        for victim in ("ctlapp/R00/T007", "ctlapp/R00/T042"):
+            reads = calls(emulator.url, "GetSnapshotTask")
+            stop_task(emulator, victim)
+            wait_for(lambda: running(emulator, victim), what=f"{victim} healed")  # noqa: B023
+            # Found within one sweep's reads of its end, and started right after it was read.
+            assert calls(emulator.url, "GetSnapshotTask") - reads <= tasks + 21
+            healed = wait_for(
+                lambda: [
+                    d
+                    for d in watch.documents()
+                    if any(r["address"] == victim for r in d.get("result", {}).get("results", []))  # noqa: B023
+                ],
+                what="its hold",
+            )
+            assert healed[-1]["ok"] and healed[-1]["acted_after_reads"] < tasks // 3, healed[-1]
+    finally:
+        assert watch.stop() == 0
+    assert calls(emulator.url, "StartSnapshot") == tasks + 2
+
+
+def test_a_pipeline_apply_proceeds_while_the_controller_works(emulator, tmp_path):
+    tasks = 40
+    work = new_project(tmp_path, emulator.url, {"app.yaml": many(tasks, rooms=4)})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    emulator.configure(latency_ms=100)
+    # 4 reads a second: a sweep is 10 s, which the controller once held the lock for.
+    watch = Watch(work, env, "--read-qps", "4", "--interval", "0.1")
+    try:
+        watch.wait_line("Leading", "leading")
+        for interval in (3, 4, 5):
+            for n in range(3):
+                stop_task(emulator, f"ctlapp/R0{n}/T00{n}", strict=False)  # some may not run again yet
+            (work / "manifests" / "app.yaml").write_text(
+                many(tasks, rooms=4).replace("      T005: {}", f"      T005: {{image: {{interval: {interval}}}}}")
+            )
+            applied = run_snapctl(["apply", "--auto-approve", "--lock-timeout", "10"], cwd=work, env=env)
+            assert applied.code == 0, applied.output + "\n".join(watch.lines[-20:])
+            assert emulator.read("ctlapp", "R00", "T005")["ImageConfig"]["Interval"] == interval
+    finally:
+        assert watch.stop() == 0
+
+
+def test_a_second_controller_on_a_file_state_is_refused(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
+    env = snapctl_env(emulator.url, work)
+    first = Watch(work, env)
+    try:
+        first.wait_line("Leading", "leading")
+        second = run_snapctl(["reconcile", "--watch"], cwd=work, env=env)
+        assert second.code == 1, second.output
+        assert f"already has a controller: pid {first.proc.pid} on" in second.stderr, second.output
+        assert "Traceback" not in second.output
+        listing = run_snapctl(["state", "list", "--json"], cwd=work, env=env)
+        assert json.loads(listing.stdout)["controller"]["pid"] == first.proc.pid
+    finally:
+        assert first.stop() == 0
+    listing = run_snapctl(["state", "list", "--json"], cwd=work, env=env)
+    assert json.loads(listing.stdout)["controller"] is None
+
+
+def test_a_standby_leads_when_the_leader_is_killed(emulator, tmp_path, pg):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
+    env = snapctl_env(emulator.url, work, SNAPCTL_STATE=pg.state_url)
+    state = ["--state", pg.state_url]
+    first = Watch(work, env, *state, "--interval", "0.2")
+    second = None
+    try:
+        first.wait_line("Leading", "the first leads")
+        wait_for(lambda: len(emulator.tasks()) == 2, what="both tasks started")
+        second = Watch(work, env, *state, "--interval", "0.2")
+        second.wait_line(rf"Standing by: pid {first.proc.pid} on .* leads", "the second stands by")
+        listing = run_snapctl(["state", "list", "--json", *state], cwd=work, env=env)
+        assert json.loads(listing.stdout)["controller"]["pid"] == first.proc.pid, listing.output
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        second.wait_line("Leading: this controller reads and acts", "the standby leads")
+        status = run_snapctl(["status", "--offline", *state], cwd=work, env=env)
+        assert f"Controller: pid {second.proc.pid} on" in status.stdout, status.output
+        stop_task(emulator, "ctlapp/R1/T1")
+        wait_for(lambda: running(emulator, "ctlapp/R1/T1"), what="T1 healed by the new leader")
+    finally:
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            assert second.stop() == 0
+
+
+def test_drift_is_corrected_by_the_read_that_finds_it(emulator, tmp_path):
+    work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    watch = Watch(work, env, "--interval", "0.1")
+    try:
+        watch.wait_line("Leading", "leading")
+        rewritten = emulator.admin(
+            "rewrite-task", {"AppId": "ctlapp", "RoomId": "R1", "TaskId": "T1", "ImageConfig": {"Interval": 9}}
+        )
+        assert rewritten.status_code == 200, rewritten.text
+        watch.wait_line(r"ctlapp/R1/T1: updated", "the update")
+        assert emulator.read("ctlapp", "R1", "T1")["ImageConfig"]["Interval"] == 2
+    finally:
+        assert watch.stop() == 0
+    assert calls(emulator.url, "UpdateSnapshot") == 1 and calls(emulator.url, "StartSnapshot") == 2

@@ -379,3 +379,13 @@ def no_manifests():
     from ..manifest import ManifestSet
 
     return ManifestSet(tasks={}, warnings=[], files=[])
+
+
+def controller_of(store: Any) -> Any:
+    """Who leads the controllers (``reconcile --watch``) of ``store``: a LockHolder, None when none runs."""
+    from ..state.leader import current_leader
+
+    try:
+        return current_leader(store)
+    except Exception:  # who leads is a courtesy: a state that reads but cannot say that is no error
+        return None

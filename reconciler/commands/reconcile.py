@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import click
 import orjson
@@ -33,14 +34,28 @@ from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_er
 @api_options(qps=True, read_qps=True, parallelism=True)
 @lock_option
 @output_options
-@click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until SIGTERM/SIGINT.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Run as a controller until SIGTERM/SIGINT: read the tasks continuously at --read-qps, act within seconds.",
+)
 @click.option(
     "--interval",
     "interval_s",
     type=Number(0.1, MAX_SECONDS),
-    default=60.0,
+    default=10.0,
     show_default=True,
-    help="Seconds between rounds with --watch.",
+    help="With --watch: the shortest time between two reads of one task (fewer tasks than "
+    "--read-qps x INTERVAL are read less often than the budget allows).",
+)
+@click.option(
+    "--idle-restart",
+    type=click.Choice(["backoff", "always", "never"]),
+    default="backoff",
+    show_default=True,
+    help="Tasks that idled out (IdleTimeOut: nobody published): backoff restarts the first at once and "
+    "repeated ones ever later (at most one start per MaxIdleTime, about one an hour for an empty room); "
+    "always restarts each at once; never leaves them ended.",
 )
 @click.option(
     "--metrics-port",
@@ -105,18 +120,25 @@ def reconcile(
     notify_window_s,
     no_refresh,
     adopt,
+    idle_restart,
 ):
     """Observe every declared task, then fix what is not as declared, without asking.
 
-    Each round reads every declared task (GetSnapshotTask, at --read-qps), starts
-    the ones that ended or failed ("healed"), corrects tasks changed outside
-    snapctl, applies pending manifest changes as `apply` would, and confirms the
-    tasks it cannot see with StartSnapshot ("already started" = running). A round
-    over tasks that all run as declared sends no write call. --no-refresh instead
-    sends StartSnapshot for every declared task. With --watch this runs as a
-    controller; a failed round is reported and the loop goes on. A state that
-    held no task before a round takes over declared tasks that already run only
-    with --adopt.
+    Once: read every declared task (GetSnapshotTask, at --read-qps), start the
+    ones that ended or failed ("healed"), correct tasks changed outside snapctl,
+    apply pending manifest changes as `apply` would, and confirm the tasks it
+    cannot see with StartSnapshot ("already started" = running). A task that
+    fails to run (Status 4, or stopped again right after a start) is reported
+    as failing and restarted with a growing backoff; the exit status is then 1.
+    --no-refresh instead sends StartSnapshot for every declared task.
+
+    With --watch, as a controller: reads flow steadily at --read-qps, soonest
+    due first (a task just started is read again within 15 s); what is found
+    is acted on within a second, under short holds of the state's lock, so
+    pipelines' applies go on meanwhile. Broken manifests keep the last good set
+    in force. On a PostgreSQL state any number of replicas run: one leads, the
+    others stand by. A state that held no task before takes over declared tasks
+    that already run only with --adopt.
     """
     from .. import controller, render
     from ..runenv import check_metrics_address
@@ -151,6 +173,8 @@ def reconcile(
                 "reads": round_.reads,
                 "observed": round_.observed_counts,
                 "interrupted": round_.interrupted is not None,
+                "failing": round_.failing,
+                "deferred": {a: _iso(at) for a, at in round_.deferred.items()},
             }
             if round_.report is not None:
                 document |= {"result": render.apply_document(round_.report, round_.plan, command="reconcile")}
@@ -171,7 +195,7 @@ def reconcile(
         if report.stopped_by is not None:
             err(style(f"Error: reconcile round stopped: {render.stopped_line(report)}\n", "red"))
             return
-        healed = len(report.healed)
+        healed = len([r for r in report.healed if r.address not in round_.failing])
         changed = round_.plan.summary.total
         failed = len(report.failures)
         read = f"{round_.reads} read, " if round_.refreshed else ""
@@ -183,20 +207,33 @@ def reconcile(
             )
             out(style(line + "\n", "yellow"))
             return
+        failing = f", {len(round_.failing)} failing" if round_.failing else ""
         adopted = len(report.adopted)
         left = len(report.not_adopted)
         line = (
             f"Reconciled {round_.declared} task(s) in {round_.duration_s:.1f}s: {read}"
             f"{changed - adopted - left} change(s) applied, "
             + (f"{adopted} already running, adopted, " if adopted else "")
-            + f"{healed} healed, {failed} failed"
+            + f"{healed} healed, {failed} failed{failing}"
             + (f", {left} already running, not adopted." if left else ".")
         )
-        out(style(line + "\n", "red" if failed or left else "green"))
+        out(style(line + "\n", "red" if failed or left or round_.failing else "green"))
         if healed:
-            out("Healed: " + ", ".join(r.address for r in report.healed) + "\n")
+            out("Healed: " + ", ".join(r.address for r in report.healed if r.address not in round_.failing) + "\n")
         if left:
             err(style(f"Error: {render.not_adopted_line(report)}\n", "red"))
+        restarted = {r.address for r in report.results}
+        for address, reason in sorted(round_.failing.items()):
+            if address in round_.deferred:
+                due = round_.deferred[address]
+                when = f"not restarted before {_iso(due)} (backoff)" if due else "not restarted"
+            else:
+                when = "restarted" if address in restarted else "not restarted"
+            err(style(f"Failing: {address} ({reason}): {when}\n", "red"))
+        for address, due in sorted(round_.deferred.items()):
+            if address not in round_.failing:
+                when = f"restart due at {_iso(due)}" if due else "not restarted (--idle-restart never)"
+                out(f"Idle: {address} ended (IdleTimeOut): {when}\n")
 
     if not watch:
         # Like apply: the first SIGINT/SIGTERM lets calls in flight finish and be recorded.
@@ -211,6 +248,7 @@ def reconcile(
                 workspace=workspace,
                 stop_event=stop,
                 adopt=adopt,
+                idle_restart=idle_restart,
             )
         if round_.error is not None and not as_json:
             raise round_.error
@@ -242,26 +280,91 @@ def reconcile(
 
             notifier = Notifier(targets, window_s=notify_window_s, registry=metrics.registry if metrics else None)
             status.subscribe(notifier)
+
+        def on_line(line):
+            click.echo(line, err=as_json)  # stdout or stderr as they are now
+
+        def on_hold(hold):
+            if as_json:
+                document = {
+                    "format_version": 1,
+                    "type": "reconcile",
+                    "ok": hold.ok,
+                    "error": str(hold.error) if hold.error else None,
+                    "declared": len(ctl_manifests()),
+                    "duration_s": round(hold.held_s, 3),
+                    "lock_wait_s": round(hold.waited_s, 3),
+                    "refreshed": True,
+                    "reads": hold.reads,
+                    "observed": hold.observed or {},
+                    "recorded": hold.recorded,
+                    "acted_after_reads": hold.acted_after_reads,
+                    "failing": hold.failing,
+                    "deferred": hold.deferred,
+                    "interrupted": False,
+                }
+                if hold.report is not None and hold.plan is not None:
+                    document |= {"result": render.apply_document(hold.report, hold.plan, command="reconcile")}
+                if hold.report is not None or hold.error is not None:
+                    click.echo(orjson.dumps(document).decode())
+                return
+            if hold.error is not None:
+                from ..errors import LockError
+
+                if not isinstance(hold.error, LockError):
+                    err(style(f"Error: {hold.error}\n", "red"))
+                return
+            if hold.report is None:
+                return
+            report = hold.report
+            healed = len([r for r in report.healed if r.address not in hold.failing])
+            line = (
+                f"Acted in {hold.held_s:.2f}s (lock waited {hold.waited_s:.2f}s): "
+                f"{hold.plan.summary.total if hold.plan else 0} change(s), {healed} healed, "
+                f"{len(report.failures)} failed; {hold.reads} read since the last."
+            )
+            out(style(line + "\n", "red" if report.failures else "green"))
+
+        ctl = controller.Controller(
+            paths,
+            state_path,
+            settings,
+            stop=threading.Event(),  # graceful_stop's, below
+            workspace=workspace,
+            interval_s=interval_s,
+            lock_wait_s=max(lock_timeout_s, controller.LOCK_WAIT_S),
+            idle_restart=idle_restart,
+            status=status,
+            metrics=metrics,
+            on_result=on_result,
+            on_hold=on_hold,
+            on_line=on_line,
+            adopt=adopt,
+        )
+
+        def ctl_manifests():
+            return ctl.manifests.tasks if ctl.manifests is not None else {}
+
         with controller.graceful_stop() as stop:
+            ctl.stop = stop
             try:
-                rounds = controller.watch(
-                    paths,
-                    state_path,
-                    settings,
-                    workspace=workspace,
-                    interval_s=interval_s,
-                    stop=stop,
-                    lock_timeout_s=lock_timeout_s,
-                    metrics=metrics,
-                    on_round=report_round,
-                    on_result=on_result,
-                    refresh=not no_refresh,
-                    status=status,
-                    adopt=adopt,
-                )
+                ctl.run()
             finally:
                 if server is not None:
                     server.close()
                 if notifier is not None:
                     notifier.close()
-        err(f"Stopped after {rounds} round(s); the state is written.\n")
+        declared = len(ctl_manifests())
+        read = len(ctl.latest)
+        if declared and read < declared:
+            err(
+                f"Reconcile interrupted: stopped with {read} of {declared} task(s) read in its first sweep "
+                "(recorded in the state).\n"
+            )
+        err(f"Stopped after {ctl.reads} read(s) and {ctl.holds} hold(s) of the state's lock; the state is written.\n")
+
+
+def _iso(at):
+    from ..restarts import iso
+
+    return iso(at) if at is not None else None

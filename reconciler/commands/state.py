@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .options import ApiOptions, endpoint_option, lock_option, open_store, output_options, state_option
+from .options import (
+    ApiOptions,
+    controller_of,
+    endpoint_option,
+    lock_option,
+    open_store,
+    output_options,
+    state_option,
+)
 from .output import err, handle_errors, out, print_json
 
 
@@ -29,6 +37,7 @@ def state_list(state_path, workspace, as_json, no_color):
     """List the task addresses in the state (where it is and its workspace on stderr)."""
     store = open_store(state_path, workspace, 0.0, "snapctl state list")
     current = store.read()
+    leader = controller_of(store)
     if as_json:
         print_json(
             {
@@ -44,10 +53,15 @@ def state_list(state_path, workspace, as_json, no_color):
                 "serial": current.serial,
                 "tasks": sorted(current.tasks),
                 "pending": {a: i["action"] for a, i in sorted(current.pending.items())},
+                "controller": None
+                if leader is None
+                else {"pid": leader.pid, "host": leader.host, "since": leader.started_at},
             }
         )
         return
     err(_describe_state(store, current))
+    if leader is not None:
+        err(f"Controller: {leader.describe()} leads.\n")
     for address in sorted(current.tasks):
         out(address + "\n")
     for address, intent in sorted(current.pending.items()):

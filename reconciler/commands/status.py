@@ -9,8 +9,18 @@ from typing import Any
 
 import click
 
+from ..state.backend import now_iso
 from ..style import Style
-from .options import api_options, load, open_store, output_options, paths_argument, refuse_unless, state_option
+from .options import (
+    api_options,
+    controller_of,
+    load,
+    open_store,
+    output_options,
+    paths_argument,
+    refuse_unless,
+    state_option,
+)
 from .output import EXIT_CHANGES, EXIT_ERROR, colour_enabled, handle_errors, out, print_json
 
 _COLOURS = {
@@ -65,7 +75,8 @@ def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no
     )
     if offline:
         manifests = load(paths)
-        state = open_store(state_path, workspace, 0.0, "snapctl status").read()
+        store = open_store(state_path, workspace, 0.0, "snapctl status")
+        state = store.read()
         scope = engine.refresh_scope(manifests, state, targets)
         rows = [Row.kept(address, state, address in manifests.tasks) for address in scope]
     else:
@@ -87,7 +98,8 @@ def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no
         except Interrupted as exc:
             raise Interrupted(f"{len(exc.observations)} of {exc.total} task(s) read before the stop") from None
         rows = [Row.read(observations[address], address in manifests.tasks) for address in scope]
-    _show(rows, offline, as_json, no_color)
+    rows = [row.judged(state) for row in rows]
+    _show(rows, offline, as_json, no_color, controller_of(store))
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,17 @@ class Row:
     applied_at: str | None = None
     #: The action of a call not settled yet.
     pending: str | None = None
+    #: The task fails to run, as the controller last judged it (see reconciler.restarts):
+    #: ``{"reason", "count", "retry_at"}``.
+    failing: dict[str, Any] | None = None
+
+    def judged(self, state) -> Row:
+        """This row with what the state says of its failing (the controller's judgement)."""
+        failures = (state.observed.get(self.address) or {}).get("failures")
+        if not failures or not failures.get("failing"):
+            return self
+        failing = {key: failures.get(key) for key in ("reason", "count", "retry_at")}
+        return dataclasses.replace(self, failing=failing)
 
     @classmethod
     def read(cls, seen, declared: bool) -> Row:
@@ -160,13 +183,23 @@ class Row:
 
     def summary(self, offline: bool) -> dict[str, Any]:
         """The task in ``status --json``."""
-        fields = ["address", "status", "api_status", "stop_reason", "started", "ended", "detail", "declared"]
+        fields = [
+            "address",
+            "status",
+            "api_status",
+            "stop_reason",
+            "started",
+            "ended",
+            "detail",
+            "declared",
+            "failing",
+        ]
         if offline:
             fields += ["observed_since", "applied_at", "pending"]
         return {name: getattr(self, name) for name in fields}
 
 
-def _show(rows: list[Row], offline: bool, as_json: bool, no_color: bool) -> None:
+def _show(rows: list[Row], offline: bool, as_json: bool, no_color: bool, leader: Any = None) -> None:
     """The table (or JSON) and totals of ``status``, online and offline alike; exits 1 on a failed
     read, 2 when a declared task does not run."""
     declared = [row for row in rows if row.declared]
@@ -185,6 +218,10 @@ def _show(rows: list[Row], offline: bool, as_json: bool, no_color: bool) -> None
             "running": len(declared) - len(not_running),
             "not_running": len(not_running),
             "errors": len(errors),
+            "failing": sum(row.failing is not None for row in declared),
+            "controller": None
+            if leader is None
+            else {"pid": leader.pid, "host": leader.host, "since": leader.started_at},
         }
         if offline:
             document.update(unobserved=len(unobserved), started=len(started), pending=len(pending))
@@ -207,6 +244,13 @@ def _show(rows: list[Row], offline: bool, as_json: bool, no_color: bool) -> None
                 out(f"{''.ljust(width)}  ({row.detail})\n")
             if row.pending:
                 out(f"{''.ljust(width)}  (pending: a {row.pending} not settled yet)\n")
+            if row.failing:
+                f = row.failing
+                later = f["retry_at"] and f["retry_at"] > now_iso()
+                line = f"(failing: {f['reason']}, {f['count']} failure(s) in a row" + (
+                    f"; next start no sooner than {f['retry_at']})" if later else ")"
+                )
+                out(style(f"{''.ljust(width)}  {line}", "red") + "\n")
         running = f"{len(declared) - len(not_running)} of {len(declared)} declared task(s) running"
         if offline:
             summary = f"Offline, from the state: {running} as last known"
@@ -218,9 +262,14 @@ def _show(rows: list[Row], offline: bool, as_json: bool, no_color: bool) -> None
                 summary += f"; {len(pending)} with a pending call"
         else:
             summary = running
+        failing = sum(row.failing is not None for row in declared)
+        if failing:
+            summary += f"; {failing} failing"
         if len(rows) > len(declared):
             summary += f"; * = in the state, not declared ({len(rows) - len(declared)})"
         out(summary + ".\n")
+        if leader is not None:
+            out(f"Controller: {leader.describe()} leads.\n")
     if errors:
         sys.exit(EXIT_ERROR)
     if not_running:

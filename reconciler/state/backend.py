@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,8 @@ from ..errors import StateError, StateMoved, UsageError, WriteError
 from .model import Signpost, State, has_legacy_fingerprints
 
 DEFAULT_WORKSPACE = "default"
+#: What the controller keeps beside a task's observation (see ``reconciler.restarts``).
+OBSERVATION_FACTS = ("failures", "idle_outs")
 #: A workspace name, matched whole (fullmatch: ``$`` would also match before a final newline).
 WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 #: A new holder writes its record just after taking the lock: how long a refused
@@ -437,11 +439,15 @@ class StateStore(abc.ABC):
         }
         self._append({"op": "put", "address": address, "entry": entry})
 
-    def record_observations(self, observations: Iterable[Any]) -> int:
+    def record_observations(
+        self, observations: Iterable[Any], facts: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> int:
         """Remember what a refresh saw (``api.Observation`` values): one journal entry
         for every task whose status or stop reason changed since the last one, none
-        when nothing did (a converged controller round writes nothing). Returns how
-        many changed."""
+        when nothing did (a converged controller round writes nothing). ``facts``: by
+        address, what the controller counts beside the observation (``failures``,
+        ``idle_outs``: see ``reconciler.restarts``; None removes one), recorded when
+        they change. Returns how many changed."""
         now = now_iso()
         changed: dict[str, dict[str, Any]] = {}
         for seen in observations:
@@ -453,9 +459,18 @@ class StateStore(abc.ABC):
                 "ended": summary["ended"],
             }
             last = self.state.observed.get(seen.address)
+            extra = (facts or {}).get(seen.address)
+            if extra is None and last is not None:  # facts not judged this time: kept as they are
+                extra = {key: last[key] for key in OBSERVATION_FACTS if key in last}
+            extra = {key: value for key, value in (extra or {}).items() if value is not None}
             if last is not None and {k: last.get(k) for k in record} == record:
+                if {key: last.get(key) for key in OBSERVATION_FACTS} == {
+                    key: extra.get(key) for key in OBSERVATION_FACTS
+                }:
+                    continue
+                changed[seen.address] = record | {"since": last.get("since", now)} | extra
                 continue
-            changed[seen.address] = record | {"since": now}
+            changed[seen.address] = record | {"since": now} | extra
         if changed:
             self._append({"op": "observe", "address": "", "observed": changed})
         return len(changed)
