@@ -51,8 +51,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import gen  # noqa: E402
-from run import ENV, SNAPCTL, Emulator, Results, compile_bytecode, figure_table, machine, run, status  # noqa: E402
-from run import write_block as run_write_block  # noqa: E402
+from common import ENV, SNAPCTL, Emulator, Results, compile_bytecode, figure_table, machine, run, status  # noqa: E402
+from common import write_block as run_write_block  # noqa: E402
 
 READ_QPS = 60
 LATENCY_MS = 100

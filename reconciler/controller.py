@@ -722,7 +722,16 @@ class Controller:
                     if self.client is not None and self.client.stopped_by is not None:
                         await self._new_client_after(self.client.stopped_by)
                     elif now >= self._next_hold and self._needs_hold():
-                        hold = await self._hold()
+                        try:
+                            hold = await self._hold()
+                        except Exception as exc:  # an error nobody foresaw must not end the controller
+                            log.error("controller hold failed unexpectedly", exc_info=True)
+                            self.on_line(f"Error: unexpected {type(exc).__name__}: {exc}; the controller goes on")
+                            self._next_hold = time.monotonic() + LOCK_PAUSE_S
+                            hold = Hold(
+                                time.time(), 0.0, 0.0, 0, None, None, {}, 0,
+                                error=SnapctlError(f"unexpected {type(exc).__name__}: {exc}"),
+                            )  # fmt: skip
                         self._report(hold)
                 self._update_metrics()
                 await asyncio.sleep(ACT_EVERY_S)
@@ -937,9 +946,13 @@ class Controller:
 
         task = self.manifests.tasks.get(seen.address)
         max_idle = task.request.max_idle_time if task is not None else api.DEFAULT_MAX_IDLE_TIME
+        last = state.observed.get(seen.address) if state is not None else None
+        pending = self._to_record_facts.get(seen.address)
+        if pending is not None:  # judged since, not recorded yet: what we know is newer
+            last = {**(last or {}), **pending}
         return judge(
             seen,
-            state.observed.get(seen.address) if state is not None else None,
+            last,
             max_idle_s=max_idle,
             idle_restart=self.idle_restart,
             now=now,
@@ -1063,12 +1076,12 @@ class Controller:
                     self.schedule.urgent(address, time.monotonic())
                     continue
                 self._to_record.pop(address, None)
-                self._to_record_facts.pop(address, None)
                 if seen.stopped and self.metrics is not None and _new_finding(seen, state.observed.get(address)):
                     # The documented reasons only: a label per name an answer makes up would grow without end.
                     reason = seen.stop_reason if seen.stop_reason in _DOCUMENTED_REASONS else "other"
                     self.metrics.task_failures.labels(reason or "none").inc()
                 verdict = self._judge(seen, state, now)
+                self._to_record_facts.pop(address, None)
                 facts[address] = verdict.facts
                 self._verdict_events(seen, verdict)
                 if verdict.failing:

@@ -264,7 +264,7 @@ def test_a_request_that_cannot_be_sent_never_stops_its_task(emulator, tmp_path):
 
 
 def test_watch_survives_an_unexpected_error_in_a_round(emulator, tmp_path):
-    """A round that fails with an error snapctl did not foresee is reported, and the next round runs."""
+    """A hold that fails with an error snapctl did not foresee is reported, and the controller goes on."""
     import threading
 
     from reconciler import controller, engine
@@ -272,26 +272,35 @@ def test_watch_survives_an_unexpected_error_in_a_round(emulator, tmp_path):
     work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 2)})
     env = snapctl_env(emulator.url, work)
     seen: list[str] = []
+    holds: list = []
+    lines: list[str] = []
+    stop = threading.Event()
 
     def on_result(result):
         seen.append(result.address)
         if len(seen) == 1:
             raise RuntimeError("a result printer broke")
 
-    rounds: list = []
-    count = controller.watch(
-        [work / "manifests"],
-        work / "state" / "snapctl.state.json",
-        engine.Settings(endpoint=emulator.url, environ=env),
-        interval_s=0.01,
-        stop=threading.Event(),
-        on_round=rounds.append,
-        on_result=on_result,
-        max_rounds=2,
+    def on_hold(hold):
+        holds.append(hold)
+        if hold.error is None and set(tasks(emulator.url)) == {f"{APP}/R0/T0", f"{APP}/R0/T1"}:
+            stop.set()
+
+    runner = threading.Thread(
+        target=controller.watch,
+        args=(
+            [work / "manifests"],
+            work / "state" / "snapctl.state.json",
+            engine.Settings(endpoint=emulator.url, environ=env),
+        ),
+        kwargs={"interval_s": 0.05, "stop": stop, "on_hold": on_hold, "on_result": on_result, "on_line": lines.append},
     )
-    assert count == 2
-    assert rounds[0].error is not None and "unexpected RuntimeError: a result printer broke" in str(rounds[0].error)
-    assert rounds[1].ok, rounds[1].error
+    runner.start()
+    runner.join(120)
+    stop.set()
+    assert not runner.is_alive()
+    assert any("unexpected RuntimeError: a result printer broke" in str(h.error) for h in holds), holds
+    assert any("a result printer broke" in line for line in lines), lines
     assert set(tasks(emulator.url)) == {f"{APP}/R0/T0", f"{APP}/R0/T1"}
     assert set(state_listing(work, env, "state/snapctl.state.json")["tasks"]) == set(tasks(emulator.url))
 

@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, wait_for
+from snapctl_testing import SNAPCTL, calls, new_project, run_snapctl, snapctl_env, wait_for
 
 from reconciler import controller, notify
 from reconciler.errors import UsageError
@@ -197,11 +197,16 @@ def test_the_controller_notifies_without_blocking_and_without_secrets(emulator, 
             return [e["address"] for d in generic.documents() for e in d["events"] if e["event"] == "healed"]
 
         for round_ in (1, 2):  # a second time: the hanging and failing receivers block nothing
-            stopped = emulator.admin("streams-stopped", {"AppId": "notifyapp", "RoomId": "R1", "Immediate": True})
-            assert stopped.status_code == 200
+            # Stopped out of band (a second idle-out at once would be held back: --idle-restart backoff).
+            for task in ("T1", "T2"):
+                stopped = emulator.admin("stop-task", {"AppId": "notifyapp", "RoomId": "R1", "TaskId": task})
+                assert stopped.status_code == 200
             wait_for(lambda n=2 * round_: len(healed()) >= n, what=f"heal {round_} notified")
             assert set(healed()) == {"notifyapp/R1/T1", "notifyapp/R1/T2"}
             wait_for(lambda: len(emulator.tasks()) == 2, what="both tasks running")
+            # Read running again, so that the next stop is a first failure, not a second in a row.
+            reads = calls(emulator.url, "GetSnapshotTask")
+            wait_for(lambda r=reads: calls(emulator.url, "GetSnapshotTask") >= r + 6, what="reads of both")
         wait_for(lambda: any("healed: notifyapp/R1/T" in d["text"] for d in slack.documents()), what="slack")
         # Tried, and the failing one retried (its first retry comes a second after its failure).
         wait_for(lambda: hanging.bodies and len(failing.bodies) >= 2, what="the failing webhook retried")

@@ -102,7 +102,7 @@ def test_watch_lines_carry_their_time_in_text_and_json(emulator, tmp_path):
     started = datetime.datetime.now(datetime.timezone.utc)
 
     with watching(work, env, "--log-format", "json") as watcher:
-        watcher.wait_line(r"Reconciled 2 task\(s\)")
+        watcher.wait_line(r"Acted in .*: 2 change\(s\)")
         assert watcher.stop() == 0
     lines = watcher.lines["stdout"] + watcher.lines["stderr"]
     assert any("opsapp/R1/T1: created" in line for line in watcher.lines["stdout"]), lines
@@ -115,6 +115,8 @@ def test_watch_lines_carry_their_time_in_text_and_json(emulator, tmp_path):
     assert any(d["stream"] == "log" for d in documents), messages  # SNAPCTL_LOG's records too
 
     # Text: every line starts with its time; a --json document stays one document, with its time.
+    # (A task stopped out of band, so that the controller acts and writes a document.)
+    assert emulator.admin("stop-task", {"AppId": "opsapp", "RoomId": "R1", "TaskId": "T1"}).status_code == 200
     with watching(work, env, "--json") as watcher:
         document = json.loads(watcher.wait_line(r'"type":"reconcile"'))
         assert document["ok"] and document["declared"] == 2
@@ -159,8 +161,9 @@ def test_the_metrics_port_answers_metrics_probes_and_404(emulator, tmp_path):
         assert get(port, "/readyz", method="HEAD").content == b""
         assert get(port, "/metrics", method="POST").status_code == 405
 
-        # A loop that does not go round (every answer of the API 10 s late): /healthz says so.
+        # A loop that does not go round (it acts, and every answer of the API is 10 s late): /healthz says so.
         emulator.configure(slow_rate=1.0, slow_ms=10_000)
+        assert emulator.admin("stop-task", {"AppId": "opsapp", "RoomId": "R1", "TaskId": "T1"}).status_code == 200
         stuck = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(get(port, "/healthz")))
         assert re.fullmatch(r"loop stuck: it last went round \d+s ago \(the bound is 2s\)\n", stuck.text), stuck.text
         emulator.configure(slow_rate=0.0)
