@@ -27,7 +27,8 @@ import orjson
 from ..errors import StateError
 from .backend import LockHolder, StateStore
 from .file import FileStore, resolve_path
-from .postgres import CONNECT_TIMEOUT_S, LOCK_SPACE, PostgresStore, _psycopg, lock_key
+from .postgres import CONNECT_TIMEOUT_S, LOCK_SPACE, PostgresStore, _psycopg
+from .postgres import legacy_lock_key as lock_key  # a hash of the name: stable, in a key space of its own
 
 #: The advisory lock key space of leadership (the write lock's is LOCK_SPACE).
 LEADER_SPACE = LOCK_SPACE + 1
