@@ -45,7 +45,7 @@ OFFERED = {
     "destroy": {"--target", "--endpoint", "--qps", "--parallelism", "--timeout", "--lock-timeout", "--auto-approve"},
     "reconcile": {
         "--endpoint", "--qps", "--read-qps", "--parallelism", "--timeout", "--lock-timeout", "--watch",
-        "--interval", "--metrics-port", "--metrics-host", "--log-format", "--stuck-after", "--notify",
+        "--interval", "--idle-restart", "--metrics-port", "--metrics-host", "--log-format", "--stuck-after", "--notify",
         "--notify-window", "--no-refresh",
         "--adopt",
     },

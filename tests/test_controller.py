@@ -186,7 +186,9 @@ def test_a_failing_task_is_reported_and_backed_off_not_healed(emulator, tmp_path
     starts = emulator.stats()["by_action"]["StartSnapshot"]["total"]
     assert starts == 3, f"T1 once, F1 twice (the restart that failed again is backed off): {starts}"
     documents = watch.documents()
-    restarts = [r for d in documents for r in d.get("result", {}).get("results", []) if r["action"] == "create"]
+    restarts = [
+        r for d in documents for r in d.get("result", {}).get("results", []) if r["action"] in ("create", "restart")
+    ]
     assert [r["healed"] for r in restarts if r["address"] == "ctlapp/R1/F1"] == [False, True], restarts
     # A one-shot reconcile tells the truth too: exit 1 while a declared task fails to run.
     once = run_snapctl(["reconcile"], cwd=work, env=env)
