@@ -328,3 +328,27 @@ def test_drift_is_corrected_by_the_read_that_finds_it(emulator, tmp_path):
     finally:
         assert watch.stop() == 0
     assert calls(emulator.url, "UpdateSnapshot") == 1 and calls(emulator.url, "StartSnapshot") == 2
+
+
+def test_controllers_of_two_workspaces_whose_names_hash_alike_both_lead(emulator, tmp_path, pg):
+    # w29009 and w116065 shared a 32-bit hash, which keyed leadership at first: a controller
+    # of one kept the other's standing by. Each workspace leads by its own number now.
+    from test_pg_edges import old_lock_key
+
+    assert old_lock_key("w29009") == old_lock_key("w116065")
+    work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
+    env = snapctl_env(emulator.url, work, SNAPCTL_STATE=pg.state_url)
+    watches = []
+    try:
+        for name in ("w29009", "w116065"):
+            assert run_snapctl(["workspace", "new", name], cwd=work, env=env).code == 0
+        for name in ("w29009", "w116065"):
+            watch = Watch(work, env | {"SNAPCTL_WORKSPACE": name}, "--interval", "0.2", "--adopt")
+            watches.append(watch)
+            watch.wait_line("Leading: this controller reads and acts", f"the controller of {name} leads")
+        for name, watch in zip(("w29009", "w116065"), watches):
+            listing = run_snapctl(["state", "list", "--json"], cwd=work, env=env | {"SNAPCTL_WORKSPACE": name})
+            assert json.loads(listing.stdout)["controller"]["pid"] == watch.proc.pid, listing.output
+    finally:
+        for watch in watches:
+            watch.stop()

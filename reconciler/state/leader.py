@@ -6,7 +6,8 @@ Separate from the state's write lock, which every writer takes briefly:
   life, with its holder's record in the file. The kernel drops it when the
   process dies. A second controller on the same file is refused, the holder named.
 - **PostgreSQL**: a session advisory lock of its own (``pg_try_advisory_lock``
-  in a key space beside the write lock's), on a dedicated connection with TCP
+  in a key space beside the write lock's, keyed by the workspace's own number in
+  ``snapctl.lock_keys``, so that no two workspaces share it), on a dedicated connection with TCP
   keepalives on both ends. When the leader dies or its connection is cut the
   server drops the lock and a standby takes it; a leader that cannot reach its
   connection any more stops leading at once. Who leads is the session holding
@@ -28,7 +29,6 @@ from ..errors import StateError
 from .backend import LockHolder, StateStore
 from .file import FileStore, resolve_path
 from .postgres import CONNECT_TIMEOUT_S, LOCK_SPACE, PostgresStore, _psycopg
-from .postgres import legacy_lock_key as lock_key  # a hash of the name: stable, in a key space of its own
 
 #: The advisory lock key space of leadership (the write lock's is LOCK_SPACE).
 LEADER_SPACE = LOCK_SPACE + 1
@@ -122,9 +122,16 @@ class PostgresLeadership(Leadership):
         self.store = store
         self._conn: Any = None
         self._leading = False
+        self._number: int | None = None
 
-    def _key(self) -> tuple[int, int]:
-        return LEADER_SPACE, lock_key(self.store.workspace)
+    def _key(self, conn: Any) -> tuple[int, int]:
+        """The workspace's number in snapctl.lock_keys (given one on first use), as the write
+        lock's: a hash of its name would let two workspaces block each other's controllers."""
+        if self._number is None:
+            self.store._ensure_schema(conn)  # the table of keys is schema version 2's
+            self._number = self.store._lock_key(conn, create=True)
+        assert self._number is not None
+        return LEADER_SPACE, self._number
 
     def _connect(self) -> Any:
         psycopg = _psycopg()
@@ -160,7 +167,8 @@ class PostgresLeadership(Leadership):
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
-            self._leading = bool(self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._key()).fetchone()[0])
+            key = self._key(self._conn)
+            self._leading = bool(self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()[0])
         except psycopg.Error as exc:
             self._drop()
             raise StateError(
@@ -187,12 +195,16 @@ class PostgresLeadership(Leadership):
     def release(self) -> None:
         if self._conn is not None and self._leading:
             with contextlib.suppress(Exception):
-                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", self._key())
+                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", self._key(self._conn))
         self._drop()
 
     def leader(self) -> LockHolder | None:
-        space, key = self._key()
         with self.store._reading("leader", f"cannot read the controller lock of {self.store.location}") as conn:
+            keyed = conn.execute("SELECT to_regclass('snapctl.lock_keys')").fetchone()[0] is not None
+            number = self.store._lock_key(conn, create=False) if keyed else None
+            if number is None:  # never given a key: no controller has led this workspace
+                return None
+            space, key = LEADER_SPACE, number
             row = conn.execute(
                 "SELECT a.application_name, a.client_hostname, host(a.client_addr) FROM pg_locks l "
                 "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
