@@ -121,6 +121,7 @@ def test_alert_rules_cover_what_matters_and_pass_their_promtool_tests():
         "SnapctlTasksNotRunning",
         "SnapctlControllerDown",
         "SnapctlNoControllerUp",
+        "SnapctlNoLeader",
         "SnapctlLoopStuck",
         "SnapctlThrottled",
     } <= names
