@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from snapctl_testing import Run, calls, run_snapctl, snapctl_env, stats, tasks
+from snapctl_testing import Run, calls, snap, snapctl_env, stats, tasks
 
 APP = "adoptapp"
 TASKS = [f"{APP}/R/T{t}" for t in range(3)]
@@ -36,13 +36,6 @@ def folder(root: Path, name: str, url: str, text: str, **extra: str) -> tuple[Pa
     (work / "state").mkdir()
     (work / "manifests" / "app.yaml").write_text(text)
     return work, snapctl_env(url, work, **extra)
-
-
-def snap(work: Path, env: dict, *args: str, code: int = 0) -> Run:
-    run = run_snapctl(list(args), cwd=work, env=env)
-    assert run.code == code, run.output
-    assert "Traceback" not in run.output, run.output
-    return run
 
 
 def starts(url: str) -> dict[str, int]:

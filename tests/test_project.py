@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from snapctl_testing import Run, run_snapctl, snapctl_env, tasks
+from snapctl_testing import one_error_line, run_snapctl, snap, snapctl_env, tasks
 
 APP = "projapp"
 
@@ -25,22 +25,6 @@ def manifest(n: int = 3, app: str = APP) -> str:
         '  s: {type: tos, account_id: "2100000990", bucket: b}\n'
         f"defaults: {{storage: s}}\nrooms:\n  R:\n    tasks:\n{rows}"
     )
-
-
-def snap(cwd: Path, env: dict, *args: str, code: int = 0) -> Run:
-    run = run_snapctl(list(args), cwd=cwd, env=env)
-    assert run.code == code, run.output
-    assert "Traceback" not in run.output, run.output
-    return run
-
-
-def one_error(run: Run, *fragments: str) -> str:
-    assert run.code == 1, run.output
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), run.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def env_without_endpoint(home: Path, **extra: str) -> dict:
@@ -74,7 +58,9 @@ def test_a_run_from_a_subfolder_uses_the_project_state_and_another_folder_does_n
     listed = json.loads(snap(deep, env, "state", "list", "--json").stdout)
     assert Path(listed["location"]) == state and len(listed["tasks"]) == 3
     # The project's state named another way is still the state being migrated.
-    one_error(snap(repo, env, "state", "migrate", "--to", "ops/state/snapctl.state.json", code=1), "--to names the")
+    one_error_line(
+        snap(repo, env, "state", "migrate", "--to", "ops/state/snapctl.state.json", code=1), "--to names the"
+    )
     # Another folder, outside the project: its own (empty) state; the project's is never touched.
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "manifests").mkdir(parents=True)
@@ -132,7 +118,7 @@ def test_precedence_flags_then_variables_then_the_file_then_the_defaults(tmp_pat
     (repo / "snapctl.toml").write_text(
         f'state = "ops/state/snapctl.state.json"\nendpoint = "{other.url}"\nmanifests = ["deploy"]\n'
     )
-    one_error(snap(repo, env, "plan", code=1), f"belongs to endpoint {emulator.url}", f"not {other.url}")
+    one_error_line(snap(repo, env, "plan", code=1), f"belongs to endpoint {emulator.url}", f"not {other.url}")
     assert snap(repo, env | {"SNAPCTL_ENDPOINT": emulator.url}, "plan").stdout.startswith("No changes.")
     flagged = snap(repo, env | {"SNAPCTL_ENDPOINT": other.url}, "plan", "--endpoint", emulator.url)
     assert flagged.stdout.startswith("No changes.")
@@ -142,15 +128,15 @@ def test_precedence_flags_then_variables_then_the_file_then_the_defaults(tmp_pat
     assert snap(repo, env, "plan", "--destroy").stdout.count("will be destroyed") == 3
     # ... but whatever calls the API calls the default endpoint, which the state refuses, before any call.
     before = other.stats()["total"] + emulator.stats()["total"]
-    one_error(snap(repo, env, "plan", "--refresh", code=1), "belongs to endpoint", "https://rtc.volcengineapi.com")
-    one_error(snap(repo, env, "destroy", "--auto-approve", code=1), "belongs to endpoint")
+    one_error_line(snap(repo, env, "plan", "--refresh", code=1), "belongs to endpoint", "https://rtc.volcengineapi.com")
+    one_error_line(snap(repo, env, "destroy", "--auto-approve", code=1), "belongs to endpoint")
     assert other.stats()["total"] + emulator.stats()["total"] == before and len(tasks(emulator.url)) == 3
     # region: VOLC_REGION, then the file.
     (repo / "snapctl.toml").write_text(
         f'state = "ops/state/snapctl.state.json"\nendpoint = "{emulator.url}"\nregion = "cn-beijing"\n'
         'manifests = ["deploy"]\n'
     )
-    one_error(snap(repo, env, "plan", code=1), "(region cn-north-1)", "(region cn-beijing)")
+    one_error_line(snap(repo, env, "plan", code=1), "(region cn-north-1)", "(region cn-beijing)")
     assert snap(repo, env | {"VOLC_REGION": "cn-north-1"}, "plan").stdout.startswith("No changes.")
     # manifests: the arguments, then the file's, then manifests/.
     (repo / "one.yaml").write_text(manifest(n=1))
@@ -166,7 +152,7 @@ def test_a_mistyped_workspace_in_the_file_is_refused_before_any_call(tmp_path, r
     with (repo / "snapctl.toml").open("a") as toml:
         toml.write('workspace = "prodution"\n')
     for args in (["apply", "--auto-approve"], ["destroy", "--auto-approve"]):
-        one_error(
+        one_error_line(
             snap(repo / "tools", env, *args, code=1),
             f"workspace prodution (set in {repo / 'snapctl.toml'}) does not exist",
             "did you mean production?",
@@ -196,7 +182,7 @@ def test_a_bad_project_file_is_one_line_and_nothing_is_sent(tmp_path, emulator, 
     env = snapctl_env(emulator.url, work)
     calls = emulator.stats()["total"]
     for args in (["plan"], ["apply", "--auto-approve"], ["workspace", "list"]):
-        line = one_error(run_snapctl(args, cwd=work, env=env), *fragments)
+        line = one_error_line(run_snapctl(args, cwd=work, env=env), *fragments)
         assert "Sekr1t" not in line
     assert emulator.stats()["total"] == calls
     assert sorted(p.name for p in work.iterdir()) == ["manifests", "snapctl.toml"]
@@ -213,7 +199,7 @@ def test_init_writes_the_project_file_asking_nothing_without_a_terminal(tmp_path
     assert 'manifests = ["manifests/"]' in wrote and 'workspace = "default"' in wrote
     assert '\n# endpoint = "https://rtc.volcengineapi.com"\n' in toml.read_text()
     first = toml.read_text()
-    one_error(snap(work, env, "init", "--workspace", "x", code=1), "snapctl.toml already exists", "--force")
+    one_error_line(snap(work, env, "init", "--workspace", "x", code=1), "snapctl.toml already exists", "--force")
     assert toml.read_text() == first
     # Bad flags: one line, nothing written; a password never goes into the file, nor to the output.
     for args, fragment in (
@@ -221,7 +207,7 @@ def test_init_writes_the_project_file_asking_nothing_without_a_terminal(tmp_path
         (["--workspace", "a/b"], "--workspace: use letters, digits"),
         (["--state", pg.state_url], "--state: the URL holds a password"),
     ):
-        line = one_error(snap(work, env, "init", "--force", *args, code=1), fragment, "nothing was written")
+        line = one_error_line(snap(work, env, "init", "--force", *args, code=1), fragment, "nothing was written")
         assert pg.password not in line
         assert toml.read_text() == first
     # With flags: a team's project on PostgreSQL (the password from PGPASSWORD).

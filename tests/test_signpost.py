@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from snapctl_testing import Run, run_snapctl, snapctl_env, stats, tasks
+from snapctl_testing import run_snapctl, snap, snapctl_env, stats, tasks
 
 APP = "signapp"
 TASKS = [f"{APP}/R/T{t}" for t in range(3)]
@@ -33,13 +33,6 @@ def project(tmp_path: Path, url: str, name: str = "work", **extra: str) -> tuple
     (work / "manifests").mkdir(parents=True)
     (work / "manifests" / "app.yaml").write_text(manifest())
     return work, snapctl_env(url, work, **extra)
-
-
-def snap(work: Path, env: dict, *args: str, code: int = 0) -> Run:
-    run = run_snapctl(list(args), cwd=work, env=env)
-    assert run.code == code, run.output
-    assert "Traceback" not in run.output and 'File "' not in run.output, run.output
-    return run
 
 
 #: Every command that would use a state, with what it needs (a signpost refuses each).

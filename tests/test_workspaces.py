@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from snapctl_testing import Run, run_snapctl, snapctl_env, tasks
+from snapctl_testing import one_error_line, run_snapctl, snap, snapctl_env, tasks
 
 APP = "wsapp"
 
@@ -43,22 +43,6 @@ def work(tmp_path, emulator, state) -> tuple[Path, dict]:
     return work, snapctl_env(emulator.url, work, SNAPCTL_STATE=state)
 
 
-def snap(work: Path, env: dict, *args: str, code: int = 0) -> Run:
-    run = run_snapctl(list(args), cwd=work, env=env)
-    assert run.code == code, run.output
-    assert "Traceback" not in run.output, run.output
-    return run
-
-
-def one_error(run: Run, *fragments: str) -> str:
-    assert run.code == 1, run.output
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), run.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 def files(work: Path) -> set[str]:
     return {str(p.relative_to(work)) for p in work.rglob("*")}
 
@@ -82,14 +66,14 @@ def test_a_mistyped_workspace_is_refused_before_any_call_and_destroys_nothing(wo
         (["state", "list", "--workspace", "prodution"], {}),
         (["state", "rm", f"{APP}/R/T0", "--workspace", "prodution"], {}),
     ):
-        line = one_error(run_snapctl(args, cwd=work, env=env | extra), "workspace prodution", "does not exist")
+        line = one_error_line(run_snapctl(args, cwd=work, env=env | extra), "workspace prodution", "does not exist")
         assert "did you mean production?" in line and "(workspaces there: default, production)" in line
         assert ("SNAPCTL_WORKSPACE" if extra else "--workspace") in line
     assert emulator.stats()["total"] == calls  # nothing sent
     assert files(work) == before  # nothing written
     assert set(tasks(emulator.url)) == running  # every production task still runs
     # Far from any workspace: no guess, the list only.
-    line = one_error(run_snapctl(["plan", "--workspace", "qa"], cwd=work, env=env), "workspace qa (--workspace)")
+    line = one_error_line(run_snapctl(["plan", "--workspace", "qa"], cwd=work, env=env), "workspace qa (--workspace)")
     assert "did you mean" not in line and "snapctl workspace new qa" in line
     assert snap(work, env, "plan", "--workspace", "production").stdout.startswith("No changes.")
 
@@ -100,13 +84,13 @@ def test_workspace_verbs(work, emulator):
     assert snap(work, env, "workspace", "show").stdout == "default\n"
     created = snap(work, env, "workspace", "new", "staging").stdout
     assert created.startswith('Created workspace "staging" in ') and "workspace select staging" in created
-    one_error(snap(work, env, "workspace", "new", "staging", code=1), "workspace staging already exists")
-    one_error(snap(work, env, "workspace", "new", "default", code=1), "workspace default already exists")
-    one_error(snap(work, env, "workspace", "new", "bad/name", code=1), "use letters, digits")
+    one_error_line(snap(work, env, "workspace", "new", "staging", code=1), "workspace staging already exists")
+    one_error_line(snap(work, env, "workspace", "new", "default", code=1), "workspace default already exists")
+    one_error_line(snap(work, env, "workspace", "new", "bad/name", code=1), "use letters, digits")
     snap(work, env, "workspace", "new", "production")
     assert snap(work, env, "workspace", "list").stdout == "* default\n  production\n  staging\n"
     # select: remembered for this directory; the flag and the variable still win.
-    one_error(snap(work, env, "workspace", "select", "stagin", code=1), "did you mean staging?")
+    one_error_line(snap(work, env, "workspace", "select", "stagin", code=1), "did you mean staging?")
     selected = snap(work, env, "workspace", "select", "staging").stdout
     assert selected.startswith('Switched to workspace "staging"')
     assert (work / ".snapctl" / "workspace").read_text() == "staging\n"
@@ -123,19 +107,19 @@ def test_workspace_verbs(work, emulator):
     listed = json.loads(snap(work, env, "workspace", "list", "--json").stdout)
     assert listed["workspaces"] == ["default", "production", "staging"] and listed["current"] == "staging"
     # delete: never default, nor the current one, nor one holding tasks without --force.
-    one_error(snap(work, env, "workspace", "delete", "default", code=1), "default workspace cannot be deleted")
-    one_error(snap(work, env, "workspace", "delete", "staging", code=1), "staging is the current one")
-    one_error(snap(work, on_prod, "workspace", "delete", "production", code=1), "(SNAPCTL_WORKSPACE)")
-    one_error(snap(work, env, "workspace", "delete", "qa", code=1), "workspace qa does not exist")
+    one_error_line(snap(work, env, "workspace", "delete", "default", code=1), "default workspace cannot be deleted")
+    one_error_line(snap(work, env, "workspace", "delete", "staging", code=1), "staging is the current one")
+    one_error_line(snap(work, on_prod, "workspace", "delete", "production", code=1), "(SNAPCTL_WORKSPACE)")
+    one_error_line(snap(work, env, "workspace", "delete", "qa", code=1), "workspace qa does not exist")
     snap(work, env, "workspace", "select", "default")
-    refused = one_error(snap(work, env, "workspace", "delete", "staging", code=1), "holds 3 task(s)")
+    refused = one_error_line(snap(work, env, "workspace", "delete", "staging", code=1), "holds 3 task(s)")
     assert f"{APP}/R/T0, {APP}/R/T1, {APP}/R/T2" in refused and "--force" in refused
     assert snap(work, env, "workspace", "delete", "production").stdout.startswith('Deleted workspace "production"')
     forced = snap(work, env, "workspace", "delete", "staging", "--force").stdout
     assert "3 task(s) forgotten, not stopped" in forced
     assert len(tasks(emulator.url)) == 3  # forgotten, still running
     assert snap(work, env, "workspace", "list").stdout == "* default\n"
-    one_error(snap(work, on_prod, "plan", code=1), "workspace production (SNAPCTL_WORKSPACE) does not exist")
+    one_error_line(snap(work, on_prod, "plan", code=1), "workspace production (SNAPCTL_WORKSPACE) does not exist")
     # A deleted workspace can be made again, empty.
     snap(work, env, "workspace", "new", "staging")
     assert "3 to add" in snap(work, env, "plan", "--workspace", "staging").stdout
@@ -146,7 +130,7 @@ def test_a_selection_of_a_workspace_deleted_since_is_refused(work, emulator):
     snap(work, env, "workspace", "new", "qa")
     snap(work, env, "workspace", "select", "qa")
     (work / ".snapctl" / "workspace").write_text("qaa\n")  # edited by hand
-    line = one_error(
+    line = one_error_line(
         snap(work, env, "apply", "--auto-approve", code=1), "workspace qaa (selected in .snapctl/workspace)"
     )
     assert "did you mean qa?" in line and emulator.stats()["total"] == 0
