@@ -114,6 +114,19 @@ class ClientStats:
         self.requests[(action, result)] += 1
 
 
+def outcome_label(exc: ApiError) -> str:
+    """A failed call's outcome as a bounded label: a documented error code, ``InvalidParameter.other``
+    for an undocumented business error of that class, ``other`` for any other code the answer made
+    up, or the exception's class when there was no answer (a label per invented code would grow a
+    long-running controller's metrics without end)."""
+    code = exc.code
+    if not code:
+        return type(exc).__name__
+    if code in api.ERROR_CODES:
+        return code
+    return "InvalidParameter.other" if code.startswith("InvalidParameter") else "other"
+
+
 class SnapshotClient:
     """Async client; use as ``async with SnapshotClient(...) as client``."""
 
@@ -251,7 +264,7 @@ class SnapshotClient:
                 exc.may_have_run = may_have_run
                 if isinstance(exc, RunStoppedError):
                     raise
-                self.stats.record(action, exc.code or type(exc).__name__)
+                self.stats.record(action, outcome_label(exc))
                 if isinstance(exc, ThrottledError):
                     self.stats.throttled += 1
                 if isinstance(exc, NotSentError) and exc.refused:
