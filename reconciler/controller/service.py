@@ -1,485 +1,31 @@
-"""Reconcile: observe every declared task (GetSnapshotTask), then start what
-ended or failed, correct drift and apply pending changes, once or as a
-long-running GitOps controller with Prometheus metrics. A round over tasks that
-all run as declared sends reads only.
-
-The controller's surface for an ops layer (HTTP probes, notifications, logs):
-
-- :class:`Event`: what happened that someone may want to hear about (a task
-  failing, recovered, healed, drift corrected, manifests broken or fixed,
-  leadership changed). Observers (``Callable[[Event], None]``) are given to
-  :func:`watch` (``observers=``) or added with :meth:`ControllerStatus.subscribe`;
-  they are called on the controller's loop, one event at a time, and must not
-  block (queue the work elsewhere); an observer that raises is logged and kept.
-  Events hold no secret: addresses, StopReasons and error lines only.
-- :class:`Health`: the facts a probe needs (:meth:`ControllerStatus.health`):
-  when the loop last ticked, whether this replica leads or stands by (and who
-  leads), whether manifests are loaded (and the error of a broken set), whether
-  the state is reachable. :meth:`Health.alive` and :meth:`Health.ready` judge them.
-"""
+"""The controller as a service (``reconcile --watch``): continuous, risk-ordered observation.
+Reads flow steadily at the read budget, soonest due first (:mod:`.schedule`); findings are acted
+on under short holds of the state's lock; one replica leads (see ``state.leader``)."""
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import api, engine
-from .apply import ActionResult, ApplyReport
-from .errors import Interrupted, SnapctlError
-from .plan import Plan
-from .state import DEFAULT_WORKSPACE, store_for
+from .. import api, engine
+from ..apply import ActionResult
+from ..errors import SnapctlError
+from ..plan import Plan
+from ..state import DEFAULT_WORKSPACE, store_for
+from .metrics import Metrics
+from .once import _judged
+from .reports import Hold
+from .schedule import Schedule
+from .status import ControllerStatus, EventKind, Role
 
 _DOCUMENTED_REASONS = frozenset(reason.value for reason in api.StopReason)
 
 log = logging.getLogger("snapctl.controller")
-
-
-class EventKind(str, enum.Enum):
-    """What an :class:`Event` reports."""
-
-    #: A declared task fails to run (Status 4, or ended again right after snapctl started it).
-    failing = "failing"
-    #: A task that was failing runs again.
-    recovered = "recovered"
-    #: A task found ended (not failing) was started again.
-    healed = "healed"
-    #: A task changed outside snapctl was put back as declared.
-    drift_corrected = "drift_corrected"
-    #: The manifests fail to load or validate: the last good set stays in force.
-    manifests_broken = "manifests_broken"
-    #: The manifests load again (after ``manifests_broken``).
-    manifests_fixed = "manifests_fixed"
-    #: This replica started or stopped leading (``reason``: "leading" or "standing_by").
-    leadership_changed = "leadership_changed"
-
-
-@dataclass(frozen=True)
-class Event:
-    """One thing the controller did or found. Never holds a secret."""
-
-    kind: EventKind
-    #: When (seconds since the epoch).
-    at: float
-    #: The task, for task events.
-    address: str | None = None
-    #: The API's StopReason of a failing task, the first error line of broken manifests,
-    #: "leading" or "standing_by" for leadership.
-    reason: str | None = None
-    #: One human-readable line.
-    detail: str = ""
-
-    def document(self) -> dict[str, Any]:
-        """The event as JSON-ready data."""
-        return {
-            "type": "event",
-            "event": self.kind.value,
-            "at": self.at,
-            "address": self.address,
-            "reason": self.reason,
-            "detail": self.detail,
-        }
-
-
-Observer = Callable[[Event], None]
-
-
-class Role(str, enum.Enum):
-    starting = "starting"
-    leading = "leading"
-    standing_by = "standing_by"
-    stopped = "stopped"
-
-
-@dataclass(frozen=True)
-class Health:
-    """A snapshot of the controller's health facts (see :meth:`ControllerStatus.health`)."""
-
-    #: When the loop last went round (``time.monotonic()`` and ``time.time()``); None before its first tick.
-    last_tick_monotonic: float | None = None
-    last_tick_at: float | None = None
-    role: Role = Role.starting
-    #: Who leads (``pid N on HOST (command), since T``), when known.
-    leader: str | None = None
-    #: A good manifest set is in force (the last good one if the current files are broken).
-    manifests_loaded: bool = False
-    #: Why the manifests on disk are not in force (None when they are); the last good set stays in force.
-    manifests_error: str | None = None
-    #: The state answered the last time the controller used it.
-    state_reachable: bool = True
-    state_error: str | None = None
-    declared: int = 0
-    failing: int = 0
-
-    def alive(self, stuck_after_s: float = 120.0) -> bool:
-        """The loop went round within ``stuck_after_s`` (or has not started yet)."""
-        if self.role is Role.stopped:
-            return False
-        return self.last_tick_monotonic is None or time.monotonic() - self.last_tick_monotonic <= stuck_after_s
-
-    def ready(self) -> tuple[bool, str]:
-        """Ready: leading or standing by, with a manifest set in force and the state reachable;
-        else why not. Broken manifests while the last good set is in force are ready, said in the reason."""
-        if self.role not in (Role.leading, Role.standing_by):
-            return False, f"controller is {self.role.value.replace('_', ' ')}"
-        if not self.manifests_loaded:
-            return False, f"no manifests loaded: {self.manifests_error or 'not yet'}"
-        if not self.state_reachable:
-            return False, f"state unreachable: {self.state_error}"
-        role = "leading" if self.role is Role.leading else "standing by"
-        if self.manifests_error:
-            return True, f"{role}; manifests broken, the last good set in force: {self.manifests_error}"
-        return True, role
-
-
-class ControllerStatus:
-    """The health facts of a running controller and its observers; thread-safe."""
-
-    def __init__(self, observers: Sequence[Observer] = ()):
-        self._lock = threading.Lock()
-        self._health = Health()
-        self._observers: list[Observer] = list(observers)
-
-    def subscribe(self, observer: Observer) -> None:
-        with self._lock:
-            self._observers.append(observer)
-
-    def health(self) -> Health:
-        with self._lock:
-            return self._health
-
-    def update(self, **facts: Any) -> None:
-        with self._lock:
-            self._health = replace(self._health, **facts)
-
-    def tick(self) -> None:
-        self.update(last_tick_monotonic=time.monotonic(), last_tick_at=time.time())
-
-    def emit(self, kind: EventKind, address: str | None = None, reason: str | None = None, detail: str = "") -> None:
-        event = Event(kind, time.time(), address, reason, detail)
-        with self._lock:
-            observers = list(self._observers)
-        for observer in observers:
-            try:
-                observer(event)
-            except Exception:
-                log.warning("event observer %r failed on %s", observer, kind.value, exc_info=True)
-
-
-@dataclass
-class Round:
-    """The outcome of one reconcile round."""
-
-    plan: Plan | None
-    report: ApplyReport | None
-    #: Why the round failed: a SnapctlError, or an unexpected error wrapped in one.
-    error: SnapctlError | None
-    declared: int
-    started_at: float
-    duration_s: float
-    api_requests: dict[tuple[str, str], int]
-    throttled: int
-    #: The round read the tasks first (not --no-refresh), and what it saw.
-    refreshed: bool = False
-    observations: dict[str, api.Observation] | None = None
-    #: SIGINT/SIGTERM stopped the round during its reads (before it changed anything):
-    #: how far the reads got.
-    interrupted: str | None = None
-    #: Declared tasks that fail to run (address → StopReason): restarted, or held back by backoff.
-    failing: dict[str, str] = field(default_factory=dict)
-    #: Stopped tasks not started this round (backoff, idle policy): address → when a start is due
-    #: (seconds since the epoch; None: not by itself, ``--idle-restart never``).
-    deferred: dict[str, float | None] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Everything done and no declared task failing to run."""
-        return self.error is None and self.report is not None and self.report.ok and not self.failing
-
-    @property
-    def reads(self) -> int:
-        return len(self.observations or {})
-
-    @property
-    def observed_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for seen in (self.observations or {}).values():
-            counts[seen.observed.value] = counts.get(seen.observed.value, 0) + 1
-        return dict(sorted(counts.items()))
-
-    @property
-    def changes(self) -> dict[str, int]:
-        """What the round changed: tasks by action kind, and confirmed unknowns."""
-        counts: dict[str, int] = {}
-        for result in self.report.results if self.report else []:
-            if result.ok and (result.kind != "reassert" or result.healed):
-                counts[result.kind] = counts.get(result.kind, 0) + 1
-        return counts
-
-
-class Metrics:
-    """Prometheus metrics of the controller, served on ``port`` by prometheus_client (None: not
-    served here; ``reconcile --watch`` serves ``registry`` with :mod:`reconciler.ops_http`)."""
-
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-
-        r = self.registry = CollectorRegistry()
-        self.declared = Gauge("snapctl_tasks_declared", "Tasks declared in the manifests in force", registry=r)
-        self.converged = Gauge(
-            "snapctl_tasks_converged", "Declared tasks running (or waiting for streams) as last read", registry=r
-        )
-        self.failed = Gauge("snapctl_tasks_failed", "Tasks whose last action failed (last hold that acted)", registry=r)
-        self.failing = Gauge(
-            "snapctl_tasks_failing",
-            "Declared tasks that fail to run (Status 4, or stopped again right after a start), by StopReason",
-            ["reason"],
-            registry=r,
-        )
-        self.failing_reasons: set[str] = set()
-        self.healed = Counter("snapctl_tasks_healed", "Tasks found not running and started again", registry=r)
-        self.requests = Counter(
-            "snapctl_api_requests", "API requests by action and outcome", ["action", "outcome"], registry=r
-        )
-        self.throttled = Counter("snapctl_api_throttled", "API answers FlowLimitExceeded", registry=r)
-        self.observed = Gauge(
-            "snapctl_tasks_observed", "Declared tasks by the status their last read showed", ["status"], registry=r
-        )
-        self.task_failures = Counter(
-            "snapctl_task_failures", "Tasks found ended or failed, by the API's StopReason", ["reason"], registry=r
-        )
-        self.reads_total = Counter("snapctl_task_reads", "GetSnapshotTask reads", registry=r)
-        self.sweep = Gauge(
-            "snapctl_read_period_seconds",
-            "How often each declared task is read: max(declared / read budget, --interval)",
-            registry=r,
-        )
-        self.read_lag = Gauge(
-            "snapctl_read_lag_seconds", "How far the oldest due read is behind its schedule", registry=r
-        )
-        self.holds = Counter("snapctl_lock_holds", "Holds of the state's lock, by result", ["result"], registry=r)
-        self.hold_seconds = Gauge("snapctl_lock_hold_seconds", "How long the last hold of the lock took", registry=r)
-        self.lock_wait_seconds = Gauge(
-            "snapctl_lock_wait_seconds", "How long the last hold waited for the lock", registry=r
-        )
-        self.manifests_valid = Gauge(
-            "snapctl_manifests_valid", "1 when the manifests on disk are the set in force, 0 when broken", registry=r
-        )
-        self.leader = Gauge("snapctl_controller_leader", "1 while this controller leads, 0 standing by", registry=r)
-        self.last_tick = Gauge(
-            "snapctl_loop_tick_timestamp_seconds", "When the controller's loop last went round", registry=r
-        )
-        self._seen_requests: dict[tuple[str, str], int] = {}
-        self._seen_throttled = 0
-        self.server = self.thread = None
-        if port is not None:
-            self.server, self.thread = start_http_server(port, addr=host, registry=r)
-
-    def observe_client(self, client: Any) -> None:
-        """Count the requests a client made since the last look."""
-        if client is None:
-            return
-        for key, count in client.stats.requests.items():
-            seen = self._seen_requests.get(key, 0)
-            if count > seen:
-                self.requests.labels(*key).inc(count - seen)
-            self._seen_requests[key] = count
-        if client.stats.throttled > self._seen_throttled:
-            self.throttled.inc(client.stats.throttled - self._seen_throttled)
-        self._seen_throttled = client.stats.throttled
-
-    def forget_client(self) -> None:
-        self._seen_requests, self._seen_throttled = {}, 0
-
-    def observe_hold(self, hold: Hold, client: Any) -> None:
-        self.holds.labels("ok" if hold.error is None else "failed").inc()
-        self.lock_wait_seconds.set(hold.waited_s)
-        if hold.error is None:
-            self.hold_seconds.set(hold.held_s)
-        if hold.report is not None:
-            self.healed.inc(len(hold.report.healed))
-            self.failed.set(len(hold.report.failures))
-        self.observe_client(client)
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-
-
-def reconcile_once(
-    paths: Sequence[Path],
-    state_path: Path | str,
-    settings: engine.Settings,
-    *,
-    lock_timeout_s: float = 0.0,
-    on_result: Callable[[ActionResult], None] | None = None,
-    stop_event: threading.Event | None = None,
-    refresh: bool = True,
-    workspace: str = DEFAULT_WORKSPACE,
-    adopt: bool = False,
-    idle_restart: Any = None,
-) -> Round:
-    """One round: load, read every declared task (``refresh``), plan against what
-    runs and apply; StartSnapshot only the tasks the read could not see. Without
-    ``refresh``, StartSnapshot every unchanged task (the blind re-assert).
-    ``adopt``: as for apply (see :mod:`reconciler.apply`)."""
-    started, t0 = time.time(), time.monotonic()
-    client = reader = None
-    observations = None
-    interrupted: str | None = None
-    failing: dict[str, str] = {}
-    deferred: dict[str, float | None] = {}
-    try:
-        manifests = engine.load_manifests(list(paths))
-        target = settings.target()
-        with store_for(
-            state_path, workspace=workspace, lock_timeout_s=lock_timeout_s, command="snapctl reconcile"
-        ) as store:
-            store.bind(*target)
-            if refresh:
-                reader = settings.client()
-                try:
-                    observations = engine.refresh(
-                        reader,
-                        sorted(manifests.tasks),
-                        store.state,
-                        parallelism=settings.parallelism,
-                        stop_event=stop_event,
-                    )
-                except Interrupted as exc:  # SIGINT/SIGTERM: stop reading at once, keep what was read
-                    observations = exc.observations
-                    store.record_observations(observations.values())
-                    raise
-                failing, deferred, facts = judge_round(observations, store.state, manifests, idle_restart)
-                store.record_observations(observations.values(), facts)
-            # A stopped task whose restart is not due yet is left as it is (planned against the state).
-            acting = {a: o for a, o in observations.items() if a not in deferred} if observations is not None else None
-            client = settings.client()
-            plan = engine.plan(manifests, store.state, observations=acting, target=target)
-            reassert = engine.unchanged_addresses(plan, manifests, store.state)
-            if acting is not None:
-                # Only what could not be seen needs StartSnapshot to confirm it.
-                reassert = [a for a in reassert if a in acting and acting[a].confirmable]
-            report = engine.run_apply(
-                plan,
-                manifests,
-                store,
-                client,
-                parallelism=settings.parallelism,
-                reassert=reassert,
-                on_result=_judged(failing, on_result),
-                stop_event=stop_event,
-                adopt=adopt,
-            )
-        error, declared = None, len(manifests.tasks)
-    except Interrupted as exc:
-        plan, report, error, declared = None, None, None, len(manifests.tasks)
-        interrupted = f"{len(exc.observations)} of {exc.total} task(s) read (recorded in the state)"
-    except SnapctlError as exc:
-        plan, report, error, declared = None, None, exc, 0
-    except Exception as exc:  # a round must never end the controller: report it and go on
-        log.error("reconcile round failed unexpectedly", exc_info=True)
-        plan, report, declared = None, None, 0
-        error = SnapctlError(f"unexpected {type(exc).__name__}: {exc}")
-    requests: dict[tuple[str, str], int] = {}
-    throttled = 0
-    for used in (reader, client):
-        if used is not None:
-            for key, count in used.stats.requests.items():
-                requests[key] = requests.get(key, 0) + count
-            throttled += used.stats.throttled
-    return Round(
-        plan,
-        report,
-        error,
-        declared,
-        started,
-        time.monotonic() - t0,
-        requests,
-        throttled,
-        refreshed=refresh,
-        observations=observations,
-        interrupted=interrupted,
-        failing=failing,
-        deferred=deferred,
-    )
-
-
-def _judged(
-    failing: dict[str, str], on_result: Callable[[ActionResult], None] | None
-) -> Callable[[ActionResult], None]:
-    """``on_result``, after marking the results of failing tasks: restarted, not healed."""
-
-    def judged(result: ActionResult) -> None:
-        if result.address in failing:
-            result.healed, result.failing = False, failing[result.address]
-        if on_result is not None:
-            on_result(result)
-
-    return judged
-
-
-def judge_round(
-    observations: dict[str, api.Observation], state: Any, manifests: Any, idle_restart: Any = None
-) -> tuple[dict[str, str], dict[str, float | None], dict[str, dict[str, Any]]]:
-    """Judge a round's observations (see ``reconciler.restarts``): the failing tasks (address →
-    StopReason), the stopped ones whose restart is not due (address → when it is), and the facts
-    to record."""
-    from .restarts import IdleRestart, judge
-
-    now = time.time()
-    policy = IdleRestart(idle_restart or IdleRestart.backoff)
-    failing: dict[str, str] = {}
-    deferred: dict[str, float | None] = {}
-    facts: dict[str, dict[str, Any]] = {}
-    for address, seen in observations.items():
-        task = manifests.tasks.get(address)
-        if task is None:
-            continue
-        verdict = judge(
-            seen,
-            state.observed.get(address),
-            max_idle_s=task.request.max_idle_time,
-            idle_restart=policy,
-            now=now,
-        )
-        facts[address] = verdict.facts
-        if verdict.failing:
-            failing[address] = verdict.reason
-        if seen.stopped and not verdict.restart:
-            deferred[address] = verdict.retry_at
-    return failing, deferred, facts
-
-
-@contextlib.contextmanager
-def graceful_stop() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT set the event (in-flight calls finish, the state is written);
-    a second signal interrupts at once."""
-    stop = threading.Event()
-    previous = {}
-
-    def handler(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-# The controller as a service: continuous, risk-ordered observation ----------------------------
 
 #: A task just started (by snapctl or a heal) is read again this soon: a start that fails is seen quickly.
 READ_AGAIN_AFTER_START_S = 15.0
@@ -500,104 +46,6 @@ STATE_REREAD_S = 10.0
 LEADER_CHECK_S = 2.0
 #: After an error that concerns every call (credentials, an unreachable endpoint): wait, then a new client.
 API_PAUSE_S = 5.0
-
-
-class Schedule:
-    """When each declared task is read next: a heap of next-read times.
-
-    Two queues, read soonest first: *urgent* reads (a task just started, a
-    restart coming due) go before the *regular* ones, which are due
-    ``interval_s`` after the task's last observation, so that under a full read
-    budget the oldest observation is read first."""
-
-    def __init__(self, interval_s: float):
-        import heapq
-
-        self._heapq = heapq
-        self.interval_s = interval_s
-        self._regular: list[tuple[float, str]] = []
-        self._urgent: list[tuple[float, str]] = []
-        self._due: dict[str, float] = {}
-        self._urgent_due: dict[str, float] = {}
-        self._reading: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self._due) + len(self._reading)
-
-    def add(self, address: str, due: float) -> None:
-        if address in self._due or address in self._reading:
-            return
-        self._due[address] = due
-        self._heapq.heappush(self._regular, (due, address))
-
-    def remove(self, address: str) -> None:
-        self._due.pop(address, None)
-        self._urgent_due.pop(address, None)
-        self._reading.discard(address)
-
-    def urgent(self, address: str, due: float) -> None:
-        """Read ``address`` at ``due`` (or sooner, if it is due sooner anyway) before the regular reads."""
-        if address not in self._due and address not in self._reading:
-            return
-        if self._urgent_due.get(address, float("inf")) <= due:
-            return
-        self._urgent_due[address] = due
-        self._heapq.heappush(self._urgent, (due, address))
-
-    def pop_due(self, now: float) -> str | None:
-        """The next task to read now, taken off the schedule until :meth:`read` puts it back."""
-        for heap, dues in ((self._urgent, self._urgent_due), (self._regular, self._due)):
-            while heap and heap[0][0] <= now:
-                due, address = self._heapq.heappop(heap)
-                if dues.get(address) != due or address in self._reading:
-                    continue  # superseded or being read
-                self._urgent_due.pop(address, None)
-                if address in self._due:
-                    del self._due[address]
-                    self._reading.add(address)
-                    return address
-        return None
-
-    def read(self, address: str, now: float) -> None:
-        """``address`` was read at ``now``: next regular read ``interval_s`` later."""
-        if address not in self._reading:
-            return  # no longer declared
-        self._reading.discard(address)
-        self._due[address] = now + self.interval_s
-        self._heapq.heappush(self._regular, (now + self.interval_s, address))
-
-    def next_due(self) -> float | None:
-        heads = [h[0][0] for h in (self._urgent, self._regular) if h]
-        return min(heads) if heads else None
-
-    def oldest_due(self) -> float | None:
-        """The earliest regular due time (how far behind the reads are)."""
-        return min(self._due.values(), default=None)
-
-
-@dataclass
-class Hold:
-    """One hold of the state's lock by the controller: what it recorded and did."""
-
-    started_at: float
-    waited_s: float
-    held_s: float
-    recorded: int
-    plan: Plan | None
-    report: ApplyReport | None
-    #: Tasks found failing in this hold (address → reason), and those not restarted yet (backoff).
-    failing: dict[str, str]
-    deferred: int
-    error: SnapctlError | None = None
-    reads: int = 0
-    observed: dict[str, int] | None = None
-    #: Of the tasks acted on, the most reads the controller made between a task's read and the act
-    #: (a finding is acted on at once: a handful, never a sweep).
-    acted_after_reads: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and (self.report is None or self.report.ok)
 
 
 def _manifest_signature(paths: Sequence[Path]) -> tuple:
@@ -644,7 +92,7 @@ class Controller:
         on_line: Callable[[str], None] | None = None,
         adopt: bool = False,
     ):
-        from .restarts import IdleRestart
+        from ..restarts import IdleRestart
 
         self.paths = list(paths)
         #: Record tasks found running though the state held none (``--adopt``; see ``reconciler.apply``).
@@ -686,7 +134,7 @@ class Controller:
         self._announced = False
         self.client: Any = None
         self._store = store_for(state_path, workspace=workspace, command="snapctl reconcile --watch")
-        from .state.leader import leadership_for
+        from ..state.leader import leadership_for
 
         self.leadership = leadership_for(self._store)
 
@@ -784,7 +232,7 @@ class Controller:
                 "A file state takes one controller; use a PostgreSQL state for standbys"
             )
         if self.leading:
-            from .state import LockHolder
+            from ..state import LockHolder
 
             self.status.update(role=Role.leading, leader=LockHolder.me(_leader_command()).describe())
         else:
@@ -825,7 +273,7 @@ class Controller:
 
     def _reload_manifests(self) -> None:
         """Load the manifests when their files changed; a set that fails keeps the last good one."""
-        from .manifest import ManifestError
+        from ..manifest import ManifestError
 
         signature = _manifest_signature(self.paths)
         if signature == self._signature:
@@ -894,7 +342,7 @@ class Controller:
     async def _read_loop(self) -> None:
         import asyncio
 
-        from .errors import ApiError, AuthError
+        from ..errors import ApiError, AuthError
 
         slots = max(2, min(self.settings.parallelism, int(self.settings.read_qps) + 1))
         semaphore = asyncio.Semaphore(slots)
@@ -942,7 +390,7 @@ class Controller:
     # Acting ----------------------------------------------------------------------------------------
 
     def _judge(self, seen: api.Observation, state: Any, now: float):
-        from .restarts import judge
+        from ..restarts import judge
 
         task = self.manifests.tasks.get(seen.address)
         max_idle = task.request.max_idle_time if task is not None else api.DEFAULT_MAX_IDLE_TIME
@@ -1012,7 +460,7 @@ class Controller:
         self.status.update(failing=len(self.failing))
 
     def _open_store(self):
-        from .state import store_for as open_
+        from ..state import store_for as open_
 
         store = open_(
             self.state_path,
@@ -1038,8 +486,8 @@ class Controller:
         """Take the lock, record the findings, plan against the state as it is now, act, release."""
         import asyncio
 
-        from .apply import Applier
-        from .errors import LockError
+        from ..apply import Applier
+        from ..errors import LockError
 
         findings, self.findings = self.findings, {}
         started, t0 = time.time(), time.monotonic()
@@ -1220,14 +668,14 @@ class Controller:
 
 
 def _leader_command() -> str:
-    from .state.leader import Leadership
+    from ..state.leader import Leadership
 
     return Leadership.command
 
 
 def _iso_floor(at: float) -> str:
     """``at`` as the state writes times (seconds), rounded down: a record of the same second counts as later."""
-    from .restarts import iso
+    from ..restarts import iso
 
     return iso(int(at))
 
@@ -1280,8 +728,8 @@ def watch(
 def _plan_observed(manifests: Any, state: Any, observed: dict[str, api.Observation]) -> Plan:
     """The plan for the ``observed`` tasks alone (drift, stopped), against ``state``: what
     they need, without looking at the thousands of others (the controller asks this often)."""
-    from .plan import make_plan
-    from .state import State
+    from ..plan import make_plan
+    from ..state import State
 
     desired = {a: manifests.tasks[a].request.wire() for a in observed if a in manifests.tasks}
     view = State(
