@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 
 import click
 import orjson
@@ -291,7 +290,7 @@ def reconcile(
                     "type": "reconcile",
                     "ok": hold.ok,
                     "error": str(hold.error) if hold.error else None,
-                    "declared": len(ctl_manifests()),
+                    "declared": status.health().declared,
                     "duration_s": round(hold.held_s, 3),
                     "lock_wait_s": round(hold.waited_s, 3),
                     "refreshed": True,
@@ -325,36 +324,30 @@ def reconcile(
             )
             out(style(line + "\n", "red" if report.failures else "green"))
 
-        ctl = controller.Controller(
-            paths,
-            state_path,
-            settings,
-            stop=threading.Event(),  # graceful_stop's, below
-            workspace=workspace,
-            interval_s=interval_s,
-            lock_wait_s=max(lock_timeout_s, controller.LOCK_WAIT_S),
-            idle_restart=idle_restart,
-            status=status,
-            metrics=metrics,
-            on_result=on_result,
-            on_hold=on_hold,
-            on_line=on_line,
-            adopt=adopt,
-        )
-
-        def ctl_manifests():
-            return ctl.manifests.tasks if ctl.manifests is not None else {}
-
         with controller.graceful_stop() as stop:
-            ctl.stop = stop
             try:
-                ctl.run()
+                ctl = controller.watch(
+                    paths,
+                    state_path,
+                    settings,
+                    stop=stop,
+                    workspace=workspace,
+                    interval_s=interval_s,
+                    lock_wait_s=max(lock_timeout_s, controller.LOCK_WAIT_S),
+                    idle_restart=idle_restart,
+                    status=status,
+                    metrics=metrics,
+                    on_result=on_result,
+                    on_hold=on_hold,
+                    on_line=on_line,
+                    adopt=adopt,
+                )
             finally:
                 if server is not None:
                     server.close()
                 if notifier is not None:
                     notifier.close()
-        declared = len(ctl_manifests())
+        declared = status.health().declared
         read = len(ctl.latest)
         if declared and read < declared:
             err(

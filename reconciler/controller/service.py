@@ -687,40 +687,13 @@ def _new_finding(seen: api.Observation, last: dict[str, Any] | None) -> bool:
 
 
 def watch(
-    paths: Sequence[Path],
-    state_path: Path | str,
-    settings: engine.Settings,
-    *,
-    stop: threading.Event,
-    interval_s: float = 10.0,
-    lock_wait_s: float = LOCK_WAIT_S,
-    idle_restart: Any = None,
-    metrics: Metrics | None = None,
-    on_hold: Callable[[Hold], None] | None = None,
-    on_result: Callable[[ActionResult], None] | None = None,
-    on_line: Callable[[str], None] | None = None,
-    workspace: str = DEFAULT_WORKSPACE,
-    status: ControllerStatus | None = None,
-    adopt: bool = False,
+    paths: Sequence[Path], state_path: Path | str, settings: engine.Settings, *, stop: threading.Event, **options: Any
 ) -> Controller:
-    """Run a :class:`Controller` until ``stop`` is set; ``status`` receives its health facts
-    and events. Returns the controller (its counters: ``reads``, ``holds``)."""
-    ctl = Controller(
-        paths,
-        state_path,
-        settings,
-        stop=stop,
-        workspace=workspace,
-        interval_s=interval_s,
-        lock_wait_s=lock_wait_s,
-        idle_restart=idle_restart,
-        status=status,
-        metrics=metrics,
-        on_result=on_result,
-        on_hold=on_hold,
-        on_line=on_line,
-        adopt=adopt,
-    )
+    """Build a :class:`Controller` with ``options`` (its keyword arguments: ``status`` receives
+    its health facts and events; ``metrics``, ``on_hold``, ``interval_s``, …) and run it until
+    ``stop`` is set: the one place a controller is built (``reconcile --watch`` calls it).
+    Returns the controller (its counters: ``reads``, ``holds``)."""
+    ctl = Controller(paths, state_path, settings, stop=stop, **options)
     ctl.run()
     return ctl
 
