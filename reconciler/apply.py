@@ -14,7 +14,9 @@ converged and records the task ("already running, adopted"). A state that held n
 task before this run records it only with ``adopt`` (the recovery of a lost
 state): otherwise the task is *not adopted*, its intent withdrawn, and the run
 ends not ok, so that a new file, a mistyped workspace or another folder never
-takes over (and a later ``destroy`` never stops) tasks another state runs.
+takes over (and a later ``destroy`` never stops) tasks another state runs. Such a
+run that also started tasks leaves an established state: it remembers the tasks it
+did not adopt (``StateStore.record_not_adopted``), which stay refused without ``adopt``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class ActionResult:
     error: ApiError | None = None
     #: reconcile: the task was not running and StartSnapshot brought it back.
     healed: bool = False
-    #: It already ran, and the state may not adopt it (a state that held no task, without --adopt).
+    #: It already ran, and the state may not adopt it (a state that held no task, or that did not
+    #: adopt it in an earlier run, without --adopt).
     not_adopted: bool = False
     #: What the refresh saw of a healed task, in the API's words: ``ended (IdleTimeOut)``.
     was: str = ""
@@ -164,10 +167,9 @@ class Applier:
         self.stop_event = stop_event
         self.adopt = adopt
 
-    @property
-    def may_adopt(self) -> bool:
+    def may_adopt(self, address: str) -> bool:
         """Whether a task that already runs may be recorded as this state's (see the module's docstring)."""
-        return self.adopt or self.store.held_tasks
+        return self.adopt or (self.store.held_tasks and not self.store.refused_before(address))
 
     async def run(self, plan: Plan, reassert: Sequence[str] = ()) -> ApplyReport:
         """Apply ``plan``; also StartSnapshot each address of ``reassert`` (reconcile)."""
@@ -228,6 +230,12 @@ class Applier:
                     errno=write_failure.errno,
                 )
             raise write_failure
+        refused = sorted(r.address for r in results if r.not_adopted)
+        if refused and (self.store.state.tasks or self.store.state.pending):
+            # The state holds tasks (this run's or earlier ones'), so it counts as established
+            # next time: it remembers what it did not adopt, so a plain run again refuses it too.
+            running = [api.Observation(address, api.Observed.running) for address in refused]
+            await self._record(self.store.record_not_adopted, running)
         results.sort(key=lambda r: r.address)
         return ApplyReport(
             results=results,
@@ -272,20 +280,21 @@ class Applier:
                 # Refused, or never sent: the API did nothing, so no intent is left open.
                 await self._record(self.store.record_not_done, address, previous)
             raise
-        if self._not_adoptable(done):
+        if self._not_adoptable(address, done):
             await self._record(self.store.record_not_done, address, previous)
         return done
 
-    def _not_adoptable(self, call: CallResult) -> bool:
+    def _not_adoptable(self, address: str, call: CallResult) -> bool:
         """A StartSnapshot answered "already started" for a task another state runs, as far as this
-        one can tell: it held no task and was not told to adopt. After an attempt that may have acted,
-        the answer may be this call's own start: then the task is this state's."""
-        return call.outcome is Outcome.already_started and not call.retried_after_acting and not self.may_adopt
+        one can tell: it held no task (or did not adopt this one before) and was not told to adopt.
+        After an attempt that may have acted, the answer may be this call's own start: then the
+        task is this state's."""
+        return call.outcome is Outcome.already_started and not call.retried_after_acting and not self.may_adopt(address)
 
     async def _perform(self, result: ActionResult, action) -> None:
         address, kind = result.address, result.kind
         if (
-            not self.may_adopt
+            not self.may_adopt(address)
             and action is not None
             and action.observed in RUNS
             and address not in self.store.state.tasks
@@ -333,7 +342,7 @@ class Applier:
             replacing = "starting" if stop is not None else None
             call = await self._call(address, "StartSnapshot", desired, self.client.start(start), replace=replacing)
         result.calls.append(call)
-        if kind != "reassert" and self._not_adoptable(call):
+        if kind != "reassert" and self._not_adoptable(address, call):
             result.not_adopted = True
             return
         if kind == "reassert":
@@ -365,7 +374,7 @@ def _log_result(result: ActionResult) -> None:
         log.info("%s %s ok %s", result.address, result.kind, calls)
     elif result.not_adopted:
         log.warning(
-            "%s %s not adopted: it already runs and the state held no task %s", result.address, result.kind, calls
+            "%s %s not adopted: it already runs and the state may not adopt it %s", result.address, result.kind, calls
         )
     else:
         err = result.error

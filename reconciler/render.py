@@ -517,12 +517,18 @@ def already_running(report: ApplyReport) -> int:
 
 
 def not_adopted_line(report: ApplyReport) -> str:
-    """The one line that says which running tasks a state that held no task did not take over, and the ways on."""
+    """The one line that says which running tasks a state did not take over (it held no task, or
+    did not adopt them before), and the ways on."""
     count = len(report.not_adopted)
     created = sum(r.ok for r in report.results)
     kept = f"; the {created} task(s) this run did act on are recorded" if created else ""
+    why = (
+        "which the state {state} did not adopt in an earlier run (when it held no task)"
+        if report.held_tasks
+        else "and the state {state} held no task before this run"
+    ).format(state=report.state)
     return (
-        f"{count} declared task(s) already run, and the state {report.state} held no task before this run: "
+        f"{count} declared task(s) already run, {why}: "
         f"they were not adopted (nothing recorded for them{kept}). If this is their state and it was lost, "
         "run again with --adopt to take them over; otherwise use the state that runs them "
         "(--state, --workspace or snapctl.toml)"

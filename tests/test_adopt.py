@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from snapctl_testing import Run, calls, snap, snapctl_env, stats, tasks
 
 APP = "adoptapp"
@@ -214,3 +215,42 @@ def test_a_new_postgresql_database_adopts_only_with_adopt(emulator, tmp_path, pg
     snap(other, other_env, "apply", "--auto-approve", "--adopt")
     assert listed(other, other_env) == TASKS
     assert starts(emulator.url) == {"ok": 3, "already_started": 6}
+
+
+@pytest.mark.parametrize("backend", ["file", "postgresql"])
+def test_a_state_made_established_by_a_refused_run_still_refuses_what_it_did_not_adopt(
+    emulator, tmp_path, request, backend
+):
+    """A run on a new state that started one task and was refused three leaves a state holding
+    a task: an established one. Run again (a retried pipeline), it must still refuse the three
+    (they are another state's), and its destroy must stop only the task it started."""
+    if backend == "file":
+        state = "elsewhere/new.json"
+    else:
+        server = request.getfixturevalue("pg_server")
+        state = server.url(server.new_database())
+    prod, prod_env = folder(tmp_path, "prod", emulator.url, manifest(3))
+    snap(prod, prod_env, "apply", "--auto-approve")
+    work, env = folder(tmp_path, "work", emulator.url, manifest(4), SNAPCTL_STATE=state)
+    first = snap(work, env, "apply", "--auto-approve", code=1)
+    assert "held no task before this run" in first.stderr
+    assert listed(work, env) == [f"{APP}/R/T3"]
+
+    for command in (("apply", "--auto-approve"), ("apply", "--auto-approve", "--refresh"), ("reconcile",)):
+        again = snap(work, env, *command, code=1)
+        assert_refused_adoption(again, 3, "(workspace default)")
+        assert "did not adopt in an earlier run" in again.stderr, again.stderr
+        assert listed(work, env) == [f"{APP}/R/T3"]
+    document = json.loads(snap(work, env, "apply", "--auto-approve", "--json", code=1).stdout)
+    assert document["adoption"]["held_tasks"] is True
+    assert document["adoption"]["not_adopted"] == TASKS and document["adoption"]["adopted"] == []
+    assert starts(emulator.url) == {"ok": 4, "already_started": 9}  # no Start after the --refresh read
+
+    snap(work, env, "destroy", "--auto-approve")
+    assert calls(emulator.url, "StopSnapshot") == 1
+    assert sorted(tasks(emulator.url)) == TASKS  # every production task still runs
+
+    # --adopt still takes them over (this is their state after all), and then they are its own.
+    snap(work, env, "apply", "--auto-approve", "--adopt")
+    assert listed(work, env) == [*TASKS, f"{APP}/R/T3"]
+    assert snap(work, env, "apply", "--auto-approve").code == 0

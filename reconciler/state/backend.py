@@ -29,7 +29,10 @@ from .model import Signpost, State, has_legacy_fingerprints
 
 DEFAULT_WORKSPACE = "default"
 #: What the controller keeps beside a task's observation (see ``reconciler.restarts``).
-OBSERVATION_FACTS = ("failures", "idle_outs")
+OBSERVATION_FACTS = ("failures", "idle_outs", "not_adopted")
+#: Facts kept until named: ``not_adopted`` (see :meth:`StateStore.record_not_adopted`) is not the
+#: controller's to judge, so its facts (failures, idle-outs) never drop it.
+STICKY_FACTS = ("not_adopted",)
 #: A workspace name, matched whole (fullmatch: ``$`` would also match before a final newline).
 WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 #: A new holder writes its record just after taking the lock: how long a refused
@@ -462,6 +465,8 @@ class StateStore(abc.ABC):
             extra = (facts or {}).get(seen.address)
             if extra is None and last is not None:  # facts not judged this time: kept as they are
                 extra = {key: last[key] for key in OBSERVATION_FACTS if key in last}
+            elif extra is not None and last is not None:
+                extra = {**{key: last[key] for key in STICKY_FACTS if key in last}, **extra}
             extra = {key: value for key, value in (extra or {}).items() if value is not None}
             if last is not None and {k: last.get(k) for k in record} == record:
                 if {key: last.get(key) for key in OBSERVATION_FACTS} == {
@@ -474,6 +479,20 @@ class StateStore(abc.ABC):
         if changed:
             self._append({"op": "observe", "address": "", "observed": changed})
         return len(changed)
+
+    def record_not_adopted(self, observations: Iterable[Any]) -> int:
+        """Remember tasks this state found running and did not adopt (``api.Observation``
+        values: they run). An established state counts a task StartSnapshot answers "already
+        started" as its own, except one it refused before: the run on it when it was new
+        that refused them also created other tasks, which made it established, and a plain
+        run again must not take over what another state runs (only ``--adopt`` does)."""
+        observations = list(observations)
+        return self.record_observations(observations, {seen.address: {"not_adopted": True} for seen in observations})
+
+    def refused_before(self, address: str) -> bool:
+        """Whether this state did not adopt ``address`` in an earlier run (:meth:`record_not_adopted`)
+        and holds no task there since."""
+        return address not in self.state.tasks and bool((self.state.observed.get(address) or {}).get("not_adopted"))
 
     def record_delete(self, address: str) -> None:
         self._append({"op": "delete", "address": address})
