@@ -6,6 +6,7 @@ uses; ``snapctl --version`` loads nothing at all (see :func:`main`).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -43,7 +44,9 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, _, attr = target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        _resume_gc()
+        return command
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name = args[0] if args else ""
@@ -79,6 +82,20 @@ def cli() -> None:
     """
 
 
+#: Whether the cyclic garbage collector was paused to load the CLI (see ``main``).
+_gc_paused = False
+
+
+def _resume_gc() -> None:
+    """A command is loaded: what start-up made is frozen out of the collector's reach
+    (it lives as long as the process) and the collector runs again."""
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        gc.freeze()
+        gc.enable()
+
+
 def _without_pydantic_plugins() -> None:
     """pydantic looks for plugins in every installed distribution's entry points when the
     first model is built, and its plugin loader imports importlib.metadata even when told
@@ -94,9 +111,13 @@ def _without_pydantic_plugins() -> None:
         sys.modules["pydantic.plugin._loader"] = loader
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, gc_paused: bool = False) -> int:
     """Run the CLI. Exit 0 success, 1 any error (bad flags included), 2 only for
-    ``plan --detailed-exitcode`` with changes, 130 on Ctrl-C."""
+    ``plan --detailed-exitcode`` with changes, 130 on Ctrl-C. ``gc_paused``: the caller
+    paused the cyclic garbage collector to load the CLI (``__main__``); it runs again
+    from the moment the command is loaded."""
+    global _gc_paused
+    _gc_paused = gc_paused
     _without_pydantic_plugins()
     from .errors import SnapctlError, UsageError
     from .logs import configure

@@ -99,6 +99,48 @@ def test_offline_plan_loads_no_client_driver_or_server(project):
     assert {"reconciler.plan", "reconciler.state"} <= names  # it did plan
 
 
+#: Runs the console script's main in a fresh interpreter, watching the cyclic garbage
+#: collector: whether it ran while the command's module loaded (pydantic's models, the
+#: wire types), whether it is on while the command works, whether all is frozen at the end.
+GC_PROBE = """
+import gc, sys
+import reconciler.cli as cli
+import reconciler.manifest as manifest
+collections = []
+gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info["generation"]))
+resume, load = cli._resume_gc, manifest.load_manifests
+def resumed():
+    print("loaded:", gc.isenabled(), "collections:", len(collections))
+    resume()
+def probe(*args, **kwargs):
+    print("during:", gc.isenabled(), "frozen:", gc.get_freeze_count() > 0)
+    return load(*args, **kwargs)
+cli._resume_gc, manifest.load_manifests = resumed, probe
+from reconciler.__main__ import main
+collections.clear()
+try:
+    code = main(sys.argv[1:])
+finally:
+    print("after:", gc.get_freeze_count() > 0)
+sys.exit(code)
+"""
+
+
+def test_the_collector_is_paused_only_while_the_cli_and_the_command_load(project):
+    # A command does its work with the collector on (reconcile --watch runs for days), over
+    # what start-up loaded frozen out of its reach; at the end everything is frozen, so the
+    # interpreter's exit skips those collections. Without the pause, importing the CLI and
+    # the command (pydantic, click) runs dozens of collections.
+    cwd, env = project
+    run = subprocess.run(
+        [sys.executable, "-c", GC_PROBE, "validate", "manifests/"], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith(("loaded:", "during:", "after:"))]
+    assert lines == ["loaded: False collections: 0", "during: True frozen: True", "after: True"], run.stdout
+    assert "Success!" in run.stdout
+
+
 BASE = {
     "AppId": "a",
     "RoomId": "r",
