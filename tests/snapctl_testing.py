@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +125,83 @@ def start_apply(work: Path, env: dict[str, str], *extra: str, quiet: bool = Fals
         stderr=output,
         text=True,
     )
+
+
+class Watch:
+    """``snapctl reconcile --watch ARGS`` in the background, its lines collected as they come:
+    ``lines["stdout"]`` and ``lines["stderr"]`` (``merged``: stderr goes to stdout, in the order
+    written, and ``lines["stderr"]`` stays empty). As a context manager it kills a controller
+    the test did not stop."""
+
+    def __init__(self, work: Path, env: dict[str, str], *args: str, merged: bool = False):
+        self.proc = subprocess.Popen(
+            [SNAPCTL, "reconcile", "--watch", *args],
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+            text=True,
+        )
+        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        pipes = {"stdout": self.proc.stdout, "stderr": self.proc.stderr}
+        self._readers = [
+            threading.Thread(target=self._read, args=(pipe, self.lines[name]), daemon=True)
+            for name, pipe in pipes.items()
+            if pipe is not None
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(pipe, lines: list[str]) -> None:
+        for line in pipe:
+            lines.append(line.rstrip("\n"))
+
+    def wait_line(
+        self, pattern: str, stream: str = "stdout", *, after: int = 0, what: str = "", timeout: float = 60
+    ) -> str:
+        """The first line of ``stream`` from index ``after`` on that matches ``pattern``."""
+        found = re.compile(pattern)
+        lines = self.lines[stream]
+        return wait_for(
+            lambda: next((line for line in lines[after:] if found.search(line)), None),
+            what=f"{what or repr(pattern)} on {stream} (last lines: {lines[-30:]})",
+            timeout=timeout,
+        )
+
+    def documents(self, stream: str = "stdout") -> list[dict]:
+        """The JSON documents (``--json``, ``--log-format json``) among the lines of ``stream``."""
+        return [json.loads(line) for line in list(self.lines[stream]) if line.startswith("{")]
+
+    @property
+    def port(self) -> int:
+        """The metrics port (``--metrics-port 0``) from its ``Serving metrics`` line."""
+        stream = "stderr" if self.proc.stderr is not None else "stdout"
+        line = self.wait_line(r"Serving metrics on http://[^ ]+:\d+/", stream, what="the metrics line")
+        return int(re.search(r":(\d+)/", line).group(1))  # type: ignore[union-attr]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send ``sig`` (if it still runs) and wait for the exit status; killed if it outlives ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for reader in self._readers:
+            reader.join(10)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._end()
 
 
 def stats(url: str) -> dict:

@@ -72,10 +72,9 @@ def test_events_and_health_of_a_watching_controller(emulator, tmp_path):
 import json  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
 
 import httpx  # noqa: E402
-from snapctl_testing import SNAPCTL, calls, run_snapctl, snapctl_env  # noqa: E402
+from snapctl_testing import Watch, calls, run_snapctl, snapctl_env  # noqa: E402
 
 FAILING = """\
 app_id: ctlapp
@@ -105,51 +104,9 @@ def many(count: int, rooms: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Watch:
-    """``snapctl reconcile --watch`` in the background; its lines read as they come."""
-
-    def __init__(self, work, env, *args: str):
-        self.proc = subprocess.Popen(
-            [SNAPCTL, "reconcile", "--watch", "--no-color", *args],
-            cwd=work,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        import threading
-
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_line(self, pattern: str, what: str, start: int = 0) -> str:
-        return wait_for(
-            lambda: next((line for line in self.lines[start:] if re.search(pattern, line)), None),
-            what=f"{what} in {self.lines[-30:]}",
-            timeout=60,
-        )
-
-    def documents(self) -> list[dict]:
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(10)
-        return code
+def start_watch(work, env, *args: str) -> Watch:
+    """``snapctl reconcile --watch --no-color ARGS``, its stderr merged into its stdout."""
+    return Watch(work, env, "--no-color", *args, merged=True)
 
 
 def running(emulator, address: str) -> bool:
@@ -168,10 +125,10 @@ def test_a_failing_task_is_reported_and_backed_off_not_healed(emulator, tmp_path
     emulator.configure(unwritable_buckets=["nowrite"])
     work = new_project(tmp_path, emulator.url, {"app.yaml": FAILING})
     env = snapctl_env(emulator.url, work)
-    watch = Watch(work, env, "--interval", "0.1", "--json", "--metrics-port", "0")
+    watch = start_watch(work, env, "--interval", "0.1", "--json", "--metrics-port", "0")
     try:
-        port = int(re.search(r":(\d+)/metrics", watch.wait_line("Serving metrics", "the metrics line")).group(1))
-        watch.wait_line(r"ctlapp/R1/F1: failing \(StartTaskFailed\)", "the failing line")
+        port = watch.port
+        watch.wait_line(r"ctlapp/R1/F1: failing \(StartTaskFailed\)", what="the failing line")
         # Read again and again (every 0.1 s); started once more at once, then held back (30 s).
         wait_for(lambda: calls(emulator.url, "GetSnapshotTask") >= 40, what="40 reads")
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
@@ -200,18 +157,20 @@ def test_a_failing_task_is_reported_and_backed_off_not_healed(emulator, tmp_path
 def test_broken_manifests_keep_the_last_good_set_healing(emulator, tmp_path):
     work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
     env = snapctl_env(emulator.url, work)
-    watch = Watch(work, env, "--interval", "0.1", "--metrics-port", "0")
+    watch = start_watch(work, env, "--interval", "0.1", "--metrics-port", "0")
     try:
-        port = int(re.search(r":(\d+)/metrics", watch.wait_line("Serving metrics", "the metrics line")).group(1))
+        port = watch.port
         wait_for(lambda: len(emulator.tasks()) == 2, what="both tasks started")
         (work / "manifests" / "app.yaml").write_text(MANIFEST.replace("T2: {}", "T2: {image: {interval: 0}}"))
-        watch.wait_line(r"Error: manifests broken \(the last good manifests stay in force\): .*app\.yaml", "broken")
+        watch.wait_line(
+            r"Error: manifests broken \(the last good manifests stay in force\): .*app\.yaml", what="broken"
+        )
         assert "snapctl_manifests_valid 0.0" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
         stop_task(emulator, "ctlapp/R1/T2")
         wait_for(lambda: running(emulator, "ctlapp/R1/T2"), what="T2 healed from the last good set")
         assert emulator.read("ctlapp", "R1", "T2")["ImageConfig"]["Interval"] == 2
         (work / "manifests" / "app.yaml").write_text(MANIFEST)
-        watch.wait_line("Manifests fixed: 2 task", "fixed")
+        watch.wait_line("Manifests fixed: 2 task", what="fixed")
         assert "snapctl_manifests_valid 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
     finally:
         assert watch.stop() == 0
@@ -222,7 +181,7 @@ def test_an_ended_task_is_healed_at_once_not_at_the_end_of_a_sweep(emulator, tmp
     work = new_project(tmp_path, emulator.url, {"app.yaml": many(tasks)})
     env = snapctl_env(emulator.url, work)
     assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
-    watch = Watch(work, env, "--read-qps", "20", "--interval", "0.1", "--json")
+    watch = start_watch(work, env, "--read-qps", "20", "--interval", "0.1", "--json")
     try:
         wait_for(lambda: calls(emulator.url, "GetSnapshotTask") >= tasks, what="a first sweep")
         for victim in ("ctlapp/R00/T007", "ctlapp/R00/T042"):
@@ -252,9 +211,9 @@ def test_a_pipeline_apply_proceeds_while_the_controller_works(emulator, tmp_path
     assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
     emulator.configure(latency_ms=100)
     # 4 reads a second: a sweep is 10 s, which the controller once held the lock for.
-    watch = Watch(work, env, "--read-qps", "4", "--interval", "0.1")
+    watch = start_watch(work, env, "--read-qps", "4", "--interval", "0.1")
     try:
-        watch.wait_line("Leading", "leading")
+        watch.wait_line("Leading", what="leading")
         for interval in (3, 4, 5):
             for n in range(3):
                 stop_task(emulator, f"ctlapp/R0{n}/T00{n}", strict=False)  # some may not run again yet
@@ -262,7 +221,7 @@ def test_a_pipeline_apply_proceeds_while_the_controller_works(emulator, tmp_path
                 many(tasks, rooms=4).replace("      T005: {}", f"      T005: {{image: {{interval: {interval}}}}}")
             )
             applied = run_snapctl(["apply", "--auto-approve", "--lock-timeout", "10"], cwd=work, env=env)
-            assert applied.code == 0, applied.output + "\n".join(watch.lines[-20:])
+            assert applied.code == 0, applied.output + "\n".join(watch.lines["stdout"][-20:])
             assert emulator.read("ctlapp", "R00", "T005")["ImageConfig"]["Interval"] == interval
     finally:
         assert watch.stop() == 0
@@ -271,9 +230,9 @@ def test_a_pipeline_apply_proceeds_while_the_controller_works(emulator, tmp_path
 def test_a_second_controller_on_a_file_state_is_refused(emulator, tmp_path):
     work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
     env = snapctl_env(emulator.url, work)
-    first = Watch(work, env)
+    first = start_watch(work, env)
     try:
-        first.wait_line("Leading", "leading")
+        first.wait_line("Leading", what="leading")
         second = run_snapctl(["reconcile", "--watch"], cwd=work, env=env)
         assert second.code == 1, second.output
         assert f"already has a controller: pid {first.proc.pid} on" in second.stderr, second.output
@@ -290,18 +249,18 @@ def test_a_standby_leads_when_the_leader_is_killed(emulator, tmp_path, pg):
     work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
     env = snapctl_env(emulator.url, work, SNAPCTL_STATE=pg.state_url)
     state = ["--state", pg.state_url]
-    first = Watch(work, env, *state, "--interval", "0.2")
+    first = start_watch(work, env, *state, "--interval", "0.2")
     second = None
     try:
-        first.wait_line("Leading", "the first leads")
+        first.wait_line("Leading", what="the first leads")
         wait_for(lambda: len(emulator.tasks()) == 2, what="both tasks started")
-        second = Watch(work, env, *state, "--interval", "0.2")
-        second.wait_line(rf"Standing by: pid {first.proc.pid} on .* leads", "the second stands by")
+        second = start_watch(work, env, *state, "--interval", "0.2")
+        second.wait_line(rf"Standing by: pid {first.proc.pid} on .* leads", what="the second stands by")
         listing = run_snapctl(["state", "list", "--json", *state], cwd=work, env=env)
         assert json.loads(listing.stdout)["controller"]["pid"] == first.proc.pid, listing.output
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
-        second.wait_line("Leading: this controller reads and acts", "the standby leads")
+        second.wait_line("Leading: this controller reads and acts", what="the standby leads")
         status = run_snapctl(["status", "--offline", *state], cwd=work, env=env)
         assert f"Controller: pid {second.proc.pid} on" in status.stdout, status.output
         stop_task(emulator, "ctlapp/R1/T1")
@@ -316,14 +275,14 @@ def test_drift_is_corrected_by_the_read_that_finds_it(emulator, tmp_path):
     work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
     env = snapctl_env(emulator.url, work)
     assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
-    watch = Watch(work, env, "--interval", "0.1")
+    watch = start_watch(work, env, "--interval", "0.1")
     try:
-        watch.wait_line("Leading", "leading")
+        watch.wait_line("Leading", what="leading")
         rewritten = emulator.admin(
             "rewrite-task", {"AppId": "ctlapp", "RoomId": "R1", "TaskId": "T1", "ImageConfig": {"Interval": 9}}
         )
         assert rewritten.status_code == 200, rewritten.text
-        watch.wait_line(r"ctlapp/R1/T1: updated", "the update")
+        watch.wait_line(r"ctlapp/R1/T1: updated", what="the update")
         assert emulator.read("ctlapp", "R1", "T1")["ImageConfig"]["Interval"] == 2
     finally:
         assert watch.stop() == 0
@@ -343,9 +302,9 @@ def test_controllers_of_two_workspaces_whose_names_hash_alike_both_lead(emulator
         for name in ("w29009", "w116065"):
             assert run_snapctl(["workspace", "new", name], cwd=work, env=env).code == 0
         for name in ("w29009", "w116065"):
-            watch = Watch(work, env | {"SNAPCTL_WORKSPACE": name}, "--interval", "0.2", "--adopt")
+            watch = start_watch(work, env | {"SNAPCTL_WORKSPACE": name}, "--interval", "0.2", "--adopt")
             watches.append(watch)
-            watch.wait_line("Leading: this controller reads and acts", f"the controller of {name} leads")
+            watch.wait_line("Leading: this controller reads and acts", what=f"the controller of {name} leads")
         for name, watch in zip(("w29009", "w116065"), watches):
             listing = run_snapctl(["state", "list", "--json"], cwd=work, env=env | {"SNAPCTL_WORKSPACE": name})
             assert json.loads(listing.stdout)["controller"]["pid"] == watch.proc.pid, listing.output

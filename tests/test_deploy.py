@@ -11,14 +11,13 @@ import json
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from snapctl_testing import SNAPCTL, new_project, run_snapctl, snapctl_env, wait_for
+from snapctl_testing import SNAPCTL, Watch, new_project, run_snapctl, snapctl_env, wait_for
 
 from reconciler.emulator import EmulatorConfig, EmulatorServer
 
@@ -55,26 +54,10 @@ def exported(tmp_path_factory) -> set[str]:
 
 def _scrape(tmp_path_factory, url: str) -> set[str]:
     work = new_project(tmp_path_factory.mktemp("deploy"), url, {"app.yaml": MANIFEST})
-    proc = subprocess.Popen(
-        [SNAPCTL, "reconcile", "--watch", "--interval", "0.2", "--metrics-port", "0"],
-        cwd=work,
-        env=snapctl_env(url, work),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = wait_for(proc.stderr.readline, what="the metrics line")
-        port = int(re.search(r":(\d+)/metrics", line).group(1))
-        metrics = f"http://127.0.0.1:{port}/metrics"
+    with Watch(work, snapctl_env(url, work), "--interval", "0.2", "--metrics-port", "0") as watch:
+        metrics = f"http://127.0.0.1:{watch.port}/metrics"
         text = wait_for(lambda: (lambda t: t if "snapctl_tasks_declared 1.0" in t else None)(httpx.get(metrics).text))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert watch.stop() == 0
     names = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M))
     names |= set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[ {]", text, flags=re.M))
     assert "snapctl_tasks_declared" in names and "snapctl_api_requests_total" in names, text

@@ -6,12 +6,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 
 import httpx
 import pytest
-from snapctl_testing import SNAPCTL, new_project, run_on_terminal, run_snapctl, snapctl_env, stats, tasks, wait_for
+from snapctl_testing import (
+    SNAPCTL,
+    Watch,
+    new_project,
+    run_on_terminal,
+    run_snapctl,
+    snapctl_env,
+    stats,
+    tasks,
+    wait_for,
+)
 
 from reconciler.emulator.config import EmulatorConfig
 from reconciler.emulator.server import EmulatorServer
@@ -208,26 +217,15 @@ def test_reconcile_heals_an_idled_out_task(work, env, server):
 
 
 def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, server):
-    proc = subprocess.Popen(
-        [SNAPCTL, "reconcile", "--watch", "--interval", "0.3", "--metrics-port", "0", "--json", "--timeout", "1"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port_line = wait_for(
-            lambda: (lambda line: line if "Serving metrics" in line else None)(proc.stderr.readline()),
-            what="metrics line",
-        )
-        port = int(re.search(r":(\d+)/metrics", port_line).group(1))
-        first = json.loads(proc.stdout.readline())
+    with Watch(work, env, "--interval", "0.3", "--metrics-port", "0", "--json", "--timeout", "1") as watch:
+        port = watch.port
+        first = json.loads(watch.wait_line("", what="the first round"))
         assert first["ok"] and first["result"]["summary"]["add"] == 3
         httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 1.0})
         # The reads fail: the tasks are unknown, and StartSnapshot, which would confirm them, fails too.
-        failed = wait_for(
-            lambda: (lambda d: d if not d["ok"] else None)(json.loads(proc.stdout.readline())), what="a failed hold"
+        failed_at, failed = wait_for(
+            lambda: next(((i, d) for i, d in enumerate(watch.documents()) if i > 0 and not d["ok"]), None),
+            what="a failed hold",
         )
         assert failed["result"]["summary"]["failed"] >= 1
         httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 0.0})
@@ -242,8 +240,13 @@ def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, se
             f"{server.url}/_emulator/streams-stopped", json={"AppId": "app1", "RoomId": "RoomB", "Immediate": True}
         )
         healed = wait_for(
-            lambda: (lambda d: d if d.get("result", {}).get("summary", {}).get("healed") == 1 else None)(
-                json.loads(proc.stdout.readline())
+            lambda: next(
+                (
+                    d
+                    for d in watch.documents()[failed_at + 1 :]
+                    if d.get("result", {}).get("summary", {}).get("healed") == 1
+                ),
+                None,
             ),
             what="a hold that heals the idled-out task",
         )
@@ -257,13 +260,9 @@ def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, se
         assert re.search(r'snapctl_api_requests_total\{action="StartSnapshot",outcome="ok"\} [1-9]', metrics)
         assert re.search(r'snapctl_lock_holds_total\{result="ok"\} [1-9]', metrics)
         assert re.search(r"snapctl_tasks_healed_total [1-9]", metrics)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "Stopped after" in proc.stderr.read()
+        assert watch.stop(timeout=20) == 0
+    assert "Stopped after" in "\n".join(watch.lines["stderr"])
+    assert all(line.startswith("{") for line in watch.lines["stdout"]), watch.lines["stdout"]
     state = json.loads((work / "state" / "snapctl.state.json").read_text())
     assert set(state["tasks"]) == ADDRESSES
     assert not (work / "state" / "snapctl.state.json.journal").exists()

@@ -393,30 +393,18 @@ def test_metrics_label_documented_stop_reasons_only(rigged, hostile, emulator):
     """A StopReason the API makes up (a valid name, undocumented) counts as "other": a label per
     invented name would grow the controller's memory without end."""
     import re
-    import subprocess
 
     import httpx
-    from snapctl_testing import SNAPCTL
+    from snapctl_testing import Watch
 
     work, env = rigged
     hostile.unrig()
     hostile.rig(address("Fine"), Hostile(task={"Status": 3, "StopReason": "MadeUpReason42", "EndTime": 1}))
-    proc = subprocess.Popen(
-        [SNAPCTL, "reconcile", "--watch", "--interval", "60", "--metrics-port", "0", "--json"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        found = wait_for(lambda: re.search(r":(\d+)/metrics", proc.stderr.readline()), what="the metrics line")
-        port = int(found.group(1))
-        json.loads(proc.stdout.readline())  # the first round
+    with Watch(work, env, "--interval", "60", "--metrics-port", "0", "--json") as watch:
+        port = watch.port
+        json.loads(watch.wait_line("", what="the first round"))
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=60)
+        watch.stop(timeout=60)
     assert re.search(r'snapctl_task_failures_total\{reason="other"\} 1\.0', metrics), metrics
     assert "MadeUpReason42" not in metrics
 

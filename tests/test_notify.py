@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from snapctl_testing import SNAPCTL, calls, new_project, run_snapctl, snapctl_env, wait_for
+from snapctl_testing import Watch, calls, new_project, run_snapctl, snapctl_env, wait_for
 
 from reconciler import controller, notify
 from reconciler.errors import UsageError
@@ -177,18 +176,10 @@ def test_the_controller_notifies_without_blocking_and_without_secrets(emulator, 
         SNAPCTL_LOG="info",
     )
     generic, slack, hanging, failing = receivers(), receivers(), receivers("hang"), receivers("fail")
-    proc = subprocess.Popen(
-        [
-            SNAPCTL, "reconcile", "--watch", "--interval", "0.2", "--notify-window", "0.2",
-            "--notify", generic.url, "--notify", f"slack:{slack.url}",
-            "--notify", f"lark:{hanging.url}", "--notify", failing.url,
-        ],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    watch = Watch(
+        work, env, "--interval", "0.2", "--notify-window", "0.2",
+        "--notify", generic.url, "--notify", f"slack:{slack.url}",
+        "--notify", f"lark:{hanging.url}", "--notify", failing.url,
     )  # fmt: skip
     try:
         wait_for(lambda: len(emulator.tasks()) == 2, what="both tasks started")
@@ -222,13 +213,10 @@ def test_the_controller_notifies_without_blocking_and_without_secrets(emulator, 
             lambda: [e for d in generic.documents() for e in d["events"] if e["event"] == "manifests_fixed"],
             what="manifests fixed",
         )
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        assert watch.stop(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    output = proc.stdout.read() + proc.stderr.read()
+        watch.stop(signal.SIGKILL)
+    output = "\n".join(watch.lines["stdout"] + watch.lines["stderr"])
     everything = b"".join(r.bodies[i] for r in (generic, slack, hanging, failing) for i in range(len(r.bodies)))
     everything += output.encode()
     for secret in ("AK-notify-secret-1", "SK-notify-secret-2", pg.password, "SECRET-PATH"):

@@ -7,15 +7,10 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import signal
-import subprocess
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from snapctl_testing import SNAPCTL, new_project, snapctl_env, wait_for
+from snapctl_testing import Watch, new_project, snapctl_env, wait_for
 
 MANIFEST = """\
 app_id: opsapp
@@ -31,61 +26,9 @@ rooms:
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) ")
 
 
-class Watcher:
-    """A running ``snapctl reconcile --watch``: its stdout and stderr lines as they come."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
-        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self._readers = [
-            threading.Thread(target=self._read, args=(name, getattr(proc, name)), daemon=True) for name in self.lines
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, name: str, pipe) -> None:
-        for line in pipe:
-            self.lines[name].append(line.rstrip("\n"))
-
-    def wait_line(self, pattern: str, stream: str = "stdout", *, after: int = 0) -> str:
-        """The first line (from index ``after``) of ``stream`` that matches ``pattern``."""
-        found = re.compile(pattern)
-        return wait_for(
-            lambda: next((line for line in self.lines[stream][after:] if found.search(line)), None),
-            what=f"a line matching {pattern!r} on {stream} (had {self.lines[stream][-5:]})",
-        )
-
-    @property
-    def port(self) -> int:
-        line = self.wait_line(r"Serving metrics on http://[^ ]+:\d+/", "stderr")
-        return int(re.search(r":(\d+)/", line).group(1))
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        for reader in self._readers:
-            reader.join(10)
-        return code
-
-
-@contextmanager
-def watching(work: Path, env: dict[str, str], *args: str) -> Iterator[Watcher]:
-    proc = subprocess.Popen(
-        [SNAPCTL, "reconcile", "--watch", "--interval", "0.2", *args],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    watcher = Watcher(proc)
-    try:
-        yield watcher
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def watching(work: Path, env: dict[str, str], *args: str) -> Watch:
+    """``snapctl reconcile --watch --interval 0.2 ARGS``, to use in a ``with`` block."""
+    return Watch(work, env, "--interval", "0.2", *args)
 
 
 def parse_time(text: str) -> datetime.datetime:
