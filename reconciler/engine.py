@@ -211,7 +211,7 @@ async def refresh_tasks(
 
 
 class StopEvent(Protocol):
-    """What stops a run: a ``threading.Event`` set by a signal handler (see ``controller.graceful_stop``)."""
+    """What stops a run: a ``threading.Event`` set by a signal handler (see ``signals.graceful_stop``)."""
 
     def is_set(self) -> bool: ...
 

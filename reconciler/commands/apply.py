@@ -61,7 +61,7 @@ def _execute(
         quiet=False,
         stream=sys.stderr if as_json else sys.stdout,
     )
-    from ..controller import graceful_stop
+    from ..signals import graceful_stop
 
     try:
         with graceful_stop() as stop:

@@ -41,8 +41,8 @@ def import_(
     from .. import api as wire
     from .. import engine
     from ..client import Outcome
-    from ..controller import graceful_stop
     from ..errors import ApiError, Interrupted, UnreadableAnswerError
+    from ..signals import graceful_stop
 
     settings = api_opts.settings()
     manifests = load(paths)

@@ -332,8 +332,8 @@ def observe(manifests, state, settings, targets=(), *, record=None):
     import time
 
     from .. import engine
-    from ..controller import graceful_stop
     from ..errors import Interrupted
+    from ..signals import graceful_stop
 
     scope = engine.refresh_scope(manifests, state, targets)
     began = time.monotonic()

@@ -141,6 +141,7 @@ def reconcile(
     """
     from .. import controller, render
     from ..runenv import check_metrics_address
+    from ..signals import graceful_stop
 
     watch_only = ("interval_s", "metrics_port", "metrics_host", "log_format", "notify_urls")
     refuse_unless(watch, "applies only with --watch", *watch_only)
@@ -236,7 +237,7 @@ def reconcile(
 
     if not watch:
         # Like apply: the first SIGINT/SIGTERM lets calls in flight finish and be recorded.
-        with controller.graceful_stop() as stop:
+        with graceful_stop() as stop:
             round_ = controller.reconcile_once(
                 paths,
                 state_path,
@@ -324,7 +325,7 @@ def reconcile(
             )
             out(style(line + "\n", "red" if report.failures else "green"))
 
-        with controller.graceful_stop() as stop:
+        with graceful_stop() as stop:
             try:
                 ctl = controller.watch(
                     paths,

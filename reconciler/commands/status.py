@@ -87,8 +87,8 @@ def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no
         state = store.read()
         engine.check_binding(state, *target, store.location)
         scope = engine.refresh_scope(manifests, state, targets)
-        from ..controller import graceful_stop
         from ..errors import Interrupted
+        from ..signals import graceful_stop
 
         try:
             with graceful_stop() as stop:

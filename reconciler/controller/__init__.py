@@ -22,6 +22,7 @@ The controller's surface for an ops layer (HTTP probes, notifications, logs), in
 
 from __future__ import annotations
 
+from ..signals import graceful_stop
 from .metrics import Metrics
 from .once import judge_round, reconcile_once
 from .reports import Hold, Round
@@ -40,7 +41,6 @@ from .service import (
     Controller,
     watch,
 )
-from .signals import graceful_stop
 from .status import ControllerStatus, Event, EventKind, Health, Observer, Role
 
 __all__ = [
