@@ -32,12 +32,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, ScalarNode, SequenceNode
-from yaml.resolver import Resolver
+if TYPE_CHECKING:  # imported on first use: see _import_pyyaml
+    import yaml
+    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 try:  # the fast path; without it every file takes the PyYAML path
     import ryaml as _fast
@@ -54,26 +53,49 @@ MAX_NODES = 10_000_000
 #: Nesting of mappings and sequences; a manifest needs fewer than ten levels.
 MAX_DEPTH = 64
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 
-_constructor = SafeConstructor()
-_SCALARS = {
-    "tag:yaml.org,2002:int": _constructor.construct_yaml_int,
-    "tag:yaml.org,2002:float": _constructor.construct_yaml_float,
-    "tag:yaml.org,2002:bool": _constructor.construct_yaml_bool,
-    _NULL: _constructor.construct_yaml_null,
-    "tag:yaml.org,2002:timestamp": _constructor.construct_yaml_timestamp,
-    "tag:yaml.org,2002:binary": _constructor.construct_yaml_binary,
-}
+#: PyYAML's loader (libyaml's when available) and scalar constructors, set by _import_pyyaml.
+_Loader: Any = None
+_SCALARS: dict[str, Any] = {}
 
-# The characters YAML allows in a stream (PyYAML's reader uses the same set).
-_NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+def _import_pyyaml() -> None:
+    """Import PyYAML, the path with positions, on first use: files the fast path reads
+    (no anchor, tag or doubtful scalar) need none of it, and its import takes about 10 ms."""
+    if _Loader is not None:
+        return
+    import yaml
+    from yaml.constructor import SafeConstructor
+    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    constructor = SafeConstructor()
+    globals().update(
+        yaml=yaml,
+        MappingNode=MappingNode,
+        ScalarNode=ScalarNode,
+        SequenceNode=SequenceNode,
+        _SCALARS={
+            "tag:yaml.org,2002:int": constructor.construct_yaml_int,
+            "tag:yaml.org,2002:float": constructor.construct_yaml_float,
+            "tag:yaml.org,2002:bool": constructor.construct_yaml_bool,
+            _NULL: constructor.construct_yaml_null,
+            "tag:yaml.org,2002:timestamp": constructor.construct_yaml_timestamp,
+            "tag:yaml.org,2002:binary": constructor.construct_yaml_binary,
+        },
+        _Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader),  # last: another thread may test it
+    )
+
+
+# The characters YAML does not allow in a stream: those outside the set PyYAML's reader
+# allows (tab, line feed, carriage return, U+0020-U+007E, U+0085, U+00A0-U+D7FF,
+# U+E000-U+FFFD, U+10000 and up), written as that set's complement, which compiles in a
+# fraction of the time (tests/test_fast_path.py compares the two on every code point).
+_NON_PRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
 # `$${` escapes a literal `${`; anything else in `${...}` must be `env:NAME`.
 _REFERENCE = re.compile(r"\$(\$?)\{([^}]*)\}")
 _ENV_NAME = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -207,6 +229,7 @@ def read_documents(
 
 
 def _parse_text(name: str, text: str, environ: Mapping[str, str], diagnostics: list[Diagnostic]) -> list[Document]:
+    _import_pyyaml()
     documents: list[Document] = []
     loader = _Loader(text)
     try:
@@ -572,13 +595,62 @@ def _syntax_error(exc: yaml.MarkedYAMLError, file: str, text: str) -> Diagnostic
 _FAST_MARKS = re.compile(r"[!&*]|0[oO]")
 _TOKEN_START = frozenset(" \t\r\n[]{},:")
 
-# PyYAML's implicit resolvers by first character, as its Resolver uses them:
-# a plain scalar matching one of these is not a string for PyYAML.
+# PyYAML's implicit resolvers by first character, as its Resolver uses them: a plain
+# scalar matching one of these is not a string for PyYAML. Copied from yaml/resolver.py
+# (the fast path runs without importing PyYAML); tests/test_fast_path.py checks that
+# they are PyYAML's own, pattern for pattern.
+_BOOL = re.compile(
+    r"""^(?:yes|Yes|YES|no|No|NO
+                    |true|True|TRUE|false|False|FALSE
+                    |on|On|ON|off|Off|OFF)$""",
+    re.X,
+)
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_INT_FORMS = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+                    |[-+]?0[0-7_]+
+                    |[-+]?(?:0|[1-9][0-9_]*)
+                    |[-+]?0x[0-9a-fA-F_]+
+                    |[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$""",
+    re.X,
+)
+_MERGE_KEY = re.compile(r"^(?:<<)$")
+_NULL_FORMS = re.compile(
+    r"""^(?: ~
+                    |null|Null|NULL
+                    | )$""",
+    re.X,
+)
+_TIMESTAMP = re.compile(
+    r"""^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]
+                    |[0-9][0-9][0-9][0-9] -[0-9][0-9]? -[0-9][0-9]?
+                     (?:[Tt]|[ \t]+)[0-9][0-9]?
+                     :[0-9][0-9] :[0-9][0-9] (?:\.[0-9]*)?
+                     (?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$""",
+    re.X,
+)
+_VALUE = re.compile(r"^(?:=)$")
+_YAML = re.compile(r"^(?:!|&|\*)$")
 _RESOLVERS: dict[str, list[re.Pattern]] = {}
-for _first, _entries in Resolver.yaml_implicit_resolvers.items():
-    _patterns = [regexp for tag, regexp in _entries if tag != _STR]
-    if _patterns:
-        _RESOLVERS[_first] = _patterns
+for _regexp, _firsts in (
+    (_BOOL, "yYnNtTfFoO"),
+    (_FLOAT, "-+0123456789."),
+    (_INT_FORMS, "-+0123456789"),
+    (_MERGE_KEY, "<"),
+    (_NULL_FORMS, ["~", "n", "N", ""]),
+    (_TIMESTAMP, "0123456789"),
+    (_VALUE, "="),
+    (_YAML, "!&*"),
+):
+    for _first in _firsts:
+        _RESOLVERS.setdefault(_first, []).append(_regexp)
 # Whether a string that PyYAML would resolve when written plain could have been
 # written plain for ryaml too (then the two parsers may disagree on it).
 _PLAIN_DOUBT: dict[str, bool] = {}

@@ -30,7 +30,7 @@ _SERVER = r"""
 import json, os, sys, traceback
 import reconciler.cli
 # What the commands import lazily, loaded once here (imports do no work of a command).
-import reconciler.commands.apply, reconciler.commands.plan, reconciler.commands.reconcile, reconciler.commands.state, reconciler.commands.status, reconciler.engine, reconciler.manifest, reconciler.render, reconciler.controller
+import reconciler.commands.apply, reconciler.commands.plan, reconciler.commands.reconcile, reconciler.commands.state, reconciler.commands.status, reconciler.engine, reconciler.manifest, reconciler.render, reconciler.controller, yaml
 
 for line in sys.stdin:
     request = json.loads(line)

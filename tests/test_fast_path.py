@@ -271,3 +271,29 @@ def test_changes_without_deepdiff_are_deepdiffs():
         assert sorted(out, key=lambda c: plan._path_text(c[0])) == expected
         compared += 1
     assert compared > 400
+
+
+def test_the_fast_path_resolvers_are_pyyaml_s_own():
+    # The fast path declines a plain scalar PyYAML would read as no string, by PyYAML's
+    # implicit resolvers: yamlsource holds a copy (so that a well-formed file needs no PyYAML),
+    # which must be PyYAML's table, pattern for pattern, in its order.
+    from yaml.resolver import Resolver
+
+    theirs = {
+        first: [(regexp.pattern, regexp.flags) for tag, regexp in entries if tag != "tag:yaml.org,2002:str"]
+        for first, entries in Resolver.yaml_implicit_resolvers.items()
+    }
+    ours = {
+        first: [(regexp.pattern, regexp.flags) for regexp in entries]
+        for first, entries in yamlsource._RESOLVERS.items()
+    }
+    assert ours == {first: patterns for first, patterns in theirs.items() if patterns}
+
+
+def test_the_characters_refused_are_those_pyyaml_s_reader_refuses():
+    # yamlsource writes the set of characters YAML does not allow as the complement of the
+    # set PyYAML's reader allows: the same characters, every code point checked.
+    from yaml.reader import Reader
+
+    every = "".join(map(chr, range(0x110000)))
+    assert yamlsource._NON_PRINTABLE.findall(every) == Reader.NON_PRINTABLE.findall(every)

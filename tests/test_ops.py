@@ -82,7 +82,10 @@ def test_the_metrics_port_answers_metrics_probes_and_404(emulator, tmp_path):
     with watching(work, env, "--metrics-port", "0", "--timeout", "60", "--stuck-after", "2") as watcher:
         port = watcher.port
         # Not ready without a good manifest set, and the body says why; alive all the same.
-        not_ready = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(get(port, "/readyz")))
+        # (Before its first load it says "controller is starting": wait past that.)
+        not_ready = wait_for(
+            lambda: (lambda r: r if r.status_code == 503 and "starting" not in r.text else None)(get(port, "/readyz"))
+        )
         assert not_ready.text.startswith("not ready: no manifests loaded: ") and "app.yaml" in not_ready.text
         assert not_ready.headers["content-type"].startswith("text/plain")
         (work / "manifests" / "app.yaml").write_text(MANIFEST)

@@ -99,6 +99,18 @@ def test_offline_plan_loads_no_client_driver_or_server(project):
     assert {"reconciler.plan", "reconciler.state"} <= names  # it did plan
 
 
+def test_pyyaml_loads_only_for_a_file_the_fast_path_declines(project):
+    # Files without anchors, tags or doubtful scalars are read by ryaml alone; the example
+    # manifests' multi-document.yaml uses anchors, which only PyYAML's path reads.
+    cwd, env = project
+    anchored = (cwd / "manifests" / "multi-document.yaml").read_text()
+    (cwd / "manifests" / "multi-document.yaml").unlink()
+    for args in (["validate", "manifests/"], ["plan", "manifests/"]):
+        assert "yaml" not in tops(loaded_modules(args, cwd, env)), args
+    (cwd / "manifests" / "multi-document.yaml").write_text(anchored)
+    assert "yaml" in tops(loaded_modules(["validate", "manifests/"], cwd, env))
+
+
 #: Runs the console script's main in a fresh interpreter, watching the cyclic garbage
 #: collector: whether it ran while the command's module loaded (pydantic's models, the
 #: wire types), whether it is on while the command works, whether all is frozen at the end.
