@@ -227,14 +227,18 @@ def new_project(root: Path, url: str, manifests: dict[str, str]) -> Path:
     return root
 
 
-def wait_for(predicate, *, timeout: float = 30.0, what: str = "condition", interval: float = 0.005):
-    """Poll ``predicate`` until it returns something true, and return that."""
+def wait_for(predicate, *, timeout: float = 30.0, what: str = "condition", interval: float = 0.005, most: float = 0.05):
+    """Poll ``predicate`` until it returns something true, and return that. The pause between
+    polls doubles from ``interval`` to ``most``: a condition met at once is seen at once, and a
+    long wait does not keep the in-process emulator (whose counters many predicates read over
+    HTTP) busy answering the test instead of the snapctl under test."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
+        interval = min(interval * 2, max(most, interval))
     raise AssertionError(f"timed out waiting for {what}")
 
 

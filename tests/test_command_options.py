@@ -158,9 +158,12 @@ RATE_CASES = [(c, "--qps") for c in ("apply", "destroy", "reconcile")] + [
 
 
 @pytest.mark.parametrize(("command", "flag"), RATE_CASES, ids=[f"{c} {f}" for c, f in RATE_CASES])
-def test_rate_options_pace_the_calls(work, emulator, command, flag):
+def test_rate_options_pace_the_calls(tmp_path, make_emulator, command, flag):
     """The emulator limits the action to 2 calls a second: a rate of 0 (no limit) is throttled,
     a rate of 1 (half the limit: the machine's delays cannot bunch two calls) is not."""
+    skipped = 0.0  # seconds the emulator's clock is ahead of the real one
+    emulator = make_emulator(clock=lambda: time.monotonic() + skipped)
+    work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
     env = snapctl_env(emulator.url, work)
     setting = {"--qps": "qps", "--read-qps": "read_qps"}[flag]
     throttled = {}
@@ -169,8 +172,9 @@ def test_rate_options_pace_the_calls(work, emulator, command, flag):
         new_project(work / rate, emulator.url, {"app.yaml": THREE})
         before = _prepare(command, work / rate, env, emulator)
         # The emulator limits by a sliding one-second window: let the calls of the preparation
-        # (an apply at full speed) leave it, so that only the command's own calls are counted.
-        time.sleep(1.1)
+        # (an apply at full speed) leave it, so that only the command's own calls are counted
+        # (its clock moves 1.1 s on rather than the test sleeping them).
+        skipped += 1.1
         emulator.configure(**{setting: 2})
         run = run_snapctl([*RUNS[command], flag, rate], cwd=work / rate, env=env)
         emulator.configure(**{setting: 150 if setting == "qps" else 60})
