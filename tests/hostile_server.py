@@ -69,6 +69,13 @@ def merged(base: Any, patch: Any) -> Any:
     return patch
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    #: socketserver's default backlog is 5: of 64 connections opened at once (``--parallelism 64``)
+    #: the rest waited in TCP's SYN retries (1 s, 3 s, 7 s) rather than being served.
+    request_queue_size = 128
+
+
 class HostileServer:
     """``with HostileServer(emulator.url) as hostile: hostile.rig("app/room/task", Hostile(...))``."""
 
@@ -80,8 +87,7 @@ class HostileServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._http = httpx.Client(timeout=30)
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="hostile-api", daemon=True)
 
