@@ -353,7 +353,7 @@ class _RoomShape(Settings):
 
 _BLOCK_ADAPTER = TypeAdapter(StorageBlock)
 _EMPTY = Settings()
-_DEFAULT_IMAGE = api.ImageConfig()
+_DEFAULT_IMAGE = api.ImageConfig.model_construct()
 _IMAGE_FIELDS = ("format", "width", "height", "interval")
 
 

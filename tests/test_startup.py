@@ -111,6 +111,34 @@ def test_pyyaml_loads_only_for_a_file_the_fast_path_declines(project):
     assert "yaml" in tops(loaded_modules(["validate", "manifests/"], cwd, env))
 
 
+#: Runs the console script's main in a fresh interpreter; then names the wire models
+#: whose validator and serializer were built (api's models are built on first use).
+BUILT_PROBE = """
+import sys
+from reconciler import api
+from reconciler.__main__ import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    models = [m for m in vars(api).values() if isinstance(m, type) and issubclass(m, api.BaseModel)]
+    print("built:", sorted(m.__name__ for m in models if m is not api.BaseModel and m.__pydantic_complete__))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    "args, built",
+    [(["validate", "manifests/"], []), (["plan", "manifests/"], ["StartSnapshotRequest"])],
+)
+def test_a_command_builds_only_the_wire_models_it_uses(project, args, built):
+    # validate builds requests without validating them; an offline plan serializes them;
+    # neither reads an answer (SnapshotTask, Envelope) or sends an update or a stop.
+    cwd, env = project
+    run = subprocess.run([sys.executable, "-c", BUILT_PROBE, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"built: {built}" in run.stdout.splitlines(), run.stdout
+
+
 #: Runs the console script's main in a fresh interpreter, watching the cyclic garbage
 #: collector: whether it ran while the command's module loaded (pydantic's models, the
 #: wire types), whether it is on while the command works, whether all is frozen at the end.
