@@ -628,8 +628,9 @@ class _GcPause:
 
     Frozen objects are still freed when no longer referenced, but a frozen
     cycle is only collected once unfrozen, so the next load unfreezes what
-    the last one froze and collects first. Processes that freeze objects
-    themselves are left alone: this freezes only when nothing else is frozen.
+    the last one froze and collects first, unless something froze objects
+    since (then they are left alone). What was frozen before the load (the
+    ``snapctl`` command freezes what start-up loaded) is frozen again with it.
     """
 
     #: Loads of fewer tasks end as before (collector switched back on).
@@ -653,7 +654,7 @@ class _GcPause:
     def __exit__(self, *exc) -> None:
         if not self._enabled:
             return
-        if exc[0] is None and self.settled >= self.FREEZE_FROM and gc.get_freeze_count() == 0:
+        if exc[0] is None and self.settled >= self.FREEZE_FROM:
             gc.freeze()
             _GcPause._frozen = gc.get_freeze_count()
         gc.enable()

@@ -111,6 +111,42 @@ def test_pyyaml_loads_only_for_a_file_the_fast_path_declines(project):
     assert "yaml" in tops(loaded_modules(["validate", "manifests/"], cwd, env))
 
 
+#: The console script's main in a fresh interpreter, saying whether the load froze more.
+LOAD_FREEZE_PROBE = """
+import gc, sys
+import reconciler.manifest as manifest
+load = manifest.load_manifests
+def probe(*args, **kwargs):
+    before = gc.get_freeze_count()
+    loaded = load(*args, **kwargs)
+    print("grew:", gc.get_freeze_count() > before > 0)
+    return loaded
+manifest.load_manifests = probe
+from reconciler.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_large_load_is_frozen_after_start_up_was(project):
+    # The load of 1,000 tasks or more ends frozen (manifest._GcPause), though start-up
+    # froze what it loaded first: else the collector walks every task loaded, again and again.
+    cwd, env = project
+    tasks = "".join(f"      t{n:04d}: {{}}\n" for n in range(1000))
+    (cwd / "manifests" / "many.yaml").write_text(
+        "app_id: many\ndefaults: {storage: archive}\nstorage:\n"
+        "  archive: {type: tos, account_id: '1', bucket: b}\nrooms:\n  r1:\n    tasks:\n" + tasks
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", LOAD_FREEZE_PROBE, "validate", "manifests/"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "grew: True" in run.stdout.splitlines(), run.stdout
+
+
 #: Runs the console script's main in a fresh interpreter; then names the wire models
 #: whose validator and serializer were built (api's models are built on first use).
 BUILT_PROBE = """
