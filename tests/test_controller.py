@@ -223,6 +223,14 @@ def test_a_pipeline_apply_proceeds_while_the_controller_works(emulator, tmp_path
             applied = run_snapctl(["apply", "--auto-approve", "--lock-timeout", "10"], cwd=work, env=env)
             assert applied.code == 0, applied.output + "\n".join(watch.lines["stdout"][-20:])
             assert emulator.read("ctlapp", "R00", "T005")["ImageConfig"]["Interval"] == interval
+        # Every stopped task healed: the holds after the last apply have planned. None of them set
+        # a pipeline's change back with manifests loaded before it (a hold reloads changed files
+        # under the lock): the only UpdateSnapshot calls are the pipeline's, one per T005 per apply.
+        victims = [f"ctlapp/R0{n}/T00{n}" for n in range(3)]
+        wait_for(lambda: all(running(emulator, v) for v in victims), timeout=60, what="the stopped tasks healed")
+        changed = many(tasks, rooms=4).count("      T005: {}")
+        assert changed == 4 and calls(emulator.url, "UpdateSnapshot") == 3 * changed, "\n".join(watch.lines["stdout"])
+        assert all(emulator.read("ctlapp", f"R0{r}", "T005")["ImageConfig"]["Interval"] == 5 for r in range(4))
     finally:
         assert watch.stop() == 0
 

@@ -504,6 +504,10 @@ class Controller:
         self.status.update(state_reachable=True, state_error=None)
         waited = time.monotonic() - t0
         try:
+            # A pipeline writes its manifests, then applies them under this lock: a hold planned
+            # with the copy loaded before that (checked only every MANIFEST_CHECK_S) would set its
+            # changes back. A stat of the files, under the lock, before planning; a load if they changed.
+            await asyncio.to_thread(self._reload_manifests)
             state = store.state
             # Secrets' fingerprints (scrypt) computed once for the controller's life, not at each hold:
             # the memo's keys hold the state's fingerprint key and parameters.
