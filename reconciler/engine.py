@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -374,10 +374,14 @@ async def _run_and_close(applier: Applier, plan_: Plan, reassert: Sequence[str])
         await applier.client.aclose()
 
 
-def unchanged_addresses(plan_: Plan, manifests: ManifestSet, state: State) -> list[str]:
-    """Declared tasks the plan leaves alone (reconcile re-asserts them)."""
+def unchanged_addresses(
+    plan_: Plan, manifests: ManifestSet, state: State, among: Iterable[str] | None = None
+) -> list[str]:
+    """Declared tasks the plan leaves alone (reconcile re-asserts them); ``among``: of these
+    addresses only (the controller's hold, which planned only what it read), in their order."""
     touched = {a.address for a in plan_.actions}
-    return [address for address in manifests.tasks if address in state.tasks and address not in touched]
+    candidates = manifests.tasks if among is None else among
+    return [a for a in candidates if a in manifests.tasks and a in state.tasks and a not in touched]
 
 
 __all__ = [

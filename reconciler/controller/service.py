@@ -565,11 +565,10 @@ class Controller:
                 plan.endpoint, plan.region = self.settings.target()
                 others = sum(1 for a in self.manifests.tasks if a in state.tasks and a not in observations)
                 plan.unchanged += others
-            touched = {action.address for action in plan.actions}
             reassert = [
                 a
-                for a, seen in observations.items()
-                if seen.confirmable and a in self.manifests.tasks and a in state.tasks and a not in touched
+                for a in engine.unchanged_addresses(plan, self.manifests, state, among=observations)
+                if observations[a].confirmable
             ]
             left = max(0, len(plan.actions) + len(reassert) - ACTIONS_PER_HOLD)
             if left:
