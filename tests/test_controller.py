@@ -319,3 +319,27 @@ def test_controllers_of_two_workspaces_whose_names_hash_alike_both_lead(emulator
     finally:
         for watch in watches:
             watch.stop()
+
+
+def test_the_controller_confirms_tasks_past_the_read_window_by_start(emulator, tmp_path):
+    """Tasks the API can no longer read (started before its 72 h window) are unknown; each hold
+    confirms the ones it read with a StartSnapshot ("already started" proves they run) and starts
+    nothing twice; a task that ended meanwhile is started by that same confirmation."""
+    from snapctl_testing import stats
+
+    work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    emulator.configure(read_window_s=0)
+
+    def outcomes() -> dict:
+        return stats(emulator.url)["by_action"]["StartSnapshot"].get("outcomes", {})
+
+    with start_watch(work, env, "--interval", "0.2") as watch:
+        watch.wait_line("Leading", what="leading")
+        wait_for(lambda: outcomes().get("already_started", 0) >= 4, what="two confirmations of each task")
+        stop_task(emulator, "ctlapp/R1/T2")
+        wait_for(lambda: running(emulator, "ctlapp/R1/T2"), what="T2 started by its confirmation")
+        assert watch.stop() == 0
+    assert outcomes()["ok"] == 3  # the apply's two starts, and T2's after its stop: nothing twice
+    assert sorted(t["TaskId"] for t in emulator.tasks()) == ["T1", "T2"]
