@@ -6,7 +6,9 @@ the whole run under the API's limit. Every completed call is recorded in the
 state before the next step of that task, and one task's failure never stops
 the others. A failed state write (a full disk) does: no new call is started,
 the calls in flight finish (their intents stay journaled), and the run raises
-the :class:`~reconciler.errors.WriteError`.
+the :class:`~reconciler.errors.WriteError`. So does an error nothing foresaw (an
+``on_result`` callback that raises): no new call is started, and the run raises it
+once the calls in flight are answered and recorded.
 
 Adoption: StartSnapshot answers "already started" for a task that runs, whoever
 started it. An established state (:attr:`StateStore.held_tasks`) counts that as
@@ -185,11 +187,12 @@ class Applier:
         write_failure: WriteError | None = None
         not_attempted = 0
         unrecorded: list[str] = []  # answered, but the state write after the answer failed
+        unforeseen: Exception | None = None  # e.g. an on_result callback that raised
 
         async def run_one(address: str, kind: str) -> None:
             nonlocal skipped, write_failure, not_attempted
             async with semaphore:
-                if write_failure is not None:
+                if write_failure is not None or unforeseen is not None:
                     return
                 if self.stop_event is not None and self.stop_event.is_set():
                     skipped += 1
@@ -219,7 +222,16 @@ class Applier:
                 if self.on_result is not None and not (result.error is not None and result.error.stops_run):
                     self.on_result(result)
 
-        await asyncio.gather(*(run_one(address, kind) for address, kind in jobs))
+        async def settled(address: str, kind: str) -> None:
+            # An error nothing here foresaw fails the run only once the calls in flight are
+            # answered and recorded: raised at once, it would leave them unrecorded.
+            nonlocal unforeseen
+            try:
+                await run_one(address, kind)
+            except Exception as exc:
+                unforeseen = unforeseen or exc
+
+        await asyncio.gather(*(settled(address, kind) for address, kind in jobs))
         if write_failure is not None:
             if unrecorded:
                 unrecorded.sort()
@@ -236,6 +248,8 @@ class Applier:
             # next time: it remembers what it did not adopt, so a plain run again refuses it too.
             running = [api.Observation(address, api.Observed.running) for address in refused]
             await self._record(self.store.record_not_adopted, running)
+        if unforeseen is not None:
+            raise unforeseen
         results.sort(key=lambda r: r.address)
         return ApplyReport(
             results=results,

@@ -263,6 +263,42 @@ def test_a_request_that_cannot_be_sent_never_stops_its_task(emulator, tmp_path):
     assert state_file.read_bytes() == before  # no intent, no change: nothing was sent
 
 
+def test_an_unforeseen_error_fails_the_run_only_after_the_calls_in_flight_are_recorded(emulator, tmp_path):
+    """A result callback that raises fails the apply, but not before the StartSnapshot calls already
+    sent are answered and recorded: raised at once, it left them as open intents (a task running
+    that the state does not hold), and the calls not yet started are never sent."""
+    from reconciler import engine
+
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 5)})
+    env = snapctl_env(emulator.url, work)
+    manifests = engine.load_manifests([work / "manifests"])
+    # T3 fails at once, without a call (its request cannot be built), while T0 to T2 are under way.
+    address = f"{APP}/R0/T3"
+    good = manifests.tasks[address]
+    storage = good.request.storage_config
+    bad_tos = storage.tos_config.model_construct(**{**dict(storage.tos_config), "region": 2**70})
+    bad = good.request.model_copy(update={"storage_config": storage.model_copy(update={"tos_config": bad_tos})})
+    manifests.tasks[address] = type(good)(address=address, request=bad, location=good.location)
+    emulator.configure(latency_ms=300)
+    seen: list[str] = []
+
+    def on_result(result):
+        seen.append(result.address)
+        raise RuntimeError("a result printer broke")
+
+    state_file = work / "state" / "snapctl.state.json"
+    settings = engine.Settings(endpoint=emulator.url, environ=env)
+    with engine.store_for(state_file) as store:
+        the_plan = engine.plan(manifests, store.state)
+        with pytest.raises(RuntimeError, match="a result printer broke"):
+            engine.run_apply(the_plan, manifests, store, settings.client(), parallelism=4, on_result=on_result)
+    assert seen[0] == address  # the others are still reported as they are answered
+    running = {f"{APP}/R0/T0", f"{APP}/R0/T1", f"{APP}/R0/T2"}
+    assert set(tasks(emulator.url)) == running and calls(emulator.url, "StartSnapshot") == 3  # T4 was never sent
+    listing = state_listing(work, env, "state/snapctl.state.json")
+    assert set(listing["tasks"]) == running and not listing.get("pending"), listing
+
+
 def test_watch_survives_an_unexpected_error_in_a_round(emulator, tmp_path):
     """A hold that fails with an error snapctl did not foresee is reported, and the controller goes on."""
     import threading
