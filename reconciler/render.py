@@ -403,6 +403,48 @@ def _stop_fields(report: ApplyReport) -> dict[str, Any] | None:
     }
 
 
+def reconcile_document(
+    *,
+    ok: bool,
+    error: Exception | None,
+    declared: int,
+    duration_s: float,
+    reads: int,
+    observed: dict[str, int],
+    failing: dict[str, str],
+    deferred: dict[str, float | None],
+    report: ApplyReport | None,
+    plan: Plan | None,
+    refreshed: bool = True,
+    interrupted: bool = False,
+    **hold: Any,
+) -> dict[str, Any]:
+    """The ``--json`` line of a ``reconcile`` round, or of a hold of the controller's lock
+    (``--watch``), which adds what the hold did (``hold``: ``lock_wait_s``, ``recorded``,
+    ``acted_after_reads``). ``deferred``: the stopped tasks whose restart is not due yet,
+    with when it is (epoch seconds; None: never)."""
+    from .restarts import iso
+
+    document = {
+        "format_version": OUTPUT_FORMAT_VERSION,
+        "type": "reconcile",
+        "ok": ok,
+        "error": str(error) if error else None,
+        "declared": declared,
+        "duration_s": round(duration_s, 3),
+        "refreshed": refreshed,
+        "reads": reads,
+        "observed": observed,
+        "interrupted": interrupted,
+        "failing": failing,
+        "deferred": {address: iso(at) if at is not None else None for address, at in deferred.items()},
+        **hold,
+    }
+    if report is not None and plan is not None:
+        document["result"] = apply_document(report, plan, command="reconcile")
+    return document
+
+
 def apply_document(report: ApplyReport, plan: Plan, *, command: str = "apply") -> dict[str, Any]:
     """The ``--json`` result of apply, destroy and reconcile."""
     return {

@@ -69,6 +69,7 @@ def test_events_and_health_of_a_watching_controller(emulator, tmp_path):
 
 # -- The command, end to end ------------------------------------------------------------------
 
+import datetime  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
@@ -147,10 +148,21 @@ def test_a_failing_task_is_reported_and_backed_off_not_healed(emulator, tmp_path
         r for d in documents for r in d.get("result", {}).get("results", []) if r["action"] in ("create", "restart")
     ]
     assert [r["healed"] for r in restarts if r["address"] == "ctlapp/R1/F1"] == [False, True], restarts
+    # A hold's line and a round's share one shape: the failing task, and when its backed-off restart is due.
+    held_back = [d for d in documents if "ctlapp/R1/F1" in d["deferred"]]
+    assert held_back and all(d["failing"] == {"ctlapp/R1/F1": "StartTaskFailed"} for d in held_back), documents
+    due = datetime.datetime.fromisoformat(held_back[-1]["deferred"]["ctlapp/R1/F1"])
+    assert due.tzinfo is not None and due > datetime.datetime.now(datetime.timezone.utc), due  # the 30 s backoff
+    assert {"lock_wait_s", "recorded", "acted_after_reads"} <= set(held_back[-1]), held_back[-1]
     # A one-shot reconcile tells the truth too: exit 1 while a declared task fails to run.
     once = run_snapctl(["reconcile"], cwd=work, env=env)
     assert once.code == 1 and "1 failing" in once.stdout, once.output
     assert "Failing: ctlapp/R1/F1 (StartTaskFailed): not restarted before" in once.stderr, once.output
+    (round_,) = [
+        json.loads(line) for line in run_snapctl(["reconcile", "--json"], cwd=work, env=env).stdout.splitlines()
+    ]
+    assert round_["failing"] == {"ctlapp/R1/F1": "StartTaskFailed"} and set(round_["deferred"]) == {"ctlapp/R1/F1"}
+    assert round_["deferred"]["ctlapp/R1/F1"] == held_back[-1]["deferred"]["ctlapp/R1/F1"], (round_, held_back[-1])
     assert emulator.stats()["by_action"]["StartSnapshot"]["total"] == 3
 
 

@@ -162,22 +162,20 @@ def reconcile(
 
     def report_round(round_):
         if as_json:
-            document = {
-                "format_version": 1,
-                "type": "reconcile",
-                "ok": round_.ok,
-                "error": str(round_.error) if round_.error else None,
-                "declared": round_.declared,
-                "duration_s": round(round_.duration_s, 3),
-                "refreshed": round_.refreshed,
-                "reads": round_.reads,
-                "observed": round_.observed_counts,
-                "interrupted": round_.interrupted is not None,
-                "failing": round_.failing,
-                "deferred": {a: _iso(at) for a, at in round_.deferred.items()},
-            }
-            if round_.report is not None:
-                document |= {"result": render.apply_document(round_.report, round_.plan, command="reconcile")}
+            document = render.reconcile_document(
+                ok=round_.ok,
+                error=round_.error,
+                declared=round_.declared,
+                duration_s=round_.duration_s,
+                refreshed=round_.refreshed,
+                reads=round_.reads,
+                observed=round_.observed_counts,
+                interrupted=round_.interrupted is not None,
+                failing=round_.failing,
+                deferred=round_.deferred,
+                report=round_.report,
+                plan=round_.plan,
+            )
             click.echo(orjson.dumps(document).decode())
             return
         if round_.interrupted is not None:
@@ -286,26 +284,22 @@ def reconcile(
 
         def on_hold(hold):
             if as_json:
-                document = {
-                    "format_version": 1,
-                    "type": "reconcile",
-                    "ok": hold.ok,
-                    "error": str(hold.error) if hold.error else None,
-                    "declared": status.health().declared,
-                    "duration_s": round(hold.held_s, 3),
-                    "lock_wait_s": round(hold.waited_s, 3),
-                    "refreshed": True,
-                    "reads": hold.reads,
-                    "observed": hold.observed or {},
-                    "recorded": hold.recorded,
-                    "acted_after_reads": hold.acted_after_reads,
-                    "failing": hold.failing,
-                    "deferred": hold.deferred,
-                    "interrupted": False,
-                }
-                if hold.report is not None and hold.plan is not None:
-                    document |= {"result": render.apply_document(hold.report, hold.plan, command="reconcile")}
-                if hold.report is not None or hold.error is not None:
+                document = render.reconcile_document(
+                    ok=hold.ok,
+                    error=hold.error,
+                    declared=status.health().declared,
+                    duration_s=hold.held_s,
+                    reads=hold.reads,
+                    observed=hold.observed or {},
+                    failing=hold.failing,
+                    deferred=hold.deferred,
+                    report=hold.report,
+                    plan=hold.plan,
+                    lock_wait_s=round(hold.waited_s, 3),
+                    recorded=hold.recorded,
+                    acted_after_reads=hold.acted_after_reads,
+                )
+                if hold.report is not None or hold.error is not None or hold.failing or hold.deferred:
                     click.echo(orjson.dumps(document).decode())
                 return
             if hold.error is not None:

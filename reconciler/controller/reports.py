@@ -72,9 +72,10 @@ class Hold:
     recorded: int
     plan: Plan | None
     report: ApplyReport | None
-    #: Tasks found failing in this hold (address → reason), and those not restarted yet (backoff).
+    #: Tasks found failing in this hold (address → reason), and the stopped tasks not restarted
+    #: yet (address → when their restart is due, epoch seconds; None: never).
     failing: dict[str, str]
-    deferred: int
+    deferred: dict[str, float | None]
     error: SnapctlError | None = None
     reads: int = 0
     observed: dict[str, int] | None = None

@@ -177,7 +177,7 @@ class Controller:
                             self.on_line(f"Error: unexpected {type(exc).__name__}: {exc}; the controller goes on")
                             self._next_hold = time.monotonic() + LOCK_PAUSE_S
                             hold = Hold(
-                                time.time(), 0.0, 0.0, 0, None, None, {}, 0,
+                                time.time(), 0.0, 0.0, 0, None, None, {}, {},
                                 error=SnapctlError(f"unexpected {type(exc).__name__}: {exc}"),
                             )  # fmt: skip
                         self._report(hold)
@@ -500,7 +500,7 @@ class Controller:
             self._next_hold = time.monotonic() + ACT_EVERY_S
             if not isinstance(exc, LockError):
                 self.status.update(state_reachable=False, state_error=str(exc))
-            return Hold(started, time.monotonic() - t0, 0.0, 0, None, None, {}, 0, error=exc, reads=reads)
+            return Hold(started, time.monotonic() - t0, 0.0, 0, None, None, {}, {}, error=exc, reads=reads)
         self.status.update(state_reachable=True, state_error=None)
         waited = time.monotonic() - t0
         try:
@@ -517,7 +517,7 @@ class Controller:
             observations: dict[str, api.Observation] = {}
             facts: dict[str, dict[str, Any]] = {}
             failing: dict[str, str] = {}
-            deferred = 0
+            deferred: dict[str, float | None] = {}
             held_back: list[api.Observation] = []
             # Reads fingerprint secrets with our copy's key: another state (a first write, a migration) reads again.
             same_key = self.cache is not None and self.cache.fingerprint_key == state.fingerprint_key
@@ -539,7 +539,7 @@ class Controller:
                 if verdict.failing:
                     failing[address] = verdict.reason
                 if seen.stopped and not verdict.restart:
-                    deferred += 1
+                    deferred[address] = verdict.retry_at
                     if verdict.retry_at is not None:
                         self.schedule.urgent(address, time.monotonic() + max(0.0, verdict.retry_at - now))
                     held_back.append(seen)
@@ -607,7 +607,7 @@ class Controller:
             await asyncio.to_thread(store.close)
             self._take_state(store.state)
             self._next_hold = time.monotonic() + LOCK_PAUSE_S
-            return Hold(started, waited, time.monotonic() - t0 - waited, 0, None, None, {}, 0, error=exc, reads=reads)
+            return Hold(started, waited, time.monotonic() - t0 - waited, 0, None, None, {}, {}, error=exc, reads=reads)
         except BaseException:
             await asyncio.to_thread(store.close)
             raise
