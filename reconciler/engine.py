@@ -189,13 +189,7 @@ async def refresh_tasks(
             except ApiError as exc:
                 if isinstance(exc, AuthError) or getattr(exc, "stops_run", False):
                     raise  # every other read would fail the same way
-                observation = api.Observation(
-                    address,
-                    api.Observed.unknown,
-                    detail=str(exc) if isinstance(exc, UnreadableAnswerError) else f"read failed: {exc}",
-                    read_error=True,
-                    unreadable=isinstance(exc, UnreadableAnswerError),
-                )
+                observation = failed_read(address, exc)
         seen[address] = observation
         if on_observation is not None:
             on_observation(observation)
@@ -208,6 +202,20 @@ async def refresh_tasks(
             f"stopped reading after {len(read)} of {len(addresses)} task(s)", observations=read, total=len(addresses)
         ) from None
     return {address: seen[address] for address in addresses}
+
+
+def failed_read(address: str, exc: ApiError) -> api.Observation:
+    """What a read that failed after its retries says of ``address``: unknown, and for an answer
+    of another shape than documented, unreadable (nothing is sent for it, not even a confirming
+    StartSnapshot). The refresh and the controller's reads both judge a failed read with it."""
+    unreadable = isinstance(exc, UnreadableAnswerError)
+    return api.Observation(
+        address,
+        api.Observed.unknown,
+        detail=str(exc) if unreadable else f"read failed: {exc}",
+        read_error=True,
+        unreadable=unreadable,
+    )
 
 
 class StopEvent(Protocol):

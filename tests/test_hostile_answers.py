@@ -442,3 +442,27 @@ def test_metrics_label_documented_error_codes_only(rigged, hostile, emulator):
     )
     assert re.search(r'snapctl_api_requests_total\{action="GetSnapshotTask",outcome="ok"\} [1-9]', metrics)
     assert "MadeUp" not in metrics, metrics
+
+
+def test_the_controller_sends_nothing_for_an_answer_of_another_shape(rigged, emulator):
+    """reconcile --watch reads as reconcile does: a task whose answer is of another shape is
+    unknown and never confirmed with StartSnapshot (a Start for a task nothing can be said of
+    would restart one that ended). It took such a read for a failed one, which StartSnapshot
+    confirms, and sent a Start for each of them at every sweep."""
+    from snapctl_testing import Watch
+
+    work, env = rigged
+    state_file = work / "state" / "snapctl.state.json"
+    before = writes(emulator.url)
+    everything = {address(name) for name in [*SHAPES, "Status0", *HEALTHY]}
+    with Watch(work, env, "--interval", "60", "--no-color", merged=True) as watch:
+        # Each read is recorded under the lock in the hold that acts on it: once every task's
+        # read is recorded, whatever it called for is sent, and the hold ends before the stop.
+        wait_for(lambda: everything <= set(read_state(state_file).observed), what="every task's read recorded")
+        wait_for(lambda: calls(emulator.url, "StartSnapshot") >= before["StartSnapshot"] + 2, what="the two starts")
+        assert watch.stop(timeout=60) == 0, watch.lines["stdout"]
+    assert "Traceback" not in "\n".join(watch.lines["stdout"]), watch.lines["stdout"]
+    # Ended started again and Status0 confirmed (as reconcile does); nothing sent for the others.
+    assert writes(emulator.url) == {**before, "StartSnapshot": before["StartSnapshot"] + 2}
+    observed = read_state(state_file).observed
+    assert all(observed[address(name)]["status"] == "unknown" for name in SHAPES), observed

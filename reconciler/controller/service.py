@@ -362,7 +362,7 @@ class Controller:
                     if isinstance(exc, AuthError) or exc.stops_run:
                         self.schedule.read(address, time.monotonic() - self.interval_s + API_PAUSE_S)
                         return
-                    seen = api.Observation(address, api.Observed.unknown, detail=f"read failed: {exc}", read_error=True)
+                    seen = engine.failed_read(address, exc)
             finally:
                 semaphore.release()
             self.reads += 1
