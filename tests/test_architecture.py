@@ -87,13 +87,33 @@ def test_leaf_modules_import_nothing_of_snapctl():
     assert not problems, "\n".join(problems)
 
 
+#: The manifest package's modules, each of which imports only those before it.
+MANIFEST_LAYERS = ("diagnostics", "schema", "resolve", "environment", "loader")
+
+
+def layer_violations(package: str, layers: tuple[str, ...]) -> list[str]:
+    """The imports in ``package`` of a module that comes later in ``layers`` (or of the package
+    itself, whose ``__init__`` re-exports them all); each module is one idea built on those before."""
+    order = {f"{package}.{name}": i for i, name in enumerate(layers)}
+    assert set(order) | {package} == {name for name in MODULES if within(name, package)}, sorted(MODULES)
+    problems = []
+    for module, rank in order.items():
+        problems += violations(
+            [module],
+            lambda name, rank=rank: not within(name, package) or order.get(name, len(layers)) < rank,
+            f"{package} builds one way: {', '.join(layers)}, each importing only those before it",
+        )
+    return problems
+
+
 def test_manifests_know_no_state():
     allowed = {"reconciler.api", "reconciler.regions", "reconciler.errors", "reconciler.yamlsource"}
     problems = violations(
-        ["reconciler.manifest"],
-        lambda name: name in allowed,
-        "manifests know no state: manifest.py imports only api, regions, errors and yamlsource",
+        [name for name in MODULES if within(name, "reconciler.manifest")],
+        lambda name: name in allowed or within(name, "reconciler.manifest"),
+        "manifests know no state: reconciler/manifest imports only api, regions, errors and yamlsource",
     )
+    problems += layer_violations("reconciler.manifest", MANIFEST_LAYERS)
     assert not problems, "\n".join(problems)
 
 

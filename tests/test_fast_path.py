@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import manifest, plan, yamlsource
-from reconciler.manifest import ManifestError, ManifestSet, load_manifests
+from reconciler import plan, yamlsource
+from reconciler.manifest import ManifestError, ManifestSet, load_manifests, loader
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -36,7 +36,7 @@ def corpus() -> list[Path]:
 
 
 def load(paths: list[Path], fast: bool, monkeypatch) -> ManifestSet | ManifestError:
-    monkeypatch.setattr(manifest, "FAST_PATH", fast)
+    monkeypatch.setattr(loader, "FAST_PATH", fast)
     try:
         return load_manifests(paths, environ=ENVIRON)
     except ManifestError as exc:

@@ -649,10 +649,10 @@ def test_json_schema_describes_the_format():
 
 
 def test_validation_shapes_match_the_schema_models():
-    from reconciler import manifest
+    from reconciler.manifest import schema
 
-    assert set(manifest._DocumentShape.model_fields) == set(manifest.ManifestDocument.model_fields)
-    assert set(manifest._RoomShape.model_fields) == set(manifest.Room.model_fields)
+    assert set(schema._DocumentShape.model_fields) == set(schema.ManifestDocument.model_fields)
+    assert set(schema._RoomShape.model_fields) == set(schema.Room.model_fields)
 
 
 # -- scale ------------------------------------------------------------------------------------

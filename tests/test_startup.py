@@ -128,7 +128,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_large_load_is_frozen_after_start_up_was(project):
-    # The load of 1,000 tasks or more ends frozen (manifest._GcPause), though start-up
+    # The load of 1,000 tasks or more ends frozen (manifest.loader._GcPause), though start-up
     # froze what it loaded first: else the collector walks every task loaded, again and again.
     cwd, env = project
     tasks = "".join(f"      t{n:04d}: {{}}\n" for n in range(1000))
