@@ -4,7 +4,7 @@ Manifests: well-formed files are read by ryaml (``yamlsource.read_documents_fast
 and anything else by PyYAML with positions. Every file of the corpus (manifests/,
 tests/manifest_cases/, tests/bad_manifests/) must load to the same ManifestSet
 (tasks, requests, locations, warnings) or the same ManifestError diagnostics
-either way. Plans: ``plan._leaf_changes`` must list the changes DeepDiff lists.
+either way. Plans: ``plan.diff._leaf_changes`` must list the changes DeepDiff lists.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import plan, yamlsource
+from reconciler import yamlsource
 from reconciler.manifest import ManifestError, ManifestSet, load_manifests, loader
+from reconciler.plan import diff
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -265,10 +266,10 @@ def test_changes_without_deepdiff_are_deepdiffs():
     for _ in range(600):
         old, new = random_body(rng), random_body(rng)
         out: list = []
-        if not plan._leaf_changes(old, new, [], out):
+        if not diff._leaf_changes(old, new, [], out):
             continue  # left to DeepDiff
-        expected = sorted(plan._deepdiff_changes(old, new), key=lambda c: plan._path_text(c[0]))
-        assert sorted(out, key=lambda c: plan._path_text(c[0])) == expected
+        expected = sorted(diff._deepdiff_changes(old, new), key=lambda c: diff._path_text(c[0]))
+        assert sorted(out, key=lambda c: diff._path_text(c[0])) == expected
         compared += 1
     assert compared > 400
 
