@@ -115,9 +115,14 @@ def run_on_terminal(
 def start_apply(work: Path, env: dict[str, str], *extra: str, quiet: bool = False) -> subprocess.Popen:
     """``snapctl apply --auto-approve`` in the background (to kill or race it); ``quiet``
     discards its output, else stdout and stderr are pipes to read with ``communicate``."""
+    return start_snapctl(work, env, "apply", "--auto-approve", "--no-color", *extra, quiet=quiet)
+
+
+def start_snapctl(work: Path, env: dict[str, str], *args: str, quiet: bool = False) -> subprocess.Popen:
+    """``snapctl ARGS`` in the background, as :func:`start_apply` starts apply."""
     output = subprocess.DEVNULL if quiet else subprocess.PIPE
     return subprocess.Popen(
-        [SNAPCTL, "apply", "--auto-approve", "--no-color", *extra],
+        [SNAPCTL, *args],
         cwd=work,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -15,7 +15,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from snapctl_testing import SNAPCTL, Run, calls, new_project, run_snapctl, snapctl_env, stats, tasks, wait_for
+from snapctl_testing import (
+    SNAPCTL,
+    Run,
+    calls,
+    new_project,
+    run_snapctl,
+    snapctl_env,
+    start_snapctl,
+    stats,
+    tasks,
+    wait_for,
+)
 
 APP = "diskapp"
 
@@ -653,3 +664,38 @@ def test_emulator_on_a_read_only_filesystem_reports_once_and_exits_non_zero(read
     assert proc.returncode == 1, rest
     assert "cannot write" not in rest, rest  # reported once
     assert "Error: could not save the tasks to" in rest and "Read-only file system" in rest, rest
+
+
+@pytest.mark.parametrize(
+    "args", [["apply", "--auto-approve"], ["reconcile"], ["reconcile", "--watch"]], ids=["apply", "reconcile", "watch"]
+)
+def test_a_closed_stdout_stops_the_run_in_one_line_and_loses_nothing(args, emulator, tmp_path):
+    """`snapctl apply | head -1`: the reader of stdout goes away while StartSnapshot calls are in
+    flight. The run sends no new call, records every call answered, and says so in one line on
+    stderr, exit 1 (it exited 1 without a word, or named an unexpected BrokenPipeError); the next
+    apply finishes the job without starting anything twice."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 12)})
+    env = snapctl_env(emulator.url, work)
+    emulator.configure(latency_ms=200)
+    proc = start_snapctl(work, env, *args, "--no-color", "--parallelism", "3")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:  # the reader goes away at the first task's line: others are under way
+            if ": created" in line:
+                break
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert_one_error_line(Run(code, "", stderr), "the output was closed before snapctl finished writing it")
+    running = set(tasks(emulator.url))
+    assert running, running
+    listing = state_listing(work, env, "state/snapctl.state.json")
+    assert set(listing["tasks"]) == running and not listing.get("pending"), listing
+    assert calls(emulator.url, "StartSnapshot") == len(running)
+    emulator.configure(latency_ms=0)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    assert len(tasks(emulator.url)) == 12 and calls(emulator.url, "StartSnapshot") == 12  # nothing started twice

@@ -3,11 +3,12 @@ errors as one line with an exit status (never a traceback)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import orjson
@@ -105,8 +106,27 @@ def handle_errors(f: Callable) -> Callable:
             else:
                 err(style(f"Error: {exc}\n", "red", "bold"))
             sys.exit(EXIT_ERROR)
+        except BrokenPipeError:  # whoever read stdout went away: `snapctl apply | head -1`
+            output_closed()
 
     return wrapper
+
+
+def output_closed() -> NoReturn:
+    """Stdout was closed while a command wrote to it: say so on stderr in one line and exit 1.
+    A run that was calling the API stopped sending new calls, and the calls in flight were
+    answered and recorded in the state before the error came here (see ``reconciler.apply``)."""
+    with contextlib.suppress(OSError, ValueError):
+        # What stdout still buffers would fail again when the interpreter flushes it at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    with contextlib.suppress(OSError):  # stderr may be gone too (`2>&1 | head -1`)
+        err(
+            "Error: the output was closed before snapctl finished writing it (broken pipe); snapctl stopped: "
+            "no new call was sent, and the calls already sent were answered and recorded in the state first\n"
+        )
+    sys.exit(EXIT_ERROR)
 
 
 class Progress:

@@ -90,6 +90,8 @@ def reconcile_once(
         interrupted = f"{len(exc.observations)} of {exc.total} task(s) read (recorded in the state)"
     except SnapctlError as exc:
         plan, report, error, declared = None, None, exc, 0
+    except BrokenPipeError:
+        raise  # stdout was closed: the command says so (commands.output.output_closed)
     except Exception as exc:  # a round must never end the controller: report it and go on
         log.error("reconcile round failed unexpectedly", exc_info=True)
         plan, report, declared = None, None, 0

@@ -172,6 +172,8 @@ class Controller:
                     elif now >= self._next_hold and self._needs_hold():
                         try:
                             hold = await self._hold()
+                        except BrokenPipeError:
+                            raise  # stdout was closed: nothing more can be said (commands.output.output_closed)
                         except Exception as exc:  # an error nobody foresaw must not end the controller
                             log.error("controller hold failed unexpectedly", exc_info=True)
                             self.on_line(f"Error: unexpected {type(exc).__name__}: {exc}; the controller goes on")
