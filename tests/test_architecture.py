@@ -80,12 +80,18 @@ def test_the_rules_cover_every_module():
 
 
 def test_leaf_modules_import_nothing_of_snapctl():
-    leaves = ["api", "regions", "signing", "errors", "ratelimit", "transport", "yamlsource"]
+    leaves = ["api", "regions", "signing", "errors", "ratelimit", "transport"]
     problems = violations(
         [f"reconciler.{leaf}" for leaf in leaves],
         lambda name: False,
-        "api, regions, signing, errors, ratelimit, transport and yamlsource import nothing else from snapctl",
+        "api, regions, signing, errors, ratelimit and transport import nothing else from snapctl",
     )
+    problems += violations(
+        [name for name in MODULES if within(name, "reconciler.yamlsource")],
+        lambda name: within(name, "reconciler.yamlsource"),
+        "yamlsource imports nothing else from snapctl",
+    )
+    problems += layer_violations("reconciler.yamlsource", ("reader", "fast"))
     assert not problems, "\n".join(problems)
 
 

@@ -286,7 +286,7 @@ def test_the_fast_path_resolvers_are_pyyaml_s_own():
     }
     ours = {
         first: [(regexp.pattern, regexp.flags) for regexp in entries]
-        for first, entries in yamlsource._RESOLVERS.items()
+        for first, entries in yamlsource.fast._RESOLVERS.items()
     }
     assert ours == {first: patterns for first, patterns in theirs.items() if patterns}
 
@@ -297,4 +297,4 @@ def test_the_characters_refused_are_those_pyyaml_s_reader_refuses():
     from yaml.reader import Reader
 
     every = "".join(map(chr, range(0x110000)))
-    assert yamlsource._NON_PRINTABLE.findall(every) == Reader.NON_PRINTABLE.findall(every)
+    assert yamlsource.reader._NON_PRINTABLE.findall(every) == Reader.NON_PRINTABLE.findall(every)

@@ -573,7 +573,7 @@ def test_only_yaml_safe_types(tmp_path):
 
 
 def test_alias_expansion_is_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr(yamlsource, "MAX_NODES", 50)
+    monkeypatch.setattr(yamlsource.reader, "MAX_NODES", 50)
     path = write(tmp_path, "b.yaml", "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nb: [*a, *a, *a, *a, *a]\n")
     [], [problem] = yamlsource.read_documents(path)
     assert "more than 50 values after expanding aliases" in problem.message
