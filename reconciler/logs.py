@@ -42,15 +42,46 @@ def configure(environ: Mapping[str, str] | None = None) -> None:
 
         check_log_path(path)
         try:
-            handler = logging.FileHandler(path, encoding="utf-8")
+            handler = _FileLog(path, encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"SNAPCTL_LOG_PATH {path}: cannot append to it ({exc.strerror})") from None
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StreamLog(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     LOGGER.addHandler(handler)
     LOGGER.setLevel(LEVELS.get(name, logging.DEBUG))
     LOGGER.propagate = False
+
+
+class _SaysOnce(logging.Handler):
+    """A diagnostic log that cannot take a record (a full disk, a closed stderr) is said once on
+    stderr and logs no more: Python's own prints a traceback on stderr for every record, and a
+    run goes on whatever becomes of its log."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)  # the file or stream handler's
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        error = sys.exc_info()[1]
+        reason = getattr(error, "strerror", None) or error
+        where = getattr(self, "baseFilename", "on stderr")
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"Warning: cannot write the diagnostic log {where} ({reason}); nothing more is logged.\n")
+            sys.stderr.flush()
+
+
+class _FileLog(_SaysOnce, logging.FileHandler):
+    pass
+
+
+class _StreamLog(_SaysOnce, logging.StreamHandler):
+    pass
 
 
 def client_event(event: str, fields: dict[str, Any]) -> None:

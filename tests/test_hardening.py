@@ -699,3 +699,18 @@ def test_a_closed_stdout_stops_the_run_in_one_line_and_loses_nothing(args, emula
     emulator.configure(latency_ms=0)
     assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
     assert len(tasks(emulator.url)) == 12 and calls(emulator.url, "StartSnapshot") == 12  # nothing started twice
+
+
+def test_a_diagnostic_log_that_cannot_be_written_is_one_warning(emulator, tmp_path):
+    """SNAPCTL_LOG_PATH on a full device: the apply goes on and ends as it would, and stderr says
+    once that the log cannot be written. Python's logging printed a traceback for every record
+    (about 50 lines each, one record per task and call)."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 8)})
+    env = snapctl_env(emulator.url, work, SNAPCTL_LOG="info", SNAPCTL_LOG_PATH="/dev/full")
+    run = run_snapctl(["apply", "--auto-approve", "--no-color"], cwd=work, env=env)
+    assert run.code == 0 and "Apply complete! Tasks: 8 added" in run.stdout, run.output
+    assert run.stderr.splitlines() == [
+        "Warning: cannot write the diagnostic log /dev/full (No space left on device); nothing more is logged."
+    ], run.stderr
+    listing = state_listing(work, snapctl_env(emulator.url, work), "state/snapctl.state.json")
+    assert set(listing["tasks"]) == set(tasks(emulator.url)) and len(listing["tasks"]) == 8
