@@ -355,3 +355,29 @@ def test_the_controller_confirms_tasks_past_the_read_window_by_start(emulator, t
         assert watch.stop() == 0
     assert outcomes()["ok"] == 3  # the apply's two starts, and T2's after its stop: nothing twice
     assert sorted(t["TaskId"] for t in emulator.tasks()) == ["T1", "T2"]
+
+
+def test_sigterm_during_a_hold_lets_the_calls_in_flight_finish_and_starts_no_new_one(emulator, tmp_path):
+    """As apply does: SIGTERM while a hold's StartSnapshot calls are in flight lets them finish and
+    records them, and the hold starts no other call (it started every action it had planned, so a
+    hold of 100 slow calls outlived the service manager's stop timeout, then a SIGKILL)."""
+    from snapctl_testing import tasks
+
+    from reconciler.state import read_state
+
+    work = new_project(tmp_path, emulator.url, {"app.yaml": many(12)})
+    env = snapctl_env(emulator.url, work)
+    emulator.configure(latency_ms=1500)
+    with start_watch(work, env, "--parallelism", "2") as watch:
+        wait_for(lambda: calls(emulator.url, "StartSnapshot") >= 2, what="the first two starts sent")
+        assert watch.stop(signal.SIGTERM, timeout=60) == 0, watch.lines["stdout"]
+    output = "\n".join(watch.lines["stdout"])
+    assert "Traceback" not in output, output
+    running = set(tasks(emulator.url))
+    assert 0 < len(running) < 12 and calls(emulator.url, "StartSnapshot") == len(running), output
+    state = read_state(work / "state" / "snapctl.state.json")
+    assert set(state.tasks) == running and not state.pending, output
+    assert re.search(r"Acted in .*, \d+ not attempted \(stopping\)", output), output
+    emulator.configure(latency_ms=0)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    assert len(emulator.tasks()) == 12 and calls(emulator.url, "StartSnapshot") == 12  # nothing started twice

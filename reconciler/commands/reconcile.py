@@ -315,7 +315,9 @@ def reconcile(
             line = (
                 f"Acted in {hold.held_s:.2f}s (lock waited {hold.waited_s:.2f}s): "
                 f"{hold.plan.summary.total if hold.plan else 0} change(s), {healed} healed, "
-                f"{len(report.failures)} failed; {hold.reads} read since the last."
+                f"{len(report.failures)} failed"
+                + (f", {report.skipped} not attempted (stopping)" if report.skipped else "")
+                + f"; {hold.reads} read since the last."
             )
             out(style(line + "\n", "red" if report.failures else "green"))
 

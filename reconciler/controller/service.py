@@ -596,6 +596,8 @@ class Controller:
                     engine.requests_of(self.manifests),
                     parallelism=self.settings.parallelism,
                     on_result=_judged(failing, self.on_result),
+                    # SIGTERM: the calls in flight finish and are recorded, and no new one starts.
+                    stop_event=self.stop,
                     adopt=self.adopt,
                 )
                 report = await applier.run(plan, reassert)
