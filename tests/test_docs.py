@@ -271,3 +271,24 @@ def test_every_cited_test_exists():
             elif bare_name and page.name == "guarantees.md" and bare_name not in everywhere:
                 problems.append(f"{where}: {bare_name} is no test in tests/")
     assert not problems, "\n".join(problems)
+
+
+# -- cited files ----------------------------------------------------------------------
+
+
+def test_every_cited_file_of_the_project_exists():
+    """A path into the project (`reconciler/plan/planner.py`, `bench/startup.py`, `deploy/`)
+    names a file or folder that exists: modules move, and the pages that cite them must follow.
+    The changelog is history and keeps the names of its time."""
+    cited = re.compile(r"(?<![\w./-])((?:reconciler|bench|deploy|docs|tests)/[\w./-]*[\w/])")
+    problems = []
+    for page in documents():
+        if page.name == "CHANGELOG.md":
+            continue
+        text = page.read_text()
+        for match in cited.finditer(text):
+            path = match.group(1)
+            if "*" in path or not (ROOT / path).exists():
+                number = text.count("\n", 0, match.start()) + 1
+                problems.append(f"{page.relative_to(ROOT)}:{number}: {path} does not exist")
+    assert not problems, "\n".join(problems)
