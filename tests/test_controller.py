@@ -224,11 +224,15 @@ def test_a_pipeline_apply_proceeds_while_the_controller_works(emulator, tmp_path
     emulator.configure(latency_ms=100)
     # 4 reads a second: a sweep is 10 s, which the controller once held the lock for.
     watch = start_watch(work, env, "--read-qps", "4", "--interval", "0.1")
+    # Other tasks stopped before each apply: each a first end in a row, healed as soon as read (the
+    # same ones stopped again before being read running would be held back by the restart backoff).
+    victims = {3: ["R00/T000", "R01/T001", "R02/T002"], 4: ["R03/T003", "R00/T004", "R01/T006"]}
+    victims[5] = ["R02/T007", "R03/T008", "R00/T009"]
     try:
         watch.wait_line("Leading", what="leading")
         for interval in (3, 4, 5):
-            for n in range(3):
-                stop_task(emulator, f"ctlapp/R0{n}/T00{n}", strict=False)  # some may not run again yet
+            for victim in victims[interval]:
+                stop_task(emulator, f"ctlapp/{victim}")
             (work / "manifests" / "app.yaml").write_text(
                 many(tasks, rooms=4).replace("      T005: {}", f"      T005: {{image: {{interval: {interval}}}}}")
             )
@@ -238,8 +242,8 @@ def test_a_pipeline_apply_proceeds_while_the_controller_works(emulator, tmp_path
         # Every stopped task healed: the holds after the last apply have planned. None of them set
         # a pipeline's change back with manifests loaded before it (a hold reloads changed files
         # under the lock): the only UpdateSnapshot calls are the pipeline's, one per T005 per apply.
-        victims = [f"ctlapp/R0{n}/T00{n}" for n in range(3)]
-        wait_for(lambda: all(running(emulator, v) for v in victims), timeout=60, what="the stopped tasks healed")
+        stopped = [f"ctlapp/{victim}" for group in victims.values() for victim in group]
+        wait_for(lambda: all(running(emulator, v) for v in stopped), timeout=60, what="the stopped tasks healed")
         changed = many(tasks, rooms=4).count("      T005: {}")
         assert changed == 4 and calls(emulator.url, "UpdateSnapshot") == 3 * changed, "\n".join(watch.lines["stdout"])
         assert all(emulator.read("ctlapp", f"R0{r}", "T005")["ImageConfig"]["Interval"] == 5 for r in range(4))
