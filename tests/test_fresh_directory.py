@@ -112,6 +112,7 @@ def test_a_run_waiting_for_the_lock_takes_it_again_when_the_refused_run_removes_
         return any((file.st_ino, file.st_dev) == lock_file for file in opened)
 
     wait_for(waits_on_that_lock_file, what="the second run to wait on the first one's lock file")
+    emulator.configure(latency_ms=0)  # A's call still waits its 3 s; B's own calls need not
     refused(finished(first))
     applied = finished(second)
     # It wrote its state in the directory the refused run removed: it made that again and locked a new file.
