@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from snapctl_testing import SNAPCTL, new_project, run_on_terminal, run_snapctl, snapctl_env
 
 # -- every manifest problem in one run --------------------------------------------------------
@@ -488,10 +490,27 @@ rooms:
 """
 
 
-def test_a_second_signal_during_a_replace_names_what_it_left_half_done(emulator, tmp_path):
+def signalled_twice(proc: subprocess.Popen, sent: Callable[[], bool]) -> tuple[str, str]:
+    """Once ``sent`` (the calls are in flight), SIGINT (finish the calls in flight ...) then
+    SIGTERM (... the second signal, never merged with the first: now); the output."""
     import signal
 
-    from snapctl_testing import calls, wait_for
+    from snapctl_testing import wait_for
+
+    try:
+        wait_for(sent, what="the calls sent")
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_second_signal_during_a_replace_names_what_it_left_half_done(emulator, tmp_path):
+
+    from snapctl_testing import calls
 
     work = new_project(tmp_path, emulator.url, {"app.yaml": REPLACED})
     env = snapctl_env(emulator.url, work)
@@ -510,15 +529,7 @@ def test_a_second_signal_during_a_replace_names_what_it_left_half_done(emulator,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        wait_for(lambda: calls(emulator.url, "StartSnapshot") >= starts + 2, what="both starts sent")
-        proc.send_signal(signal.SIGINT)  # the first: finish the calls in flight ...
-        proc.send_signal(signal.SIGTERM)  # ... the second (another signal: never merged with the first): now
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    stdout, stderr = signalled_twice(proc, lambda: calls(emulator.url, "StartSnapshot") >= starts + 2)
     emulator.configure(latency_ms=0)
     assert proc.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == (
@@ -536,6 +547,43 @@ def test_a_second_signal_during_a_replace_names_what_it_left_half_done(emulator,
     assert applied.code == 0, applied.output
     assert {t["TaskId"]: t["Request"]["ImageConfig"]["Width"] for t in emulator.tasks()} == {"A": 640, "B": 640}
     assert run_snapctl(["plan", "--detailed-exitcode"], cwd=work, env=env).code == 0
+
+
+@pytest.mark.parametrize("watch", [False, True], ids=["reconcile", "watch"])
+def test_a_second_signal_during_a_reconcile_names_what_it_left_half_done(watch, emulator, tmp_path):
+    """As apply does: a second signal while reconcile's (or the controller's) StartSnapshot calls
+    are in flight stops at once and names each task whose call the state holds unsettled; it said
+    only "Interrupted.". The next apply settles them, starting nothing twice."""
+
+    from snapctl_testing import calls, start_snapctl, tasks
+
+    from reconciler.state import read_state
+
+    lines = [
+        "app_id: app1",
+        "storage:",
+        '  a: {type: tos, account_id: "2100000990", bucket: b}',
+        "defaults: {storage: a}",
+    ]
+    manifest = "\n".join([*lines, "rooms:", "  R:", "    tasks:", *(f"      T{i}: {{}}" for i in range(6))]) + "\n"
+    work = new_project(tmp_path, emulator.url, {"app.yaml": manifest})
+    env = snapctl_env(emulator.url, work)
+    # The emulator acts at once and answers 2 s later: snapctl has heard of neither start when the signals come.
+    emulator.configure(latency_ms=2000)
+    proc = start_snapctl(work, env, "reconcile", *(["--watch"] if watch else []), "--no-color", "--parallelism", "2")
+    stdout, stderr = signalled_twice(proc, lambda: calls(emulator.url, "StartSnapshot") >= 2)
+    emulator.configure(latency_ms=0)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stdout + stderr
+    pending = read_state(work / "state" / "snapctl.state.json").pending
+    running = set(tasks(emulator.url))
+    assert set(pending) == running and len(running) == 2, (pending, running)
+    named = ", ".join(f"{address} (StartSnapshot sent, outcome not known)" for address in sorted(pending))
+    assert stderr.strip().splitlines()[-1] == (
+        f"Interrupted: stopped at once by a second signal; 2 task(s) left half-done: {named}; the state records "
+        "them: the next snapctl apply finishes them (snapctl plan marks them pending)."
+    ), stderr
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    assert len(tasks(emulator.url)) == 6 and emulator.stats()["by_action"]["StartSnapshot"]["outcomes"]["ok"] == 6
 
 
 def test_a_replace_whose_start_is_refused_is_marked_pending_in_plan(emulator, tmp_path):

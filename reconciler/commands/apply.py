@@ -29,6 +29,7 @@ from .output import (
     Progress,
     colour_enabled,
     err,
+    half_done,
     handle_errors,
     out,
     print_json,
@@ -77,7 +78,7 @@ def _execute(
                 adopt=adopt,
             )
     except KeyboardInterrupt:  # a second SIGINT/SIGTERM: stopped at once, calls in flight abandoned
-        raise Interrupted(_half_done(the_plan, store)) from None
+        raise Interrupted(half_done(store.state.pending, (a.address for a in the_plan.actions))) from None
     finally:
         progress.close()
     if as_json:
@@ -93,20 +94,6 @@ def _execute(
     if not report.ok:
         sys.exit(EXIT_ERROR)
     return report
-
-
-def _half_done(the_plan, store) -> str:
-    """What a run stopped at once left: the tasks of the plan with a call not settled, named."""
-    from ..plan import pending_text
-
-    pending = store.state.pending
-    left = [f"{a.address} ({pending_text(pending[a.address])})" for a in the_plan.actions if a.address in pending]
-    if not left:
-        return "stopped at once by a second signal; no task was left half-done"
-    return (
-        f"stopped at once by a second signal; {len(left)} task(s) left half-done: {', '.join(left)}; "
-        "the state records them: the next snapctl apply finishes them (snapctl plan marks them pending)"
-    )
 
 
 def _looks_like_plan_file(paths) -> bool:

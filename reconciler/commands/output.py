@@ -7,7 +7,7 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import click
@@ -110,6 +110,20 @@ def handle_errors(f: Callable) -> Callable:
             output_closed()
 
     return wrapper
+
+
+def half_done(pending: Mapping[str, Any], addresses: Iterable[str]) -> str:
+    """What a run stopped at once by a second signal left: each of ``addresses`` with a call
+    not settled in the state (``pending``, the state's intents), named."""
+    from ..plan import pending_text
+
+    left = [f"{address} ({pending_text(pending[address])})" for address in addresses if address in pending]
+    if not left:
+        return "stopped at once by a second signal; no task was left half-done"
+    return (
+        f"stopped at once by a second signal; {len(left)} task(s) left half-done: {', '.join(left)}; "
+        "the state records them: the next snapctl apply finishes them (snapctl plan marks them pending)"
+    )
 
 
 def output_closed() -> NoReturn:

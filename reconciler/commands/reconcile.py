@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import click
 import orjson
 
-from ..errors import UsageError
+from ..errors import Interrupted, SnapctlError, UsageError
 from ..logs import LINE_FORMATS, stamped_lines
 from ..notify import parse_target
 from ..style import Style
@@ -24,7 +26,7 @@ from .options import (
     refuse_unless,
     state_option,
 )
-from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, handle_errors, out
+from .output import EXIT_ERROR, EXIT_INTERRUPTED, colour_enabled, err, half_done, handle_errors, out
 
 
 @click.command(short_help="Read every declared task, fix what is not as declared (--watch: keep doing it).")
@@ -150,7 +152,7 @@ def reconcile(
     refuse_unless(not no_refresh, "does not apply with --no-refresh (it reads nothing)", "read_qps")
     settings = api_opts.settings()
     targets = [parse_target(url) for url in notify_urls] if watch else []
-    open_store(state_path, workspace, lock_timeout_s, "snapctl reconcile")  # a workspace that does not exist: refused
+    store = open_store(state_path, workspace, lock_timeout_s, "snapctl reconcile")  # a missing workspace: refused
     if metrics_port is not None:
         check_metrics_address(metrics_host, metrics_port)
     paths = manifest_paths(paths)
@@ -235,7 +237,7 @@ def reconcile(
 
     if not watch:
         # Like apply: the first SIGINT/SIGTERM lets calls in flight finish and be recorded.
-        with graceful_stop() as stop:
+        with _named_if_stopped_at_once(store), graceful_stop() as stop:
             round_ = controller.reconcile_once(
                 paths,
                 state_path,
@@ -321,7 +323,7 @@ def reconcile(
             )
             out(style(line + "\n", "red" if report.failures else "green"))
 
-        with graceful_stop() as stop:
+        with _named_if_stopped_at_once(store), graceful_stop() as stop:
             try:
                 ctl = controller.watch(
                     paths,
@@ -352,6 +354,20 @@ def reconcile(
                 "(recorded in the state).\n"
             )
         err(f"Stopped after {ctl.reads} read(s) and {ctl.holds} hold(s) of the state's lock; the state is written.\n")
+
+
+@contextlib.contextmanager
+def _named_if_stopped_at_once(store) -> Iterator[None]:
+    """A second SIGINT/SIGTERM stops at once, calls in flight abandoned: say which tasks the
+    state holds a call of that is not settled (as apply does), read once the run let go of it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        try:
+            pending = store.read().pending
+        except SnapctlError:
+            raise Interrupted("stopped at once by a second signal") from None
+        raise Interrupted(half_done(pending, sorted(pending))) from None
 
 
 def _iso(at):
