@@ -74,9 +74,12 @@ def violations(modules, allowed, rule: str) -> list[str]:
 
 
 def test_the_rules_cover_every_module():
-    assert {"reconciler.manifest.loader", "reconciler.plan.planner", "reconciler.commands.plan"} <= set(MODULES), (
-        sorted(MODULES)
-    )
+    assert {
+        "reconciler.manifest.loader",
+        "reconciler.plan.planner",
+        "reconciler.render.documents",
+        "reconciler.commands.plan",
+    } <= set(MODULES), sorted(MODULES)
 
 
 def test_leaf_modules_import_nothing_of_snapctl():
@@ -159,6 +162,39 @@ def test_a_plan_never_touches_the_network():
                     f"{MODULES[module].relative_to(ROOT)}:{line}: imports {name}: a plan never touches the network"
                 )
     problems += layer_violations("reconciler.plan", PLAN_LAYERS)
+    assert not problems, "\n".join(problems)
+
+
+#: The render package's modules, each of which imports only those before it.
+RENDER_LAYERS = ("fields", "plans", "results", "documents")
+
+
+def annotation_only_lines(module: str) -> set[int]:
+    """The lines of the imports under ``if TYPE_CHECKING:`` in ``module`` (never run)."""
+    lines = set()
+    for node in ast.walk(parsed(MODULES[module])):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            lines |= {inner.lineno for inner in ast.walk(node) if isinstance(inner, (ast.Import, ast.ImportFrom))}
+    return lines
+
+
+def test_rendering_loads_no_apply_machinery():
+    render = [name for name in MODULES if within(name, "reconciler.render")]
+    allowed = {"reconciler.api", "reconciler.regions", "reconciler.errors", "reconciler.restarts", "reconciler.style"}
+    problems = violations(
+        render,
+        lambda name: name in allowed or within(name, "reconciler.plan", "reconciler.render", "reconciler.apply"),
+        "renderers render values: reconciler/render imports only api, regions, errors, restarts, style and plan "
+        "(and apply for annotations)",
+    )
+    for module in render:
+        for line, name in own_imports(module):
+            if within(name, "reconciler.apply") and line not in annotation_only_lines(module):
+                problems.append(
+                    f"{MODULES[module].relative_to(ROOT)}:{line}: imports {name}: rendering loads no apply "
+                    "machinery (only under TYPE_CHECKING)"
+                )
+    problems += layer_violations("reconciler.render", RENDER_LAYERS)
     assert not problems, "\n".join(problems)
 
 
