@@ -171,7 +171,8 @@ def pg_server():
     if failure is not None:  # outside the except block: one message, not the exception chained twice
         pytest.fail(failure, pytrace=False)
     yield server
-    server.stop()
+    # The test run does not wait for its databases' files to be deleted (seconds, at its very end).
+    server.stop(remove_in_background=True)
 
 
 @pytest.fixture

@@ -153,7 +153,9 @@ class PgServer:
         self._run([self.pg_ctl, "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], "pg_ctl stop")
         self._pg_ctl_start()
 
-    def stop(self) -> None:
+    def stop(self, *, remove_in_background: bool = False) -> None:
+        """Stop the server and remove its directory; ``remove_in_background`` leaves the removal
+        to a detached ``rm -rf`` (a directory of dozens of databases can take seconds to remove)."""
         if self.root is None:
             return
         if (self.data_dir / "postmaster.pid").exists():
@@ -162,7 +164,17 @@ class PgServer:
                 capture_output=True,
                 timeout=60,
             )
-        shutil.rmtree(self.root, ignore_errors=True)
+        rm = shutil.which("rm") if remove_in_background else None
+        if rm:
+            subprocess.Popen(
+                [rm, "-rf", "--", str(self.root)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
 
     def __enter__(self) -> PgServer:
