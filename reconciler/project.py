@@ -57,7 +57,7 @@ class ProjectSettings(BaseModel):
             try:
                 where = state_location(value)
                 if isinstance(where, str):
-                    from .state.postgres import SECRET_PARAMETERS, parse_database_url
+                    from .state.pgurl import SECRET_PARAMETERS, parse_database_url
 
                     if any(parse_database_url(where).get(key) for key in SECRET_PARAMETERS):
                         raise ValueError(

@@ -142,6 +142,21 @@ def test_the_state_knows_no_api():
     assert not problems, "\n".join(problems)
 
 
+def test_a_database_url_is_only_read_where_it_is_masked():
+    """state/pgurl.py, where a URL's password is told apart and masked, stands on errors alone
+    and only parses: of psycopg it may use libpq's parser (psycopg.conninfo), never a connection."""
+    module = "reconciler.state.pgurl"
+    problems = violations(
+        [module],
+        lambda name: name == "reconciler.errors",
+        "the database URL is read and masked apart: reconciler/state/pgurl.py imports only errors",
+    )
+    for line, name in imports(module):
+        if within(name, "psycopg") and name != "psycopg.conninfo":
+            problems.append(f"{MODULES[module].relative_to(ROOT)}:{line}: imports {name}: pgurl only parses")
+    assert not problems, "\n".join(problems)
+
+
 #: The plan package's modules, each of which imports only those before it.
 PLAN_LAYERS = ("model", "diff", "fingerprints", "planner", "checks")
 

@@ -2,10 +2,11 @@
 
 One protocol (:class:`StateStore`, in ``backend``), two backends: a file
 (``file``, the embedded default) and PostgreSQL (``postgres``, for teams and
-ephemeral CI runners). ``--state`` chooses by its form: a path, or a
-``postgresql://`` / ``postgres://`` URL; ``--workspace`` one of several states
-in one place. Callers use :func:`store_for` and :func:`read_state` and never
-need to know which backend they got.
+ephemeral CI runners; its URL read and shown masked by ``pgurl``). ``--state``
+chooses by its form: a path, or a ``postgresql://`` / ``postgres://`` URL;
+``--workspace`` one of several states in one place. Callers use
+:func:`store_for` and :func:`read_state` and never need to know which backend
+they got.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from .model import (
     is_fingerprint,
     secret_holders,
 )
-from .postgres import PostgresStore, is_database_url, redact
+from .pgurl import is_database_url, redact
+from .postgres import PostgresStore
 
 
 def state_location(value: str | Path | None) -> Path | str:
