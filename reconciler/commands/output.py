@@ -128,8 +128,9 @@ def half_done(pending: Mapping[str, Any], addresses: Iterable[str]) -> str:
 
 def output_closed() -> NoReturn:
     """Stdout was closed while a command wrote to it: say so on stderr in one line and exit 1.
-    A run that was calling the API stopped sending new calls, and the calls in flight were
-    answered and recorded in the state before the error came here (see ``reconciler.apply``)."""
+    A run that was changing tasks stopped sending new calls, and the calls in flight were
+    answered and recorded in the state before the error came here (see ``reconciler.apply``);
+    reads (``status``, ``plan --refresh``) record nothing."""
     with contextlib.suppress(OSError, ValueError):
         # What stdout still buffers would fail again when the interpreter flushes it at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -137,8 +138,8 @@ def output_closed() -> NoReturn:
         os.close(devnull)
     with contextlib.suppress(OSError):  # stderr may be gone too (`2>&1 | head -1`)
         err(
-            "Error: the output was closed before snapctl finished writing it (broken pipe); snapctl stopped: "
-            "no new call was sent, and the calls already sent were answered and recorded in the state first\n"
+            "Error: the output was closed before snapctl finished writing it (broken pipe); snapctl stopped there: "
+            "it sent no new call, and every task it had started, changed or stopped is recorded in the state\n"
         )
     sys.exit(EXIT_ERROR)
 
