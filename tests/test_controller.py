@@ -385,3 +385,38 @@ def test_sigterm_during_a_hold_lets_the_calls_in_flight_finish_and_starts_no_new
     emulator.configure(latency_ms=0)
     assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
     assert len(emulator.tasks()) == 12 and calls(emulator.url, "StartSnapshot") == 12  # nothing started twice
+
+
+def test_every_task_stays_watched_across_a_new_client(emulator, tmp_path):
+    """After an error that concerns every call (here the API's path moves away and back), the
+    controller closes its client and makes a new one 5 s later. A read started meanwhile found no
+    client, failed with an AttributeError (a traceback on the output) and left its task out of
+    the read schedule for good: it was never read again, so never healed."""
+    from functools import partial
+
+    work = new_project(tmp_path, emulator.url, {"app.yaml": many(40)})
+    env = snapctl_env(emulator.url, work)
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
+    emulator.configure(latency_ms=300)  # two reads always in flight: the read loop waits for a slot
+    with start_watch(work, env, "--interval", "0.5", "--parallelism", "2") as watch:
+        watch.wait_line("Leading: this controller reads and acts")
+        for _ in range(3):
+            seen = len(watch.lines["stdout"])
+            emulator.configure(api_path="/elsewhere")
+            watch.wait_line("API error that concerns every call", after=seen)
+            emulator.configure(api_path="/")
+            wait_for(partial(reads_answered, emulator, reads_answered(emulator) + 10), what="reads again", timeout=60)
+        assert (
+            emulator.admin("streams-stopped", {"AppId": "ctlapp", "RoomId": "R00", "Immediate": True}).status_code
+            == 200
+        )
+        wait_for(lambda: len(emulator.tasks()) == 40, what="every task healed", timeout=90)
+        assert watch.stop(timeout=60) == 0
+    output = "\n".join(watch.lines["stdout"])
+    assert "Traceback" not in output and "never retrieved" not in output, output
+
+
+def reads_answered(emulator, at_least: int = 0) -> int:
+    """GetSnapshotTask calls the emulator answered ok (0 while fewer than ``at_least``)."""
+    answered = emulator.stats()["by_action"].get("GetSnapshotTask", {}).get("outcomes", {}).get("ok", 0)
+    return answered if answered >= at_least else 0

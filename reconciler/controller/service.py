@@ -349,11 +349,19 @@ class Controller:
         slots = max(2, min(self.settings.parallelism, int(self.settings.read_qps) + 1))
         semaphore = asyncio.Semaphore(slots)
 
+        def later(address: str) -> None:
+            """Read ``address`` again once a new client may answer. A read that ends without this
+            or ``schedule.read`` leaves its task out of the schedule: never read, never healed."""
+            self.schedule.read(address, time.monotonic() - self.interval_s + API_PAUSE_S)
+
         async def read_one(address: str) -> None:
             app, room, task = address.split("/")
             began = time.time()
             client = self.client
             try:
+                if client is None:  # the client was closed after an error that concerns every call
+                    later(address)
+                    return
                 state = self.cache
                 entry = state.tasks.get(address) if state is not None else None
                 stored = entry.get("request") if entry is not None else None
@@ -362,9 +370,13 @@ class Controller:
                     seen = await client.get_task(app, room, task, fingerprint=fingerprint)
                 except ApiError as exc:
                     if isinstance(exc, AuthError) or exc.stops_run:
-                        self.schedule.read(address, time.monotonic() - self.interval_s + API_PAUSE_S)
+                        later(address)
                         return
                     seen = engine.failed_read(address, exc)
+                except Exception:  # a read nothing foresaw fails: nothing is concluded, the task stays watched
+                    log.error("read of %s failed unexpectedly", address, exc_info=True)
+                    later(address)
+                    return
             finally:
                 semaphore.release()
             self.reads += 1
