@@ -400,12 +400,12 @@ def test_every_task_stays_watched_across_a_new_client(emulator, tmp_path):
     emulator.configure(latency_ms=300)  # two reads always in flight: the read loop waits for a slot
     with start_watch(work, env, "--interval", "0.5", "--parallelism", "2") as watch:
         watch.wait_line("Leading: this controller reads and acts")
-        for _ in range(3):
-            seen = len(watch.lines["stdout"])
-            emulator.configure(api_path="/elsewhere")
-            watch.wait_line("API error that concerns every call", after=seen)
-            emulator.configure(api_path="/")
-            wait_for(partial(reads_answered, emulator, reads_answered(emulator) + 10), what="reads again", timeout=60)
+        # Once is enough: the old code lost a task in each of 3 runs (and in 3 of 3 with three such moves).
+        seen = len(watch.lines["stdout"])
+        emulator.configure(api_path="/elsewhere")
+        watch.wait_line("API error that concerns every call", after=seen)
+        emulator.configure(api_path="/")
+        wait_for(partial(reads_answered, emulator, reads_answered(emulator) + 10), what="reads again", timeout=60)
         assert (
             emulator.admin("streams-stopped", {"AppId": "ctlapp", "RoomId": "R00", "Immediate": True}).status_code
             == 200
