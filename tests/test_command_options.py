@@ -36,22 +36,25 @@ COMMON = {"--state", "--workspace", "--json", "--no-color", "--help", "-h"}
 #: What each command's --help offers, besides COMMON; each option below is exercised by a test.
 OFFERED = {
     "plan": {
-        "--target", "--replace", "--endpoint", "--read-qps", "--parallelism", "--timeout", "--format",
+        "--target", "--replace", "--endpoint", "--read-qps", "--parallelism", "--timeout", "--max-attempts", "--format",
         "--out", "--destroy", "--detailed-exitcode", "--no-secrets", "--refresh",
     },
     "apply": {
         "--target", "--replace", "--endpoint", "--qps", "--read-qps", "--parallelism", "--timeout",
-        "--lock-timeout", "--refresh", "--auto-approve", "--adopt",
+        "--max-attempts", "--lock-timeout", "--refresh", "--auto-approve", "--adopt",
     },
-    "destroy": {"--target", "--endpoint", "--qps", "--parallelism", "--timeout", "--lock-timeout", "--auto-approve"},
+    "destroy": {
+        "--target", "--endpoint", "--qps", "--parallelism", "--timeout", "--max-attempts", "--lock-timeout",
+        "--auto-approve",
+    },
     "reconcile": {
-        "--endpoint", "--qps", "--read-qps", "--parallelism", "--timeout", "--lock-timeout", "--watch",
+        "--endpoint", "--qps", "--read-qps", "--parallelism", "--timeout", "--max-attempts", "--lock-timeout", "--watch",
         "--interval", "--idle-restart", "--metrics-port", "--metrics-host", "--log-format", "--stuck-after", "--notify",
         "--notify-window", "--no-refresh",
         "--adopt",
     },
-    "status": {"--target", "--offline", "--endpoint", "--read-qps", "--parallelism", "--timeout"},
-    "import": {"--endpoint", "--timeout", "--lock-timeout"},
+    "status": {"--target", "--offline", "--endpoint", "--read-qps", "--parallelism", "--timeout", "--max-attempts"},
+    "import": {"--endpoint", "--timeout", "--max-attempts", "--lock-timeout"},
 }  # fmt: skip
 #: Options these commands listed without using them: refused as unknown now.
 REMOVED = [
@@ -75,10 +78,12 @@ CANNOT_APPLY = [
     (["plan", "--read-qps", "5"], "--read-qps applies only with --refresh"),
     (["plan", "--parallelism", "5"], "--parallelism applies only with --refresh"),
     (["plan", "--timeout", "5"], "--timeout applies only with --refresh"),
+    (["plan", "--max-attempts", "2"], "--max-attempts applies only with --refresh"),
     (["plan", "--destroy", "--refresh"], "--refresh does not apply with --destroy"),
     (["apply", "--auto-approve", "--read-qps", "5"], "--read-qps applies only with --refresh"),
     (["status", "--offline", "--read-qps", "5"], "--read-qps does not apply with --offline"),
     (["status", "--offline", "--timeout", "5"], "--timeout does not apply with --offline"),
+    (["status", "--offline", "--max-attempts", "2"], "--max-attempts does not apply with --offline"),
     (["status", "--offline", "--endpoint", "http://127.0.0.1:9"], "--endpoint does not apply with --offline"),
 ]
 
@@ -219,7 +224,33 @@ def test_timeout_bounds_the_wait_for_an_answer(work, emulator, command):
     assert run_snapctl(["apply", "--auto-approve", "--state", "other.json"], cwd=work, env=env).code == 0
     args = ["import", "optapp/R/T1"] if command == "import" else ["status", "--target", "optapp/R/T1"]
     emulator.configure(latency_ms=1500)
-    run = run_snapctl([*args, "--timeout", "0.2"], cwd=work, env=env)
+    run = run_snapctl([*args, "--timeout", "0.2", "--max-attempts", "2"], cwd=work, env=env)
     emulator.configure(latency_ms=0)
     assert run.code in (1, 2) and "Traceback" not in run.output, run.output
     assert "timed out" in run.output, run.output
+
+
+#: A command per kind of call (reads; writes; the one-task import) and its per-task calls.
+ATTEMPT_RUNS = {
+    "status": (["status", "--target", "optapp/R/T1"], "GetSnapshotTask"),
+    "apply": (["apply", "--auto-approve", "--target", "optapp/R/T1"], "StartSnapshot"),
+    "import": (["import", "optapp/R/T1"], "GetSnapshotTask"),
+}
+
+
+@pytest.mark.parametrize("command", list(ATTEMPT_RUNS))
+def test_max_attempts_bounds_the_retries_of_a_request(work, emulator, command):
+    """Every answer is a 5xx (retried): --max-attempts 3 sends each request 3 times, 1 once."""
+    env = snapctl_env(emulator.url, work)
+    if command != "apply":
+        assert run_snapctl(["apply", "--auto-approve", "--state", "other.json"], cwd=work, env=env).code == 0
+    args, action = ATTEMPT_RUNS[command]
+    sent = {}
+    for attempts in ("3", "1"):
+        before = emulator.stats()["by_action"].get(action, {}).get("total", 0)
+        emulator.configure(error_rate=1.0)
+        run = run_snapctl([*args, "--max-attempts", attempts], cwd=work, env=env)
+        emulator.configure(error_rate=0.0)
+        assert run.code in (1, 2) and "Traceback" not in run.output, run.output
+        sent[attempts] = emulator.stats()["by_action"][action]["total"] - before
+    assert sent == {"3": 3, "1": 1}, sent

@@ -172,7 +172,7 @@ def test_plan_json_shape(work, env):
 
 def test_apply_json_shape_with_a_failure(work, env, server):
     httpx.post(f"{server.url}/_emulator/config", json={"error_rate": 1.0})
-    result = snap(work, env, "apply", "--auto-approve", "--json")
+    result = snap(work, env, "apply", "--auto-approve", "--json", "--max-attempts", "2")
     assert result.code == 1
     doc = json.loads(result.stdout)
     assert doc["type"] == "apply" and doc["ok"] is False
@@ -217,7 +217,8 @@ def test_reconcile_heals_an_idled_out_task(work, env, server):
 
 
 def test_watch_survives_faults_serves_metrics_and_stops_on_sigterm(work, env, server):
-    with Watch(work, env, "--interval", "0.3", "--metrics-port", "0", "--json", "--timeout", "1") as watch:
+    watching = ("--interval", "0.3", "--metrics-port", "0", "--json", "--timeout", "1", "--max-attempts", "2")
+    with Watch(work, env, *watching) as watch:
         port = watch.port
         first = json.loads(watch.wait_line("", what="the first round"))
         assert first["ok"] and first["result"]["summary"]["add"] == 3

@@ -132,6 +132,11 @@ def output_options(f):
     return f
 
 
+#: Attempts per request (the first and its retries), unless --max-attempts says otherwise:
+#: the client's own default (``client.RetryPolicy``), which this module does not import.
+DEFAULT_MAX_ATTEMPTS = 8
+
+
 @dataclass(frozen=True)
 class ApiOptions:
     """The API options of a command (see :func:`api_options`), as given."""
@@ -141,6 +146,7 @@ class ApiOptions:
     read_qps: float = float(api.DOCUMENTED_READ_QPS)
     parallelism: int = 64
     timeout_s: float = 10.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
     def settings(self, *, credentials: bool = True):
         """The run's settings with its environment checked (credentials, endpoint, region,
@@ -161,6 +167,7 @@ class ApiOptions:
             read_qps=self.read_qps,
             parallelism=self.parallelism,
             timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
             environ=environ,
         )
         settings.resolve(credentials=credentials)
@@ -186,7 +193,7 @@ class ApiOptions:
 
 def api_options(*, qps: bool, read_qps: bool, parallelism: bool):
     """The API options of a command that can call the API, only those that have an effect
-    there: ``--endpoint`` and ``--timeout`` always; ``--qps`` where the command sends many
+    there: ``--endpoint``, ``--timeout`` and ``--max-attempts`` always; ``--qps`` where the command sends many
     write calls, ``--read-qps`` where it reads many tasks (GetSnapshotTask), ``--parallelism``
     where many tasks are in flight (a rate or a bound on one call limits nothing). They reach
     the command as one ``api_opts`` argument, an :class:`ApiOptions` (defaults for those it lacks)."""
@@ -195,7 +202,7 @@ def api_options(*, qps: bool, read_qps: bool, parallelism: bool):
         run = f
 
         @functools.wraps(run)
-        def command(*args, endpoint, timeout_s, **kwargs):
+        def command(*args, endpoint, timeout_s, max_attempts, **kwargs):
             given = {name: kwargs.pop(name) for name in ("qps", "read_qps", "parallelism") if name in kwargs}
             options = ApiOptions(
                 endpoint,
@@ -203,6 +210,7 @@ def api_options(*, qps: bool, read_qps: bool, parallelism: bool):
                 given.get("read_qps", float(api.DOCUMENTED_READ_QPS)),
                 given.get("parallelism", DEFAULT_PARALLELISM),
                 timeout_s,
+                max_attempts,
             )
             return run(*args, api_opts=options, **kwargs)
 
@@ -232,6 +240,13 @@ def api_options(*, qps: bool, read_qps: bool, parallelism: bool):
                 show_default=True,
                 help="Tasks in flight at once.",
             )(f)
+        f = click.option(
+            "--max-attempts",
+            type=Number(1, 100, integer=True),
+            default=DEFAULT_MAX_ATTEMPTS,
+            show_default=True,
+            help="Attempts per request before giving up: the first and its retries (throttled, 5xx, no answer).",
+        )(f)
         return click.option(
             "--timeout",
             "timeout_s",

@@ -73,7 +73,12 @@ def plan(
 
     refuse_unless(not (refresh and destroy), "does not apply with --destroy (a destroy plan reads nothing)", "refresh")
     refuse_unless(
-        refresh, "applies only with --refresh (plan sends nothing without it)", "read_qps", "parallelism", "timeout_s"
+        refresh,
+        "applies only with --refresh (plan sends nothing without it)",
+        "read_qps",
+        "parallelism",
+        "timeout_s",
+        "max_attempts",
     )
     settings = api_opts.settings(credentials=refresh)
     secrets = SECRETS_UNKNOWN if no_secrets else SECRETS_REQUIRED

@@ -72,6 +72,7 @@ def status(paths, state_path, workspace, targets, offline, api_opts, as_json, no
         "read_qps",
         "parallelism",
         "timeout_s",
+        "max_attempts",
     )
     if offline:
         manifests = load(paths)
