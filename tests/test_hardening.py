@@ -245,6 +245,16 @@ def test_integers_the_api_cannot_take_are_refused_offline(emulator, tmp_path):
     assert run_snapctl(["validate"], cwd=work, env=env).code == 0
 
 
+def make_unsendable(manifests, address: str) -> None:
+    """Give the task at ``address`` a request that got past validation (as a library caller can
+    build one) and cannot be sent: its storage region 2**70 fits no integer the API has."""
+    good = manifests.tasks[address]
+    storage = good.request.storage_config
+    bad_tos = storage.tos_config.model_construct(**{**dict(storage.tos_config), "region": 2**70})
+    bad = good.request.model_copy(update={"storage_config": storage.model_copy(update={"tos_config": bad_tos})})
+    manifests.tasks[address] = type(good)(address=address, request=bad, location=good.location)
+
+
 def test_a_request_that_cannot_be_sent_never_stops_its_task(emulator, tmp_path):
     """Apply builds and serialises every request of an action before its first call:
     a replace whose StartSnapshot cannot be sent fails without sending the Stop."""
@@ -257,12 +267,7 @@ def test_a_request_that_cannot_be_sent_never_stops_its_task(emulator, tmp_path):
     before = state_file.read_bytes()
     manifests = engine.load_manifests([work / "manifests"])
     address = f"{APP}/R0/T0"
-    good = manifests.tasks[address]
-    # A value that got past validation (as a library caller can build one): 2**70 fits no integer the API has.
-    storage = good.request.storage_config
-    bad_tos = storage.tos_config.model_construct(**{**dict(storage.tos_config), "region": 2**70})
-    bad = good.request.model_copy(update={"storage_config": storage.model_copy(update={"tos_config": bad_tos})})
-    manifests.tasks[address] = type(good)(address=address, request=bad, location=good.location)
+    make_unsendable(manifests, address)
     settings = engine.Settings(endpoint=emulator.url, environ=env)
     with engine.store_for(state_file) as store:
         the_plan = engine.plan(manifests, store.state, replace=[address])
@@ -285,11 +290,7 @@ def test_an_unforeseen_error_fails_the_run_only_after_the_calls_in_flight_are_re
     manifests = engine.load_manifests([work / "manifests"])
     # T3 fails at once, without a call (its request cannot be built), while T0 to T2 are under way.
     address = f"{APP}/R0/T3"
-    good = manifests.tasks[address]
-    storage = good.request.storage_config
-    bad_tos = storage.tos_config.model_construct(**{**dict(storage.tos_config), "region": 2**70})
-    bad = good.request.model_copy(update={"storage_config": storage.model_copy(update={"tos_config": bad_tos})})
-    manifests.tasks[address] = type(good)(address=address, request=bad, location=good.location)
+    make_unsendable(manifests, address)
     emulator.configure(latency_ms=300)
     seen: list[str] = []
 
