@@ -1,4 +1,4 @@
-"""Stopping a run gracefully on SIGTERM or SIGINT."""
+"""Stopping a run gracefully on SIGTERM, SIGINT or SIGHUP."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from collections.abc import Iterator
 @contextlib.contextmanager
 def graceful_stop() -> Iterator[threading.Event]:
     """SIGTERM/SIGINT set the event (in-flight calls finish, the state is written);
-    a second signal interrupts at once."""
+    a second signal interrupts at once. So does SIGHUP (the terminal or the SSH session
+    went away), unless it is ignored, as ``nohup`` makes it: then the run goes on."""
     stop = threading.Event()
     previous = {}
 
@@ -20,7 +21,9 @@ def graceful_stop() -> Iterator[threading.Event]:
             raise KeyboardInterrupt
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if sig is signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+            continue
         previous[sig] = signal.signal(sig, handler)
     try:
         yield stop

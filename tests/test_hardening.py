@@ -493,11 +493,18 @@ def test_deep_nesting_is_refused_at_once_with_its_location(emulator, tmp_path, n
 # -- interruptions ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["apply", "--auto-approve"], ["reconcile"]], ids=["apply", "reconcile"])
-def test_sigint_finishes_calls_in_flight_records_them_and_exits_130(emulator, tmp_path, command):
-    """Ctrl-C during apply or a one-shot reconcile: the calls in flight finish and
-    are recorded, nothing more is started, the summary says how many were not
-    attempted (not "0 failed"), and the exit status is 130."""
+INTERRUPTIONS = [
+    (["apply", "--auto-approve"], signal.SIGINT),
+    (["reconcile"], signal.SIGINT),
+    (["apply", "--auto-approve"], signal.SIGHUP),  # the terminal or the SSH session went away
+]
+
+
+@pytest.mark.parametrize(("command", "signum"), INTERRUPTIONS, ids=[f"{c[0]}-{s.name}" for c, s in INTERRUPTIONS])
+def test_sigint_finishes_calls_in_flight_records_them_and_exits_130(emulator, tmp_path, command, signum):
+    """Ctrl-C (or a hang-up) during apply or a one-shot reconcile: the calls in flight
+    finish and are recorded, nothing more is started, the summary says how many were
+    not attempted (not "0 failed"), and the exit status is 130."""
     work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(2, 10)})
     env = snapctl_env(emulator.url, work)
     emulator.configure(latency_ms=300)
@@ -511,7 +518,7 @@ def test_sigint_finishes_calls_in_flight_records_them_and_exits_130(emulator, tm
     )
     try:
         wait_for(lambda: calls(emulator.url, "StartSnapshot") >= 1, what="a first call")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -524,6 +531,32 @@ def test_sigint_finishes_calls_in_flight_records_them_and_exits_130(emulator, tm
     assert 0 < len(running) < 20
     listing = state_listing(work, env, "state/snapctl.state.json")
     assert set(listing["tasks"]) == running and listing["pending"] == {}
+
+
+def test_a_hang_up_that_nohup_ignores_does_not_stop_the_run(emulator, tmp_path):
+    """Under ``nohup`` (SIGHUP ignored) a hang-up leaves apply running to the end."""
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 6)})
+    env = snapctl_env(emulator.url, work)
+    emulator.configure(latency_ms=200)
+    proc = subprocess.Popen(
+        [SNAPCTL, "apply", "--auto-approve", "--parallelism", "2"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as nohup starts it
+    )
+    try:
+        wait_for(lambda: calls(emulator.url, "StartSnapshot") >= 1, what="a first call")
+        proc.send_signal(signal.SIGHUP)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stdout + stderr
+    assert len(tasks(emulator.url)) == 6 and "6 added" in stdout, stdout
 
 
 # -- smaller ones ------------------------------------------------------------------------------
