@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -123,6 +124,41 @@ def test_full_disk_stops_the_apply_and_loses_nothing(small_disk, emulator, tmp_p
     assert starts.get("ok") == 60, starts  # each task started exactly once over both runs
     assert run_snapctl(["plan", "--detailed-exitcode", "--state", state], cwd=work, env=env).code == 0
     assert not (small_disk / "state" / "s.json.journal").exists()
+
+
+def test_the_controller_says_a_full_disk_once_and_when_it_is_over(small_disk, emulator, tmp_path):
+    """A full disk fails each hold of reconcile --watch (one every 0.3 s): it says so in one
+    line, not one per hold, and once more when holds succeed again; the task is healed then."""
+    import httpx
+    from snapctl_testing import Watch
+
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
+    env = snapctl_env(emulator.url, work)
+    (small_disk / "state").mkdir()
+    state = str(small_disk / "state" / "s.json")
+    with Watch(work, env, "--state", state, "--interval", "0.2", "--metrics-port", "0") as watch:
+        port = watch.port
+        wait_for(lambda: len(tasks(emulator.url)) == 3, what="the tasks started")
+        watch.wait_line("Acted in", what="the creates recorded")
+        filler = small_disk / "filler"
+        filler.write_bytes(b"\0" * free_bytes(small_disk))
+        emulator.admin("stop-task", {"AppId": APP, "RoomId": "R0", "TaskId": "T1"})
+
+        def failed_holds() -> int:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            found = re.search(r'snapctl_lock_holds_total\{result="failed"\} (\d+)', text)
+            return int(found.group(1)) if found else 0
+
+        wait_for(lambda: failed_holds() >= 8, what="eight failed holds", timeout=60)
+        errors = [line.split(" ", 1)[1] for line in watch.lines["stderr"] if " Error: " in line]
+        # One line per distinct error (which file the hold could not write), not one per hold.
+        assert 1 <= len(errors) == len(set(errors)) <= 3, "\n".join(watch.lines["stderr"])
+        assert all("the disk is full" in line and "s.json" in line for line in errors), errors
+        filler.unlink()
+        watch.wait_line(r"Holds of the state succeed again, after \d+ that failed\.", "stderr", what="recovery")
+        wait_for(lambda: f"{APP}/R0/T1" in tasks(emulator.url), what="T1 healed")
+        assert watch.stop() == 0
+    assert len([line for line in watch.lines["stderr"] if " Error: " in line]) == len(errors), watch.lines["stderr"]
 
 
 def test_full_disk_before_the_first_call_sends_nothing(small_disk, emulator, tmp_path):

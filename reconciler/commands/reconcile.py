@@ -284,6 +284,8 @@ def reconcile(
         def on_line(line):
             click.echo(line, err=as_json)  # stdout or stderr as they are now
 
+        repeats = _RepeatedErrors()
+
         def on_hold(hold):
             if as_json:
                 document = render.reconcile_document(
@@ -308,8 +310,13 @@ def reconcile(
                 from ..errors import LockError
 
                 if not isinstance(hold.error, LockError):
-                    err(style(f"Error: {hold.error}\n", "red"))
+                    line = repeats.failed(str(hold.error))
+                    if line is not None:
+                        err(style(line, "red"))
                 return
+            back = repeats.succeeded()
+            if back is not None:
+                err(style(back, "green"))
             if hold.report is None:
                 return
             report = hold.report
@@ -374,3 +381,37 @@ def _iso(at):
     from ..restarts import iso
 
     return iso(at) if at is not None else None
+
+
+class _RepeatedErrors:
+    """The lines of the controller's failed holds: one per distinct error. An error said within
+    ``every_s`` is counted, not printed again (a full disk fails a hold every 0.3 s: a line each
+    would fill the log that could say so), then said once more with its count."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self.said: dict[str, list] = {}  # error → [when it was last printed, failures since]
+        self.failed_holds = 0  # since the last hold that succeeded
+
+    def failed(self, text: str) -> str | None:
+        """The line to print for a failed hold, or None while it repeats one said lately."""
+        import time
+
+        now = time.monotonic()
+        self.failed_holds += 1
+        said = self.said.get(text)
+        if said is not None and now - said[0] < self.every_s:
+            said[1] += 1
+            return None
+        again = f" (and {said[1]} more time(s) since its last line)" if said is not None and said[1] else ""
+        self.said[text] = [now, 0]
+        return f"Error: {text}{again}\n"
+
+    def succeeded(self) -> str | None:
+        """The line saying holds succeed again after failures, once; else None."""
+        if not self.failed_holds:
+            return None
+        line = f"Holds of the state succeed again, after {self.failed_holds} that failed.\n"
+        self.said.clear()
+        self.failed_holds = 0
+        return line
