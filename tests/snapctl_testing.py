@@ -10,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -118,8 +120,11 @@ def start_apply(work: Path, env: dict[str, str], *extra: str, quiet: bool = Fals
     return start_snapctl(work, env, "apply", "--auto-approve", "--no-color", *extra, quiet=quiet)
 
 
-def start_snapctl(work: Path, env: dict[str, str], *args: str, quiet: bool = False) -> subprocess.Popen:
-    """``snapctl ARGS`` in the background, as :func:`start_apply` starts apply."""
+def start_snapctl(
+    work: Path, env: dict[str, str], *args: str, quiet: bool = False, hangup_ignored: bool = False
+) -> subprocess.Popen:
+    """``snapctl ARGS`` in the background, as :func:`start_apply` starts apply; ``hangup_ignored``:
+    with SIGHUP ignored, as ``nohup`` starts a command."""
     output = subprocess.DEVNULL if quiet else subprocess.PIPE
     return subprocess.Popen(
         [SNAPCTL, *args],
@@ -129,7 +134,23 @@ def start_snapctl(work: Path, env: dict[str, str], *args: str, quiet: bool = Fal
         stdout=output,
         stderr=output,
         text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if hangup_ignored else None,
     )
+
+
+def signal_when(
+    proc: subprocess.Popen, ready: Callable[[], Any], signum: int, *, what: str, timeout: float = 60
+) -> tuple[str, str]:
+    """Send ``signum`` to ``proc`` once ``ready()`` is true; its output once it exits (killed
+    if it outlives ``timeout``, so that a failing test leaves no process behind)."""
+    try:
+        wait_for(ready, what=what)
+        proc.send_signal(signum)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class Watch:

@@ -22,6 +22,7 @@ from snapctl_testing import (
     calls,
     new_project,
     run_snapctl,
+    signal_when,
     snapctl_env,
     start_snapctl,
     stats,
@@ -544,22 +545,8 @@ def test_sigint_finishes_calls_in_flight_records_them_and_exits_130(emulator, tm
     work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(2, 10)})
     env = snapctl_env(emulator.url, work)
     emulator.configure(latency_ms=300)
-    proc = subprocess.Popen(
-        [SNAPCTL, *command, "--parallelism", "2"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: calls(emulator.url, "StartSnapshot") >= 1, what="a first call")
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = start_snapctl(work, env, *command, "--parallelism", "2")
+    stdout, stderr = signal_when(proc, lambda: calls(emulator.url, "StartSnapshot") >= 1, signum, what="a first call")
     assert proc.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr and "0 failed" not in stdout
     assert "interrupted" in stdout and "not attempted" in stdout, stdout
@@ -574,23 +561,10 @@ def test_a_hang_up_that_nohup_ignores_does_not_stop_the_run(emulator, tmp_path):
     work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 6)})
     env = snapctl_env(emulator.url, work)
     emulator.configure(latency_ms=200)
-    proc = subprocess.Popen(
-        [SNAPCTL, "apply", "--auto-approve", "--parallelism", "2"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as nohup starts it
+    proc = start_snapctl(work, env, "apply", "--auto-approve", "--parallelism", "2", hangup_ignored=True)
+    stdout, stderr = signal_when(
+        proc, lambda: calls(emulator.url, "StartSnapshot") >= 1, signal.SIGHUP, what="a first call"
     )
-    try:
-        wait_for(lambda: calls(emulator.url, "StartSnapshot") >= 1, what="a first call")
-        proc.send_signal(signal.SIGHUP)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, stdout + stderr
     assert len(tasks(emulator.url)) == 6 and "6 added" in stdout, stdout
 

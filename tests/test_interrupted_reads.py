@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 
 import pytest
-from snapctl_testing import SNAPCTL, calls, new_project, run_snapctl, snapctl_env, wait_for
+from snapctl_testing import calls, new_project, run_snapctl, signal_when, snapctl_env, start_snapctl
 
 APP = "sigapp"
 TASKS = 12
@@ -56,24 +55,11 @@ def test_sigterm_during_the_reads_stops_reading_at_once(emulator, tmp_path, comm
     env = snapctl_env(emulator.url, work)
     assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
     writes = emulator.stats()["total"]
-    proc = subprocess.Popen(
-        [SNAPCTL, *command, "--no-color", "--read-qps", "2", "--parallelism", "2"],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_snapctl(work, env, *command, "--no-color", "--read-qps", "2", "--parallelism", "2")
+    # Two reads are 0.5 s apart at 2/s: once the second has arrived the first is answered.
+    stdout, stderr = signal_when(
+        proc, lambda: calls(emulator.url, "GetSnapshotTask") >= 2, signal.SIGTERM, what="two reads"
     )
-    try:
-        # Two reads are 0.5 s apart at 2/s: once the second has arrived the first is answered.
-        wait_for(lambda: calls(emulator.url, "GetSnapshotTask") >= 2, what="two reads")
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     output = stdout + stderr
     assert proc.returncode == code, output
     assert "Traceback" not in output, output
@@ -93,23 +79,10 @@ def test_sigterm_during_the_read_of_an_import_starts_nothing(emulator, tmp_path)
     work = new_project(tmp_path, emulator.url, {"app.yaml": manifest(1)})
     env = snapctl_env(emulator.url, work)
     emulator.configure(latency_ms=30_000)  # the read is answered long after the signal
-    proc = subprocess.Popen(
-        [SNAPCTL, "import", f"{APP}/R0/T0", "--no-color"],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_snapctl(work, env, "import", f"{APP}/R0/T0", "--no-color")
+    stdout, stderr = signal_when(  # it must exit sooner than the answer's latency
+        proc, lambda: calls(emulator.url, "GetSnapshotTask") >= 1, signal.SIGTERM, what="the read", timeout=25
     )
-    try:
-        wait_for(lambda: calls(emulator.url, "GetSnapshotTask") >= 1, what="the read")
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=25)  # less than the answer's latency
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, stdout + stderr
     assert stderr.strip() == f"Interrupted: nothing was started and nothing recorded for {APP}/R0/T0.", stderr
     assert calls(emulator.url, "StartSnapshot") == 0
