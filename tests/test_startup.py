@@ -100,14 +100,18 @@ def test_offline_plan_loads_no_client_driver_or_server(project):
 
 
 def test_pyyaml_loads_only_for_a_file_the_fast_path_declines(project):
-    # Files without anchors, tags or doubtful scalars are read by ryaml alone; the example
-    # manifests' multi-document.yaml uses anchors, which only PyYAML's path reads.
+    # Files without tags, merge keys or doubtful scalars are read by ryaml alone, anchors and
+    # aliases included (the example multi-document.yaml has them); a merge key takes PyYAML's path.
     cwd, env = project
-    anchored = (cwd / "manifests" / "multi-document.yaml").read_text()
-    (cwd / "manifests" / "multi-document.yaml").unlink()
+    assert "*agent-streams" in (cwd / "manifests" / "multi-document.yaml").read_text()
     for args in (["validate", "manifests/"], ["plan", "manifests/"]):
         assert "yaml" not in tops(loaded_modules(args, cwd, env)), args
-    (cwd / "manifests" / "multi-document.yaml").write_text(anchored)
+    merged = (
+        (cwd / "manifests" / "multi-document.yaml")
+        .read_text()
+        .replace("      agent-hourly:\n", "      agent-hourly:\n        <<: {max_idle_time: 300}\n")
+    )
+    (cwd / "manifests" / "multi-document.yaml").write_text(merged)
     assert "yaml" in tops(loaded_modules(["validate", "manifests/"], cwd, env))
 
 

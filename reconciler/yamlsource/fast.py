@@ -5,7 +5,9 @@ does, so :func:`read_documents_fast` first tries ``ryaml`` (serde_yaml, whose
 parser is libyaml's, translated to Rust), which returns plain values ten times
 faster and without positions. It declines, and the caller falls back to
 :func:`~.reader.read_documents`, whenever its values could differ from PyYAML's: tags,
-anchors, aliases, merge keys, ``0o`` octals, any scalar PyYAML would resolve
+merge keys, an anchor defined twice (PyYAML refuses it, ryaml takes the last), aliases
+that could expand past PyYAML's bound (see :func:`_doubtful_text`), ``0o`` octals, any
+scalar PyYAML would resolve
 to another type than ``ryaml`` (``yes``, ``1_000``, dates...), duplicate keys
 (``ryaml`` refuses them), keys that are not strings, values that are neither
 strings, integers, nulls, mappings nor lists, deep nesting, empty documents, and
@@ -26,6 +28,7 @@ from .reader import (
     _ENV_NAME,
     _REFERENCE,
     MAX_DEPTH,
+    MAX_NODES,
     Diagnostic,
     Document,
     Location,
@@ -39,10 +42,9 @@ try:  # the fast path; without it every file takes the PyYAML path
 except ImportError:  # pragma: no cover - a declared dependency
     _fast = None  # type: ignore[assignment]
 
-#: Where a tag, anchor or alias may start, and ``0o`` octals (an integer for
-#: ryaml, a string for PyYAML): the fast path declines a file that has one at
-#: the start of a token (see :func:`_doubtful_text`).
-_FAST_MARKS = re.compile(r"[!&*]|0[oO]")
+#: Where a tag, anchor (with its name) or alias may start, and ``0o`` octals (an
+#: integer for ryaml, a string for PyYAML): see :func:`_doubtful_text`.
+_FAST_MARKS = re.compile(r"[!*]|&([^\s,\[\]{}]*)|0[oO]")
 _TOKEN_START = frozenset(" \t\r\n[]{},:")
 
 # PyYAML's implicit resolvers by first character, as its Resolver uses them: a plain
@@ -177,15 +179,39 @@ def _too_deep(text: str) -> bool:
 
 
 def _doubtful_text(text: str) -> bool:
-    """Whether a token of ``text`` starts with a tag, an anchor, an alias or a ``0o`` octal
-    (in a comment or a quoted string too: declining costs only time)."""
+    """Whether ``text`` may read otherwise through ryaml than through PyYAML: a token
+    that starts with a tag or a ``0o`` octal, an anchor name given twice, or more
+    aliases than the expansion bound allows (a mark in a comment or a quoted string
+    counts too: declining costs only time).
+
+    ryaml expands aliases into copies (equal to the values PyYAML shares) and has no
+    bound of its own that matches PyYAML's, which refuses a file whose values, aliases
+    expanded, pass ``MAX_NODES``. A file of ``n`` characters holds fewer than ``2n + 1``
+    values before expansion (generously: ``[?]`` is four values in three characters),
+    and each alias copies a value already built, so at most doubles the count: with
+    ``a`` aliases, fewer than ``(2n + 1) * 2**a`` values. Files
+    within that bound (a short file may use a dozen aliases) take the fast path; the
+    rest go to PyYAML, which counts exactly.
+    """
+    anchors: set[str] = set()
+    aliases = 0
     for match in _FAST_MARKS.finditer(text):
         start = match.start()
-        if text[start] == "0" and start and text[start - 1] in "+-":
+        mark = text[start]
+        if mark == "0" and start and text[start - 1] in "+-":
             start -= 1  # a signed octal
-        if start == 0 or text[start - 1] in _TOKEN_START:
+        if start and text[start - 1] not in _TOKEN_START:
+            continue
+        if mark == "*":
+            aliases += 1
+        elif mark == "&":
+            name = match.group(1)
+            if name in anchors:
+                return True
+            anchors.add(name)
+        else:
             return True
-    return False
+    return aliases > 0 and (2 * len(text) + 1) << aliases > MAX_NODES
 
 
 def _plain_doubt(value: str) -> bool:
