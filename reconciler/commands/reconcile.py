@@ -302,6 +302,7 @@ def reconcile(
                     lock_wait_s=round(hold.waited_s, 3),
                     recorded=hold.recorded,
                     acted_after_reads=hold.acted_after_reads,
+                    retry_in_s=hold.retry_in_s,
                 )
                 if hold.report is not None or hold.error is not None or hold.failing or hold.deferred:
                     click.echo(orjson.dumps(document).decode())
@@ -385,8 +386,8 @@ def _iso(at):
 
 class _RepeatedErrors:
     """The lines of the controller's failed holds: one per distinct error. An error said within
-    ``every_s`` is counted, not printed again (a full disk fails a hold every 0.3 s: a line each
-    would fill the log that could say so), then said once more with its count."""
+    ``every_s`` is counted, not printed again (a full disk fails a hold every few seconds: a line
+    each would fill the log that could say so), then said once more with its count."""
 
     def __init__(self, every_s: float = 60.0):
         self.every_s = every_s

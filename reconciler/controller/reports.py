@@ -82,6 +82,8 @@ class Hold:
     #: Of the tasks acted on, the most reads the controller made between a task's read and the act
     #: (a finding is acted on at once: a handful, never a sweep).
     acted_after_reads: int = 0
+    #: After a hold that failed: how long the controller waits before the next (seconds).
+    retry_in_s: float | None = None
 
     @property
     def ok(self) -> bool:

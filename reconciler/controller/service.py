@@ -35,6 +35,10 @@ ACT_EVERY_S = 0.25
 ACTIONS_PER_HOLD = 100
 #: After a hold that left work for the next one, the lock is left free this long (others' turn).
 LOCK_PAUSE_S = 0.3
+#: After a hold that failed (a full disk, a database down), the next waits LOCK_PAUSE_S, doubled
+#: at each further failure in a row up to this: a state that stays broken is not hammered, and
+#: one that is mended is used again within this long.
+FAILED_HOLD_PAUSE_MAX_S = 5.0
 #: How long one attempt to take the state's lock waits (a pipeline holds it meanwhile).
 LOCK_WAIT_S = 2.0
 #: Observations that need no action are recorded in the state at least this often.
@@ -130,6 +134,7 @@ class Controller:
         self._reads_reported = 0
         self._next_hold = 0.0
         self.holds = 0
+        self._failed_holds = 0  # in a row
         self.leading = False
         self._announced = False
         self.client: Any = None
@@ -182,6 +187,7 @@ class Controller:
                                 time.time(), 0.0, 0.0, 0, None, None, {}, {},
                                 error=SnapctlError(f"unexpected {type(exc).__name__}: {exc}"),
                             )  # fmt: skip
+                        self._pause_after(hold)
                         self._report(hold)
                 self._update_metrics()
                 await asyncio.sleep(ACT_EVERY_S)
@@ -671,6 +677,22 @@ class Controller:
         for reason in set(reasons) | self.metrics.failing_reasons:
             self.metrics.failing.labels(reason).set(reasons.get(reason, 0))
         self.metrics.failing_reasons |= set(reasons)
+
+    def _pause_after(self, hold: Hold) -> None:
+        """After a hold that failed for another reason than a lock held by someone else, the next
+        waits LOCK_PAUSE_S, doubled at each failure in a row up to FAILED_HOLD_PAUSE_MAX_S
+        (``hold.retry_in_s``); a hold that succeeds starts the count again."""
+        from ..errors import LockError
+
+        if hold.error is None:
+            self._failed_holds = 0
+            return
+        if isinstance(hold.error, LockError):
+            return
+        self._failed_holds += 1
+        pause = min(LOCK_PAUSE_S * 2 ** min(self._failed_holds - 1, 32), FAILED_HOLD_PAUSE_MAX_S)
+        self._next_hold = max(self._next_hold, time.monotonic() + pause)
+        hold.retry_in_s = round(pause, 3)
 
     def _report(self, hold: Hold) -> None:
         if self.metrics is not None:

@@ -159,7 +159,7 @@ def reconcile_document(
 ) -> dict[str, Any]:
     """The ``--json`` line of a ``reconcile`` round, or of a hold of the controller's lock
     (``--watch``), which adds what the hold did (``hold``: ``lock_wait_s``, ``recorded``,
-    ``acted_after_reads``). ``deferred``: the stopped tasks whose restart is not due yet,
+    ``acted_after_reads``, ``retry_in_s``). ``deferred``: the stopped tasks whose restart is not due yet,
     with when it is (epoch seconds; None: never)."""
     from ..restarts import iso
 
