@@ -19,6 +19,13 @@ ends not ok, so that a new file, a mistyped workspace or another folder never
 takes over (and a later ``destroy`` never stops) tasks another state runs. Such a
 run that also started tasks leaves an established state: it remembers the tasks it
 did not adopt (``StateStore.record_not_adopted``), which stay refused without ``adopt``.
+
+The intent of such a StartSnapshot keeps when it was sent (``owned_if_started_after``):
+if the run dies, or its disk fills, before the refusal is recorded, the intent stays
+pending, and a later run cannot tell that task from one this state started and never
+recorded. There, "already started" is judged by the task's StartTime (GetSnapshotTask):
+a task started before the call (give or take :data:`START_TIME_SKEW_S`) is another's and
+is not adopted; one started since is this state's.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ from .state import StateStore
 log = logging.getLogger("snapctl.apply")
 #: What a refresh saw of a task that runs (the API answers StartSnapshot "already started").
 RUNS = (api.Observed.running.value, api.Observed.not_started.value)
+#: How far the API's clock (a task's StartTime) and this machine's (when a call was sent) may
+#: differ: a task that started this much before a state's first StartSnapshot for it, or later,
+#: may be that call's; one that started earlier is another's (see the module's docstring).
+START_TIME_SKEW_S = 60.0
 
 
 @dataclass
@@ -168,6 +179,8 @@ class Applier:
         self.on_result = on_result
         self.stop_event = stop_event
         self.adopt = adopt
+        #: Tasks whose StartSnapshot answered "already started" and that this state may not adopt.
+        self._refused: set[str] = set()
 
     def may_adopt(self, address: str) -> bool:
         """Whether a task that already runs may be recorded as this state's (see the module's docstring)."""
@@ -281,7 +294,8 @@ class Applier:
         (or, for a Stop, may have stopped). A StartSnapshot answered "already started"
         that this state may not adopt withdraws its intent: the API did nothing.
         ``replace``: see ``StateStore.record_intent``."""
-        intent = functools.partial(self.store.record_intent, replace=replace)
+        owned_after = self._owned_if_started_after(address) if action == "StartSnapshot" else None
+        intent = functools.partial(self.store.record_intent, replace=replace, owned_if_started_after=owned_after)
         try:
             previous = await self._record(intent, address, action, running_if_done)
         except BaseException:
@@ -294,16 +308,40 @@ class Applier:
                 # Refused, or never sent: the API did nothing, so no intent is left open.
                 await self._record(self.store.record_not_done, address, previous)
             raise
-        if self._not_adoptable(address, done):
-            await self._record(self.store.record_not_done, address, previous)
+        if action == "StartSnapshot" and await self._not_adoptable(address, done, owned_after):
+            self._refused.add(address)
+            # The API did nothing. An earlier run's intent of the same first start goes too: it
+            # was this refusal, never recorded (see the module's docstring).
+            unowned = previous is not None and previous.get("owned_if_started_after") is not None
+            await self._record(self.store.record_not_done, address, None if unowned else previous)
         return done
 
-    def _not_adoptable(self, address: str, call: CallResult) -> bool:
+    def _owned_if_started_after(self, address: str) -> int | None:
+        """For the intent of a StartSnapshot: when a state that may not adopt the task sent its
+        first call for it (epoch ms), kept from an earlier run's intent; None where it may."""
+        earlier = self.store.state.pending.get(address)
+        if earlier is not None and earlier.get("owned_if_started_after") is not None:
+            return earlier["owned_if_started_after"]
+        if self.may_adopt(address):
+            return None
+        return int(time.time() * 1000)
+
+    async def _not_adoptable(self, address: str, call: CallResult, owned_after: int | None) -> bool:
         """A StartSnapshot answered "already started" for a task another state runs, as far as this
-        one can tell: it held no task (or did not adopt this one before) and was not told to adopt.
-        After an attempt that may have acted, the answer may be this call's own start: then the
-        task is this state's."""
-        return call.outcome is Outcome.already_started and not call.retried_after_acting and not self.may_adopt(address)
+        one can tell: it held no task (or did not adopt this one before) and was not told to adopt;
+        or an earlier run's first StartSnapshot for it was never settled, and the task started
+        before that call (its StartTime, read now). After an attempt that may have acted, the
+        answer may be this call's own start: then the task is this state's."""
+        if call.outcome is not Outcome.already_started or call.retried_after_acting or self.adopt:
+            return False
+        if not self.may_adopt(address):
+            return True
+        if owned_after is None:
+            return False
+        # A failed read raises (the task's result is an error): its intent stays pending, judged next run.
+        seen = await self.client.get_task(*address.split("/", 2))
+        started_since = seen.start_time_ms >= owned_after - START_TIME_SKEW_S * 1000
+        return not (seen.observed.value in RUNS and started_since)
 
     async def _perform(self, result: ActionResult, action) -> None:
         address, kind = result.address, result.kind
@@ -356,7 +394,7 @@ class Applier:
             replacing = "starting" if stop is not None else None
             call = await self._call(address, "StartSnapshot", desired, self.client.start(start), replace=replacing)
         result.calls.append(call)
-        if kind != "reassert" and self._not_adoptable(address, call):
+        if kind != "reassert" and address in self._refused:
             result.not_adopted = True
             return
         if kind == "reassert":

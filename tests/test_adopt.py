@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from snapctl_testing import Run, calls, snap, snapctl_env, stats, tasks
 
@@ -254,3 +255,49 @@ def test_a_state_made_established_by_a_refused_run_still_refuses_what_it_did_not
     snap(work, env, "apply", "--auto-approve", "--adopt")
     assert listed(work, env) == [*TASKS, f"{APP}/R/T3"]
     assert snap(work, env, "apply", "--auto-approve").code == 0
+
+
+def test_a_refusal_the_killed_run_never_recorded_still_refuses(tmp_path):
+    """A new state's StartSnapshot answered "already started", and the run killed before it
+    recorded the refusal (the emulator answers 3 s after acting): the intent stays pending, so
+    the next run cannot tell the task from one it started itself. The task's StartTime can: one
+    that started an hour before the call is another state's, never adopted (the next run exits 1
+    and records nothing, its destroy stops nothing); one started by the killed run is adopted."""
+    import signal
+
+    from snapctl_testing import signal_when, start_snapctl
+
+    from reconciler.emulator import EmulatorConfig, EmulatorServer
+
+    with EmulatorServer(EmulatorConfig()) as srv:
+        late = lambda ms: httpx.post(f"{srv.url}/_emulator/config", json={"latency_ms": ms})  # noqa: E731
+        prod, prod_env = folder(tmp_path, "prod", srv.url, manifest(3))
+        snap(prod, prod_env, "apply", "--auto-approve")
+        for address in TASKS:
+            key = dict(zip(("AppId", "RoomId", "TaskId"), address.split("/")))
+            assert httpx.post(f"{srv.url}/_emulator/age-task", json={**key, "Seconds": 3600}).status_code == 200
+
+        work, env = folder(tmp_path, "typo", srv.url, manifest(3))
+        late(3000)
+        killed = start_snapctl(work, env, "apply", "--auto-approve", quiet=True)
+        signal_when(killed, lambda: starts(srv.url).get("already_started") == 3, signal.SIGKILL, what="3 refusals")
+        late(0)
+        pending = json.loads(snap(work, env, "state", "list", "--json").stdout)["pending"]
+        assert sorted(pending) == TASKS, pending  # the refusals were never recorded
+
+        again = snap(work, env, "apply", "--auto-approve", code=1)
+        assert_refused_adoption(again, 3, "state/snapctl.state.json (workspace default)")
+        listing = json.loads(snap(work, env, "state", "list", "--json").stdout)
+        assert listing["tasks"] == [] and listing["pending"] == {}, listing
+        snap(work, env, "destroy", "--auto-approve")
+        assert calls(srv.url, "StopSnapshot") == 0
+        assert sorted(tasks(srv.url)) == TASKS
+
+        # The same kill after the API started the tasks itself: they are this state's, adopted.
+        own, own_env = folder(tmp_path, "own", srv.url, manifest(3).replace(f"app_id: {APP}", "app_id: ownapp"))
+        late(3000)
+        killed = start_snapctl(own, own_env, "apply", "--auto-approve", quiet=True)
+        signal_when(killed, lambda: len(tasks(srv.url)) == 6, signal.SIGKILL, what="3 starts")
+        late(0)
+        snap(own, own_env, "apply", "--auto-approve")
+        assert listed(own, own_env) == [t.replace(APP, "ownapp") for t in TASKS]

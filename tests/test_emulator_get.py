@@ -141,6 +141,21 @@ def test_out_of_band_rewrite_and_stop(emulator):
     assert_error(emulator.admin("rewrite-task", {**KEY, "MaxIdleTime": 5}), "InvalidParameter.TaskNotRunning")
 
 
+def test_an_aged_task_reads_as_started_that_much_earlier(emulator):
+    start(emulator)
+    started = emulator.read(*KEY.values())["StartTime"]
+    assert emulator.admin("age-task", {**KEY, "Seconds": 3600}).status_code == 200
+    assert emulator.read(*KEY.values())["StartTime"] == started - 3_600_000
+    # Past the 72-hour read window: not found, and still running.
+    assert emulator.admin("age-task", {**KEY, "Seconds": 72 * 3600}).status_code == 200
+    assert_error(emulator.signed_get(KEY), "InvalidParameter.TaskNotFound")
+    assert [t["TaskId"] for t in emulator.tasks()] == ["task1"]
+    assert_error(emulator.admin("age-task", {**KEY, "Seconds": -1}), "InvalidParameter")
+    assert_error(
+        emulator.admin("age-task", {**KEY, "TaskId": "other", "Seconds": 1}), "InvalidParameter.TaskNotRunning"
+    )
+
+
 def test_not_found_past_the_read_window_and_for_unknown_tasks(emulator):
     assert_error(emulator.signed_get(KEY), "InvalidParameter.TaskNotFound", "not found")
     start(emulator)

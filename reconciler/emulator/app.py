@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from .. import api as wire
 from .. import signing
@@ -133,6 +133,12 @@ class StopTask(TaskAddress):
     StopReason: wire.StopReason = wire.StopReason.stop_by_api
 
 
+class AgeTask(TaskAddress):
+    """``POST /_emulator/age-task``: a running task as if it had started this much earlier."""
+
+    Seconds: float = Field(gt=0, le=10 * 365 * 86400)
+
+
 class Stats:
     __slots__ = ("by_action", "faults", "peers", "throttled", "total")
 
@@ -175,6 +181,7 @@ class EmulatorApp:
             ("POST", "/_emulator/streams-stopped"): self._streams_stopped,
             ("POST", "/_emulator/rewrite-task"): self._rewrite_task,
             ("POST", "/_emulator/stop-task"): self._stop_task,
+            ("POST", "/_emulator/age-task"): self._age_task,
         }
 
     async def __call__(self, scope, receive, send) -> None:
@@ -526,6 +533,13 @@ class EmulatorApp:
             raise Refusal("InvalidParameter", describe_validation_error(exc)) from None
         if task is None:
             raise Refusal(TASK_NOT_RUNNING, f"task {'/'.join(change.key)} (AppId/RoomId/TaskId) is not running")
+        return task.view()
+
+    def _age_task(self, body: dict[str, Any], now: float) -> dict[str, Any]:
+        age = validated(AgeTask, body)
+        task = self.table.age(age.key, age.Seconds, now)
+        if task is None:
+            raise Refusal(TASK_NOT_RUNNING, f"task {'/'.join(age.key)} (AppId/RoomId/TaskId) is not running")
         return task.view()
 
     def _stop_task(self, body: dict[str, Any], now: float) -> dict[str, Any]:

@@ -276,6 +276,16 @@ class TaskTable:
             self._changed()
         return True
 
+    def age(self, key: Key, seconds: float, now: float) -> Task | None:
+        """A running task as if it had started ``seconds`` earlier (its StartTime, and the read
+        window it leaves once 72 hours old); None when it is not running."""
+        task = self.get(key, now)
+        if task is None:
+            return None
+        task.started_at -= seconds
+        self._changed()
+        return task
+
     def stop(self, key: Key, now: float, reason: str = "StopByAPI") -> bool:
         """End a running task (StopSnapshot: ``StopByAPI``); False when it is not running."""
         task = self.get(key, now)

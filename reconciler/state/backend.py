@@ -498,15 +498,25 @@ class StateStore(abc.ABC):
         self._append({"op": "delete", "address": address})
 
     def record_intent(
-        self, address: str, action: str, request_wire: dict[str, Any], *, replace: str | None = None
+        self,
+        address: str,
+        action: str,
+        request_wire: dict[str, Any],
+        *,
+        replace: str | None = None,
+        owned_if_started_after: int | None = None,
     ) -> dict[str, Any] | None:
         """Before sending ``action``: remember that ``address`` may run ``request_wire`` (or, for a
         Stop, may have stopped) until the outcome is recorded. Returns the intent it replaced.
         ``replace``: how far a replace got, kept in the intent for ``plan`` to show: "stopped"
-        (its stop answered, its start not sent yet), "starting" (the start sent)."""
+        (its stop answered, its start not sent yet), "starting" (the start sent).
+        ``owned_if_started_after``: a StartSnapshot this state may not adopt the answer of
+        (epoch ms of its first call; see :mod:`reconciler.apply`)."""
         intent: dict[str, Any] = {"action": action, "request": self.state.fingerprint(request_wire)}
         if replace is not None:
             intent["replace"] = replace
+        if owned_if_started_after is not None:
+            intent["owned_if_started_after"] = owned_if_started_after
         # Only this task records for ``address`` (one record at a time), so nothing moves it meanwhile.
         previous = self.state.pending.get(address)
         self._append({"op": "intent", "address": address, "intent": intent})

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from typing_extensions import Required, TypedDict
+from typing_extensions import NotRequired, Required, TypedDict
 
 from .. import __version__
 from ..errors import StateError
@@ -144,6 +144,10 @@ class PendingCall(TypedDict):
 
     action: str
     request: dict[str, Any]
+    #: How far a replace got: "stopped", "starting".
+    replace: NotRequired[str]
+    #: A first StartSnapshot the state may not adopt the answer of: when it was sent (epoch ms).
+    owned_if_started_after: NotRequired[int]
 
 
 class ObservedRecord(TypedDict, total=False):
