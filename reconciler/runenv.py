@@ -86,15 +86,16 @@ def parse_endpoint(text: str, source: str = "--endpoint") -> str:
     bad = _describe_bad_characters(text)
     if bad:
         raise UsageError(f"{source} holds {bad}: write a URL such as https://rtc.volcengineapi.com")
+    if "@" in text:
+        # Refused before any message that shows the value: the part before "@" may hold a
+        # password, whatever else is wrong with the URL (another scheme, an unclosed bracket).
+        raise UsageError(f"{source} must not hold a user name or password (user@host); snapctl signs its requests")
     try:
         parts = urlsplit(text)
     except ValueError as exc:
         raise UsageError(f"{source} {text!r} is not a URL ({exc})") from None
     if parts.scheme.lower() not in ("http", "https") or not text.lower().startswith(parts.scheme.lower() + "://"):
         raise UsageError(f"{source} {text!r} must start with http:// or https://")
-    if "@" in parts.netloc:
-        # Shown without the part before "@": it may hold a password.
-        raise UsageError(f"{source} must not hold a user name or password (user@host); snapctl signs its requests")
     host = parts.hostname or ""
     if not host:
         raise UsageError(f"{source} {text!r} has no host name")

@@ -58,6 +58,19 @@ BAD_ENVIRONMENTS = {
     "endpoint with another scheme": ({"SNAPCTL_ENDPOINT": "ftp://127.0.0.1"}, "must start with http:// or https://"),
     "endpoint without host": ({"SNAPCTL_ENDPOINT": "http://:8080"}, "has no host name"),
     "endpoint with a password": ({"SNAPCTL_ENDPOINT": f"http://u:{SECRET}@h"}, "must not hold a user name or password"),
+    # Whatever else is wrong with it, an endpoint holding a password is never shown.
+    "endpoint with a password and another scheme": (
+        {"SNAPCTL_ENDPOINT": f"ftp://u:{SECRET}@h"},
+        "must not hold a user name or password",
+    ),
+    "endpoint with a password and an unclosed bracket": (
+        {"SNAPCTL_ENDPOINT": f"http://u:{SECRET}@[::1"},
+        "must not hold a user name or password",
+    ),
+    "endpoint with a password and one slash": (
+        {"SNAPCTL_ENDPOINT": f"https:/u:{SECRET}@h"},
+        "must not hold a user name or password",
+    ),
     "endpoint with a space": ({"SNAPCTL_ENDPOINT": "http://exa mple.com"}, "SNAPCTL_ENDPOINT holds white space"),
     "endpoint with a query": ({"SNAPCTL_ENDPOINT": "http://h:1/?Action=x"}, "must not have a query"),
     "log in a missing directory": (
