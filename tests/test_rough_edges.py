@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -584,6 +585,66 @@ def test_a_second_signal_during_a_reconcile_names_what_it_left_half_done(watch, 
     ), stderr
     assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=env).code == 0
     assert len(tasks(emulator.url)) == 6 and emulator.stats()["by_action"]["StartSnapshot"]["outcomes"]["ok"] == 6
+
+
+def _opening_a_fifo(pid: int) -> int:
+    """How many threads of ``pid`` wait in open() for a named pipe's reader."""
+    waiting = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            waiting += (task / "wchan").read_text() == "wait_for_partner"
+        except OSError:  # the thread ended meanwhile
+            continue
+    return waiting
+
+
+def test_a_second_signal_during_a_record_of_the_controller_keeps_the_lock_until_it_is_written(emulator, tmp_path):
+    """A second signal while a hold of ``reconcile --watch`` writes a record in its thread: the
+    hold closed the state (its last write, then the lock released: another writer may take it)
+    while the record was still being written. The state now waits for the records in progress
+    before it closes.
+
+    Made deterministic with a named pipe: the record after the first StartSnapshot answered
+    binds the state, a whole write whose first step opens ``.snapctl.state.json.backup.PID.tmp``;
+    a named pipe there holds that record's thread in open() until the test reads it (the record
+    then fails, as a pipe cannot be synced to disk: its StartSnapshot stays pending). A close
+    that does not wait for it opens the same pipe for its own write."""
+    from snapctl_testing import calls, start_snapctl, tasks, wait_for
+
+    from reconciler.state import read_state
+    from reconciler.state.file import lock_is_held
+
+    work = new_project(tmp_path, emulator.url, {"app.yaml": NEW_TASKS.split("      Old")[0] + "      T: {}\n"})
+    log = work / "snapctl.log"
+    env = snapctl_env(emulator.url, work, SNAPCTL_LOG="debug", SNAPCTL_LOG_PATH=str(log))
+    state = work / "state" / "snapctl.state.json"
+    proc = start_snapctl(work, env, "reconcile", "--watch", "--no-color")
+    held = work / "state" / f".snapctl.state.json.backup.{proc.pid}.tmp"
+    os.mkfifo(held)
+    try:
+        wait_for(lambda: calls(emulator.url, "StartSnapshot") == 1 and _opening_a_fifo(proc.pid) == 1)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        waiting = "closing the state waits for 1 record(s) in progress"
+        wait_for(lambda: (log.exists() and waiting in log.read_text()) or _opening_a_fifo(proc.pid) > 1)
+        assert _opening_a_fifo(proc.pid) == 1, "the state was closed while a record was still being written"
+        assert lock_is_held(state)
+        with open(held, "rb") as pipe:  # the record goes on
+            assert pipe.read()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stdout + stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "Interrupted: stopped at once by a second signal; 1 task(s) left half-done: app1/R1/T (StartSnapshot "
+        "sent, outcome not known); the state records them: the next snapctl apply finishes them (snapctl plan "
+        "marks them pending)."
+    ), stdout + stderr
+    assert set(read_state(state).pending) == set(tasks(emulator.url)) == {"app1/R1/T"}
+    assert run_snapctl(["apply", "--auto-approve"], cwd=work, env=snapctl_env(emulator.url, work)).code == 0
+    assert set(read_state(state).tasks) == {"app1/R1/T"} and calls(emulator.url, "StartSnapshot") == 2
 
 
 def test_a_replace_whose_start_is_refused_is_marked_pending_in_plan(emulator, tmp_path):

@@ -15,17 +15,21 @@ is made with ``must_exist=False`` (``workspace new``, the destination of ``state
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as _dt
+import logging
 import os
 import re
 import socket
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StateError, StateMoved, UsageError, WriteError
 from .model import Signpost, State, has_legacy_fingerprints
+
+log = logging.getLogger("snapctl.state")
 
 DEFAULT_WORKSPACE = "default"
 #: What the controller keeps beside a task's observation (see ``reconciler.restarts``).
@@ -146,6 +150,8 @@ class StateStore(abc.ABC):
         self._group = threading.Condition()
         self._queue: list[_Queued] = []
         self._writing = False
+        #: Records under way in any thread; closing waits for them (see :meth:`close`).
+        self._recording_now = 0
         self.write_failure: WriteError | None = None
         self.state: State = State.new()
         #: This run found no state: one it leaves holding nothing is removed on release.
@@ -285,6 +291,15 @@ class StateStore(abc.ABC):
             raise
 
     def close(self) -> None:
+        """Write what is still only journaled and release the lock, once every record under way
+        in another thread is written: a run stopped at once (a second signal) cancels the tasks
+        that wait for their records, not the threads that write them, and a close meanwhile would
+        release the lock (another writer may take it) with the record landing after it."""
+        with self._group:
+            if self._recording_now:
+                log.debug("closing the state waits for %d record(s) in progress", self._recording_now)
+            while self._recording_now:
+                self._group.wait()
         try:
             if self._is_open:
                 self._before_close()
@@ -365,6 +380,18 @@ class StateStore(abc.ABC):
             self.write_failure = error
         return error
 
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """A record under way, from its first step (a fingerprint) to its durable write: :meth:`close` waits for it."""
+        with self._group:
+            self._recording_now += 1
+        try:
+            yield
+        finally:
+            with self._group:
+                self._recording_now -= 1
+                self._group.notify_all()
+
     def _append(self, entry: dict[str, Any]) -> None:
         """Journal ``entry`` durably, then apply it in memory; on a failed write neither happens.
 
@@ -435,12 +462,13 @@ class StateStore(abc.ABC):
         self, address: str, request_wire: dict[str, Any], request_id: str = "", applied_at: str | None = None
     ) -> None:
         """Remember that ``address`` now runs ``request_wire`` (secrets are fingerprinted here)."""
-        entry = {
-            "request": self.state.fingerprint(request_wire),
-            "request_id": request_id,
-            "applied_at": applied_at or now_iso(),
-        }
-        self._append({"op": "put", "address": address, "entry": entry})
+        with self._recording():
+            entry = {
+                "request": self.state.fingerprint(request_wire),
+                "request_id": request_id,
+                "applied_at": applied_at or now_iso(),
+            }
+            self._append({"op": "put", "address": address, "entry": entry})
 
     def record_observations(
         self, observations: Iterable[Any], facts: Mapping[str, Mapping[str, Any]] | None = None
@@ -477,7 +505,8 @@ class StateStore(abc.ABC):
                 continue
             changed[seen.address] = record | {"since": now} | extra
         if changed:
-            self._append({"op": "observe", "address": "", "observed": changed})
+            with self._recording():
+                self._append({"op": "observe", "address": "", "observed": changed})
         return len(changed)
 
     def record_not_adopted(self, observations: Iterable[Any]) -> int:
@@ -495,7 +524,8 @@ class StateStore(abc.ABC):
         return address not in self.state.tasks and bool((self.state.observed.get(address) or {}).get("not_adopted"))
 
     def record_delete(self, address: str) -> None:
-        self._append({"op": "delete", "address": address})
+        with self._recording():
+            self._append({"op": "delete", "address": address})
 
     def record_intent(
         self,
@@ -512,19 +542,21 @@ class StateStore(abc.ABC):
         (its stop answered, its start not sent yet), "starting" (the start sent).
         ``owned_if_started_after``: a StartSnapshot this state may not adopt the answer of
         (epoch ms of its first call; see :mod:`reconciler.apply`)."""
-        intent: dict[str, Any] = {"action": action, "request": self.state.fingerprint(request_wire)}
-        if replace is not None:
-            intent["replace"] = replace
-        if owned_if_started_after is not None:
-            intent["owned_if_started_after"] = owned_if_started_after
-        # Only this task records for ``address`` (one record at a time), so nothing moves it meanwhile.
-        previous = self.state.pending.get(address)
-        self._append({"op": "intent", "address": address, "intent": intent})
-        return previous
+        with self._recording():
+            intent: dict[str, Any] = {"action": action, "request": self.state.fingerprint(request_wire)}
+            if replace is not None:
+                intent["replace"] = replace
+            if owned_if_started_after is not None:
+                intent["owned_if_started_after"] = owned_if_started_after
+            # Only this task records for ``address`` (one record at a time), so nothing moves it meanwhile.
+            previous = self.state.pending.get(address)
+            self._append({"op": "intent", "address": address, "intent": intent})
+            return previous
 
     def record_not_done(self, address: str, previous: dict[str, Any] | None) -> None:
         """The call of the last intent was certainly not done (refused on its only attempt)."""
-        self._append({"op": "intent", "address": address, "intent": previous})
+        with self._recording():
+            self._append({"op": "intent", "address": address, "intent": previous})
 
     def upgrade_fingerprints(self, address: str, request_wire: dict[str, Any]) -> bool:
         """Re-record a task whose stored fingerprints are of the old HMAC kind, if they match
