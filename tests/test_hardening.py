@@ -195,6 +195,51 @@ def test_the_controller_waits_longer_after_each_failed_hold(small_disk, emulator
         assert watch.stop() == 0
 
 
+def test_a_lock_held_by_someone_else_is_no_failed_hold(emulator, tmp_path):
+    """While a pipeline holds the state's lock, the controller's holds wait and count as
+    locked (snapctl_lock_holds_total{result="locked"}), not failed (what the alert
+    SnapctlHoldsFailing watches); once the lock is free it heals the task it found stopped."""
+    import httpx
+    from snapctl_testing import Watch
+
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
+    env = snapctl_env(emulator.url, work)
+    with Watch(work, env, "--interval", "0.2", "--metrics-port", "0") as watch:
+        port = watch.port
+        wait_for(lambda: len(tasks(emulator.url)) == 3, what="the tasks started")
+        watch.wait_line("Acted in", what="the creates recorded")
+
+        def holds(result: str) -> int:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            found = re.search(r'snapctl_lock_holds_total\{result="%s"\} (\d+)' % result, text)
+            return int(found.group(1)) if found else 0
+
+        lock = work / "state" / "snapctl.state.json.lock"
+        holder = subprocess.Popen(
+            [
+                "python3",
+                "-c",
+                "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR);fcntl.flock(fd,fcntl.LOCK_EX);"
+                "print('locked',flush=True);time.sleep(60)",
+                str(lock),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            emulator.admin("stop-task", {"AppId": APP, "RoomId": "R0", "TaskId": "T1"})
+            wait_for(lambda: holds("locked") >= 1, what="a hold that found the lock taken")
+            assert f"{APP}/R0/T1" not in tasks(emulator.url)
+        finally:
+            holder.kill()
+            holder.wait()
+        wait_for(lambda: f"{APP}/R0/T1" in tasks(emulator.url), what="T1 healed")
+        assert holds("failed") == 0 and holds("ok") >= 2
+        assert watch.stop() == 0
+    assert not [line for line in watch.lines["stderr"] if " Error: " in line], watch.lines["stderr"]
+
+
 def test_full_disk_before_the_first_call_sends_nothing(small_disk, emulator, tmp_path):
     """A disk too full for the first state document: one line, nothing sent, no file left."""
     work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})

@@ -48,7 +48,12 @@ class Metrics:
         self.read_lag = Gauge(
             "snapctl_read_lag_seconds", "How far the oldest due read is behind its schedule", registry=r
         )
-        self.holds = Counter("snapctl_lock_holds", "Holds of the state's lock, by result", ["result"], registry=r)
+        self.holds = Counter(
+            "snapctl_lock_holds",
+            "Holds of the state's lock, by result: ok, failed, locked (the lock held by someone else)",
+            ["result"],
+            registry=r,
+        )
         self.hold_seconds = Gauge("snapctl_lock_hold_seconds", "How long the last hold of the lock took", registry=r)
         self.lock_wait_seconds = Gauge(
             "snapctl_lock_wait_seconds", "How long the last hold waited for the lock", registry=r
@@ -83,7 +88,10 @@ class Metrics:
         self._seen_requests, self._seen_throttled = {}, 0
 
     def observe_hold(self, hold: Hold, client: Any) -> None:
-        self.holds.labels("ok" if hold.error is None else "failed").inc()
+        from ..errors import LockError
+
+        result = "ok" if hold.error is None else "locked" if isinstance(hold.error, LockError) else "failed"
+        self.holds.labels(result).inc()
         self.lock_wait_seconds.set(hold.waited_s)
         if hold.error is None:
             self.hold_seconds.set(hold.held_s)
