@@ -70,6 +70,27 @@ def test_a_first_apply_that_succeeds_keeps_its_state(work, emulator):
     assert json.loads(run_snapctl(["state", "list", "--json"], cwd=work, env=env).stdout)["tasks"] == ["app1/Main/T1"]
 
 
+def test_a_controller_in_a_fresh_directory_leads_and_acts(work, emulator):
+    """``reconcile --watch`` in a project with no state/ yet stood by for ever, saying only
+    "Standing by: not leading.": its leadership lock sits beside the state, in a directory no
+    one had made. It now makes it (0700) as a first write does, leads and starts the task; a
+    directory that cannot be made is named in the standing-by line."""
+    from snapctl_testing import Watch, tasks
+
+    env = snapctl_env(emulator.url, work)
+    with Watch(work, env, "--no-color") as ctl:
+        ctl.wait_line(r" Leading: this controller reads and acts\.$", what="the controller to lead")
+        wait_for(lambda: "app1/Main/T1" in tasks(emulator.url), what="the task started")
+        assert ctl.stop() == 0, ctl.lines
+    assert (work / "state").stat().st_mode & 0o777 == 0o700
+    assert json.loads(run_snapctl(["state", "list", "--json"], cwd=work, env=env).stdout)["tasks"] == ["app1/Main/T1"]
+    (work / "elsewhere").write_text("a file, not a directory\n")
+    with Watch(work, env, "--no-color", "--state", "elsewhere/snapctl.state.json") as ctl:
+        line = ctl.wait_line(r" Standing by", what="the controller to stand by").split(" ", 1)[1]
+        assert ctl.stop() == 0, ctl.lines
+    assert line == f"Standing by: not leading (cannot create the state directory {work}/elsewhere: File exists).", line
+
+
 def start(work, env, *args) -> subprocess.Popen:
     return subprocess.Popen(
         [SNAPCTL, *args],

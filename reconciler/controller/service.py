@@ -223,6 +223,7 @@ class Controller:
         import asyncio
 
         was = self.leading
+        why = ""  # why leadership could not even be tried (said when standing by is announced)
         try:
             if was:
                 self.leading = await asyncio.to_thread(self.leadership.still_leading)
@@ -233,6 +234,7 @@ class Controller:
         except SnapctlError as exc:
             self.leading = False
             holder = None
+            why = f" ({exc})"
             self.status.update(state_reachable=False, state_error=str(exc))
         if not self.leading and not self.leadership.standby and holder is not None:
             raise SnapctlError(
@@ -247,7 +249,7 @@ class Controller:
             self.status.update(role=Role.standing_by, leader=holder.describe() if holder else None)
         if not self.leading and not self._announced:
             self._announced = True
-            self.on_line("Standing by: " + (f"{holder.describe()} leads." if holder else "not leading."))
+            self.on_line("Standing by: " + (f"{holder.describe()} leads." if holder else f"not leading{why}."))
         if self.leading != was:
             self._announced = True
             role = "leading" if self.leading else "standing_by"

@@ -71,6 +71,12 @@ class FileLeadership(Leadership):
         if self._fd is not None:
             return True
         try:
+            # A new state's directory, made as its first write makes it (mode 0700): the controller
+            # leads before it writes anything, and never would in a fresh project otherwise.
+            os.makedirs(self.path.parent, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the state directory {self.path.parent}: {exc.strerror}") from None
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open {self.path}: {exc.strerror}") from None
