@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from .errors import UsageError
 
@@ -70,8 +70,16 @@ def parse_target(text: str) -> Target:
     head, sep, rest = text.partition(":")
     fmt = _PREFIXES.get(head.lower()) if sep and not rest.startswith("//") else None
     url = rest if fmt else text
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    import httpx
+
+    parts: SplitResult | None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is no number or out of range
+        httpx.URL(url)  # as the sender will post to it: a control character, a bad host
+    except (ValueError, httpx.InvalidURL):
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         shown = f"{head}:…" if sep else "…"
         raise UsageError(
             f"--notify {shown}: not a webhook URL (http:// or https://, with a host, optionally after "

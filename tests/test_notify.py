@@ -83,7 +83,18 @@ def test_targets_pick_their_format_and_a_bad_url_is_one_line_without_it():
     assert (
         notify.Target("https://hooks.slack.com/services/T/B/SECRET", "slack").shown == "slack:https://hooks.slack.com/…"
     )
-    for bad in ("ftp://example.test/SECRET", "slack:SECRET", "https:///SECRET", "teams:https://example.test/SECRET"):
+    # Also what only the sender found, its thread dying with a traceback: a control character,
+    # a port out of range or no number, an unclosed IPv6 bracket (a traceback at start-up).
+    for bad in (
+        "ftp://example.test/SECRET",
+        "slack:SECRET",
+        "https:///SECRET",
+        "teams:https://example.test/SECRET",
+        "https://example.test/SE\x01CRET",
+        "https://example.test:99999/SECRET",
+        "https://example.test:x/SECRET",
+        "slack:https://[::1/SECRET",
+    ):
         with pytest.raises(UsageError) as refused:
             notify.parse_target(bad)
         assert "SECRET" not in str(refused.value) and "\n" not in str(refused.value)
@@ -228,7 +239,9 @@ def test_a_bad_notify_url_is_one_line_and_nothing_is_sent(emulator, tmp_path):
     work = new_project(tmp_path, emulator.url, {"app.yaml": MANIFEST})
     env = snapctl_env(emulator.url, work, OFF_AK="a", OFF_SK="b")
     before = emulator.stats()["total"]
-    run = run_snapctl(["reconcile", "--watch", "--notify", "hooks.example.test/SECRET"], cwd=work, env=env)
-    assert run.code == 1 and run.stdout == ""
-    assert run.stderr.startswith("Error: --notify …: not a webhook URL") and run.stderr.count("\n") == 1
-    assert "SECRET" not in run.output and emulator.stats()["total"] == before
+    # The second printed a traceback.
+    for url, shown in (("hooks.example.test/SECRET", "…"), ("https://[::1/SECRET", "https:…")):
+        run = run_snapctl(["reconcile", "--watch", "--notify", url], cwd=work, env=env)
+        assert run.code == 1 and run.stdout == "", run.output
+        assert run.stderr.startswith(f"Error: --notify {shown}: not a webhook URL") and run.stderr.count("\n") == 1
+        assert "SECRET" not in run.output and emulator.stats()["total"] == before
