@@ -20,7 +20,8 @@ from reconciler.errors import UsageError
 
 class Receiver:
     """A webhook on 127.0.0.1 that records every body it is sent. ``mode``: ``ok`` answers
-    200, ``fail`` 500, ``hang`` never answers (until :meth:`close`)."""
+    200, ``fail`` 500, ``hang`` never answers (until :meth:`close`), ``endless`` answers 200
+    with a body that never ends (a kilobyte every 50 ms, until the client hangs up)."""
 
     def __init__(self, mode: str = "ok"):
         self.mode = mode
@@ -36,6 +37,11 @@ class Receiver:
                     receiver.released.wait(120)
                 code = 500 if receiver.mode == "fail" else 200
                 self.send_response(code)
+                if receiver.mode == "endless":
+                    self.end_headers()
+                    while not receiver.released.wait(0.05):
+                        self.wfile.write(b"x" * 1024)  # raises once the client hung up
+                    return
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -98,6 +104,24 @@ def test_targets_pick_their_format_and_a_bad_url_is_one_line_without_it():
         with pytest.raises(UsageError) as refused:
             notify.parse_target(bad)
         assert "SECRET" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_answer_that_never_ends_holds_no_sender(receivers):
+    """A webhook whose answer's body never ends: the sender read it in full, so it hung on the
+    first message (and its memory grew) and sent none after it. Only the status is read now."""
+    from prometheus_client import CollectorRegistry
+
+    endless = receivers("endless")
+    registry = CollectorRegistry()
+    notifier = notify.Notifier([notify.Target(endless.url, "generic")], window_s=0.1, registry=registry)
+    try:
+        for number in (1, 2):
+            notifier(event("healed", f"app1/R/T{number}"))
+            wait_for(lambda: len(endless.bodies) == number, what=f"message {number} posted")  # noqa: B023
+        wait_for(lambda: registry.get_sample_value("snapctl_notifications_total", {"outcome": "sent"}) == 2)
+    finally:
+        notifier.close(flush_s=0)
+    assert [d["events"][0]["address"] for d in endless.documents()] == ["app1/R/T1", "app1/R/T2"]
 
 
 def test_a_thousand_heals_make_one_message_in_each_format(receivers):
