@@ -326,6 +326,30 @@ class Applier:
             return None
         return int(time.time() * 1000)
 
+    async def _first_start_found(self, result: ActionResult) -> bool | None:
+        """For a task this state holds only as the pending intent of a first StartSnapshot it may
+        not adopt the answer of (an earlier run died before it recorded the answer): whether that
+        call's task is found (GetSnapshotTask). Started since the call, it is this state's (True);
+        running from before, another state's: nothing is sent to it (no Start that would adopt
+        it, no Stop of a destroy or a replacement, no Update), it is not adopted and the intent
+        withdrawn (None); not found or not running, nothing of this state's runs there (False):
+        it may only be started, still as a first Start. True for any other task."""
+        address = result.address
+        intent = self.store.state.pending.get(address)
+        owned_after = intent.get("owned_if_started_after") if intent is not None else None
+        if owned_after is None or self.adopt or address in self.store.state.tasks:
+            return True
+        # A failed read raises (the task's result is an error): its intent stays pending, judged next run.
+        seen = await self.client.get_task(*address.split("/", 2))
+        if _started_since(seen, owned_after):
+            return True
+        if seen.observed.value not in RUNS:
+            return False
+        await self._record(self.store.record_not_done, address, None)
+        self._refused.add(address)
+        result.not_adopted = True
+        return None
+
     async def _not_adoptable(self, address: str, call: CallResult, owned_after: int | None) -> bool:
         """A StartSnapshot answered "already started" for a task another state runs, as far as this
         one can tell: it held no task (or did not adopt this one before) and was not told to adopt;
@@ -340,8 +364,7 @@ class Applier:
             return False
         # A failed read raises (the task's result is an error): its intent stays pending, judged next run.
         seen = await self.client.get_task(*address.split("/", 2))
-        started_since = seen.start_time_ms >= owned_after - START_TIME_SKEW_S * 1000
-        return not (seen.observed.value in RUNS and started_since)
+        return not (seen.observed.value in RUNS and _started_since(seen, owned_after))
 
     async def _perform(self, result: ActionResult, action) -> None:
         address, kind = result.address, result.kind
@@ -355,20 +378,28 @@ class Applier:
             # a Start that would adopt it nor the Stop of a replacement that would take it over.
             result.not_adopted = True
             return
+        found = await self._first_start_found(result)
+        if found is None:
+            return
+        if found is False and kind == ActionKind.delete.value:
+            # Nothing of this state's runs there (and what the read cannot see, a task started
+            # more than 72 hours ago, is another's): no Stop; the state forgets the call.
+            await self._record(self.store.record_not_done, address, None)
+            return
         # Every request of the action is built and serialised before its first call:
         # a task is never stopped for a Start that could not be sent.
         stop: api.StopSnapshotRequest | None = None
         start: api.StartSnapshotRequest | None = None
         update: api.UpdateSnapshotRequest | None = None
         with _building(address):
-            if kind in (ActionKind.delete.value, ActionKind.replace.value):
+            if kind in (ActionKind.delete.value, ActionKind.replace.value) and found:
                 stop = stop_request(action.current)
                 orjson.dumps(stop.wire())
             if kind != ActionKind.delete.value:
                 start = self.requests[address]
                 desired = start.wire()
                 orjson.dumps(desired)
-                if kind == ActionKind.update.value:
+                if kind == ActionKind.update.value and found:
                     update = update_request(start)
         if stop is not None:
             result.calls.append(await self._call(address, "StopSnapshot", action.current, self.client.stop(stop)))
@@ -405,6 +436,12 @@ class Applier:
             result.healed = True  # a refresh found it stopped: started again
             result.was = f"{action.observed} ({action.stop_reason})" if action.stop_reason else action.observed
         await self._record(self.store.record_put, address, desired, call.request_id)
+
+
+def _started_since(seen: api.Observation, sent_ms: int) -> bool:
+    """Whether a task read started no earlier than a call sent at ``sent_ms`` (epoch ms), give or
+    take :data:`START_TIME_SKEW_S`: it may be that call's. A task not found has no start time."""
+    return seen.start_time_ms > 0 and seen.start_time_ms >= sent_ms - START_TIME_SKEW_S * 1000
 
 
 @contextlib.contextmanager

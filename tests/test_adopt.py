@@ -259,10 +259,13 @@ def test_a_state_made_established_by_a_refused_run_still_refuses_what_it_did_not
 
 def test_a_refusal_the_killed_run_never_recorded_still_refuses(tmp_path):
     """A new state's StartSnapshot answered "already started", and the run killed before it
-    recorded the refusal (the emulator answers 3 s after acting): the intent stays pending, so
-    the next run cannot tell the task from one it started itself. The task's StartTime can: one
-    that started an hour before the call is another state's, never adopted (the next run exits 1
-    and records nothing, its destroy stops nothing); one started by the killed run is adopted."""
+    recorded the refusal (the emulator answers 3 s after acting): the calls stay pending, so
+    the next run cannot tell the tasks from ones it started itself. Their StartTime can: tasks
+    started an hour before the call are another state's. The next apply, destroy, or apply of
+    changed manifests (a replace) sends them nothing (no Start that adopts, no Stop), exits 1
+    naming them not adopted, and records nothing. Tasks three days old, which a read no longer
+    finds, are never stopped either (destroy forgets the calls), nor adopted by a Start; tasks
+    the killed run started are adopted."""
     import signal
 
     from snapctl_testing import signal_when, start_snapctl
@@ -277,21 +280,46 @@ def test_a_refusal_the_killed_run_never_recorded_still_refuses(tmp_path):
             key = dict(zip(("AppId", "RoomId", "TaskId"), address.split("/")))
             assert httpx.post(f"{srv.url}/_emulator/age-task", json={**key, "Seconds": 3600}).status_code == 200
 
-        work, env = folder(tmp_path, "typo", srv.url, manifest(3))
-        late(3000)
-        killed = start_snapctl(work, env, "apply", "--auto-approve", quiet=True)
-        signal_when(killed, lambda: starts(srv.url).get("already_started") == 3, signal.SIGKILL, what="3 refusals")
-        late(0)
-        pending = json.loads(snap(work, env, "state", "list", "--json").stdout)["pending"]
-        assert sorted(pending) == TASKS, pending  # the refusals were never recorded
+        def killed_after_refusals(name: str) -> tuple[Path, dict]:
+            work, env = folder(tmp_path, name, srv.url, manifest(3))
+            refused = starts(srv.url).get("already_started", 0) + 3
+            late(3000)
+            killed = start_snapctl(work, env, "apply", "--auto-approve", quiet=True)
+            signal_when(
+                killed, lambda: starts(srv.url).get("already_started") == refused, signal.SIGKILL, what="3 refusals"
+            )
+            late(0)
+            pending = json.loads(snap(work, env, "state", "list", "--json").stdout)["pending"]
+            assert sorted(pending) == TASKS, pending  # the refusals were never recorded
+            return work, env
 
-        again = snap(work, env, "apply", "--auto-approve", code=1)
-        assert_refused_adoption(again, 3, "state/snapctl.state.json (workspace default)")
-        listing = json.loads(snap(work, env, "state", "list", "--json").stdout)
-        assert listing["tasks"] == [] and listing["pending"] == {}, listing
-        snap(work, env, "destroy", "--auto-approve")
+        cases = [
+            ("apply", ("apply", "--auto-approve"), manifest(3)),
+            ("destroy", ("destroy", "--auto-approve"), manifest(3)),
+            ("replace", ("apply", "--auto-approve"), manifest(3).replace("interval:", "width: 640, interval:")),
+        ]
+        for name, command, manifests in cases + [(f"{name}-3-days-old", *rest) for name, *rest in cases]:
+            if name == "apply-3-days-old":  # older than GetSnapshotTask's 72 hours: not found by a read
+                for address in TASKS:
+                    key = dict(zip(("AppId", "RoomId", "TaskId"), address.split("/")))
+                    httpx.post(f"{srv.url}/_emulator/age-task", json={**key, "Seconds": 72 * 3600})
+            work, env = killed_after_refusals(name)
+            (work / "manifests" / "app.yaml").write_text(manifests)
+            before = starts(srv.url)
+            if name == "destroy-3-days-old":  # nothing of this state's is found: forgotten, not stopped
+                gone = snap(work, env, *command)
+                assert gone.stdout.count("destroyed (not found: nothing sent)") == 3, gone.stdout
+            else:
+                again = snap(work, env, *command, code=1)
+                assert "3 declared task(s) already run" in again.stderr and "--adopt" in again.stderr, again.output
+            assert calls(srv.url, "StopSnapshot") == 0, name
+            if not name.endswith("-old"):
+                assert starts(srv.url) == before, name  # not even a Start: the read said whose they are
+            listing = json.loads(snap(work, env, "state", "list", "--json").stdout)
+            assert listing["tasks"] == [] and listing["pending"] == {}, (name, listing)
+            assert sorted(tasks(srv.url)) == TASKS
         assert calls(srv.url, "StopSnapshot") == 0
-        assert sorted(tasks(srv.url)) == TASKS
+        assert {t["Request"]["ImageConfig"]["Width"] for t in tasks(srv.url).values()} == {0}
 
         # The same kill after the API started the tasks itself: they are this state's, adopted.
         own, own_env = folder(tmp_path, "own", srv.url, manifest(3).replace(f"app_id: {APP}", "app_id: ownapp"))

@@ -249,7 +249,9 @@ def test_max_attempts_bounds_the_retries_of_a_request(work, emulator, command):
     for attempts in ("3", "1"):
         before = emulator.stats()["by_action"].get(action, {}).get("total", 0)
         emulator.configure(error_rate=1.0)
-        run = run_snapctl([*args, "--max-attempts", attempts], cwd=work, env=env)
+        # apply: a state of its own each time (one a failed start left pending would be read first).
+        own_state = ["--state", f"attempts-{attempts}.json"] if command == "apply" else []
+        run = run_snapctl([*args, *own_state, "--max-attempts", attempts], cwd=work, env=env)
         emulator.configure(error_rate=0.0)
         assert run.code in (1, 2) and "Traceback" not in run.output, run.output
         sent[attempts] = emulator.stats()["by_action"][action]["total"] - before

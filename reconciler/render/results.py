@@ -39,7 +39,7 @@ def result_line(result: ActionResult, style: Style) -> str:
         word = "already running, adopted"
     if result.failing:
         word = f"restarted, failing ({result.failing})"
-    return f"{result.address}: {word} ({calls})"
+    return f"{result.address}: {word} ({calls or 'not found: nothing sent'})"
 
 
 _CREDENTIAL_HINTS = {
