@@ -44,6 +44,8 @@ ACTION_QPS = {**dict.fromkeys(WRITE_ACTIONS, DOCUMENTED_QPS), READ_ACTION: DOCUM
 #: Only tasks started within this many seconds can be read.
 READ_WINDOW_S = 72 * 3600
 MAX_STREAMS = 17
+#: A write's Result when it was done (empty when it failed, the API's pages say).
+SUCCESS = "ok"
 ALREADY_STARTED = "The task has been started. Please do not call the startup task interface repeatedly"
 
 ID_PATTERN = r"^[a-zA-Z0-9_@\-\.]{1,128}$"

@@ -75,6 +75,10 @@ class Outcome(str, enum.Enum):
     not_running = "not_running"
 
 
+#: The Result of each write action's success (the API's pages); any other is no proof it was done.
+_DONE = {"StartSnapshot": (api.SUCCESS, api.ALREADY_STARTED)}
+
+
 @dataclass(frozen=True)
 class CallResult:
     action: str
@@ -367,7 +371,21 @@ class SnapshotClient:
         except httpx.TransportError as exc:
             raise TransportError(f"connection failed ({type(exc).__name__}: {api.printable(str(exc))})") from None
         self._refused_in_a_row = 0
-        return self._interpret(status, content)
+        result, request_id = self._interpret(status, content)
+        if payload is not None and result not in _DONE.get(action, (api.SUCCESS,)):
+            # A write is done when it answers Result "ok" (a start: or "already started"); the
+            # API's pages say Result is empty when a call fails. Any other answer proves nothing:
+            # the call may or may not have been done, so its intent stays open (never "done").
+            import json
+
+            raise UnreadableAnswerError(
+                f"{action} answered with no error but without its documented Result "
+                f'("ok"): Result = {api.printable(json.dumps(result, ensure_ascii=False), 80)}; '
+                "it may or may not have been done",
+                request_id=request_id,
+                status=status,
+            )
+        return result, request_id
 
     def _not_connected(self, exc: Exception) -> NotSentError:
         """What stopped a connection, in words, with what to do about it."""

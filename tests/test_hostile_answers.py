@@ -468,3 +468,46 @@ def test_the_controller_sends_nothing_for_an_answer_of_another_shape(rigged, emu
     assert writes(emulator.url) == {**before, "StartSnapshot": before["StartSnapshot"] + 2}
     observed = read_state(state_file).observed
     assert all(observed[address(name)]["status"] == "unknown" for name in SHAPES), observed
+
+
+def test_a_write_answered_without_its_documented_result_is_never_taken_for_done(tmp_path, emulator, hostile):
+    """A write succeeds with Result "ok" (a start: or "already started"); the API's pages say
+    Result is empty when a call fails. An answer with no error and an empty Result was taken
+    for done: a StartSnapshot the API refused was recorded as running, and no later plan ever
+    started the task. Such an answer now proves nothing: the task fails, its call stays
+    pending, and the next apply starts it."""
+    manifest = (
+        f"app_id: {APP}\n"
+        "storage:\n"
+        '  archive: {type: tos, account_id: "2100000990", bucket: snaps}\n'
+        "defaults: {storage: archive}\n"
+        "rooms:\n"
+        "  R:\n"
+        "    tasks:\n"
+        "      Refused: {}\n"
+        "      Fine: {}\n"
+    )
+    work = new_project(tmp_path, emulator.url, {"app.yaml": manifest})
+    env = snapctl_env(hostile.url, work)
+    refused = Hostile(status=200, envelope={"ResponseMetadata": {"Error": None}, "Result": ""})
+    hostile.rig(address("Refused"), refused, action="StartSnapshot")
+    emulator.configure(refuse_starts=[address("Refused")])
+    try:
+        applied = run_snapctl(["apply", "--auto-approve", "--no-color"], cwd=work, env=env)
+    finally:
+        emulator.configure(refuse_starts=[])
+        hostile.unrig(address("Refused"), action="StartSnapshot")
+    assert applied.code == 1 and "Traceback" not in applied.output, applied.output
+    assert 'StartSnapshot answered with no error but without its documented Result ("ok"): Result = ""' in (
+        applied.output
+    ), applied.output
+    state = read_state(work / "state" / "snapctl.state.json")
+    assert set(state.tasks) == {address("Fine")} and set(state.pending) == {address("Refused")}
+    assert {f"{t['AppId']}/{t['RoomId']}/{t['TaskId']}" for t in emulator.tasks()} == {address("Fine")}
+    again = run_snapctl(["apply", "--auto-approve", "--no-color"], cwd=work, env=env)
+    assert again.code == 0, again.output
+    assert {f"{t['AppId']}/{t['RoomId']}/{t['TaskId']}" for t in emulator.tasks()} == {
+        address("Fine"),
+        address("Refused"),
+    }
+    assert set(read_state(work / "state" / "snapctl.state.json").tasks) == {address("Fine"), address("Refused")}
