@@ -306,6 +306,9 @@ def test_a_refusal_the_killed_run_never_recorded_still_refuses(tmp_path):
             work, env = killed_after_refusals(name)
             (work / "manifests" / "app.yaml").write_text(manifests)
             before = starts(srv.url)
+            if name == "destroy":  # the plan says what apply will do first
+                preview = snap(work, env, "plan", "--destroy").stdout
+                assert preview.count("leaves it alone if another state started it)") == 3, preview
             if name == "destroy-3-days-old":  # nothing of this state's is found: forgotten, not stopped
                 gone = snap(work, env, *command)
                 assert gone.stdout.count("destroyed (not found: nothing sent)") == 3, gone.stdout

@@ -260,6 +260,9 @@ def make_plan(
         unsettled = state.pending.get(action.address)
         if unsettled is not None:
             action.pending = pending_text(unsettled)
+            if unsettled.get("owned_if_started_after") is not None and action.address not in state.tasks:
+                # A first Start whose answer may have been "already started" (see reconciler.apply).
+                action.pending += "; apply reads the task first and leaves it alone if another state started it"
     made = Plan(
         state_lineage=state.lineage,
         state_serial=state.serial,
