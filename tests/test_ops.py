@@ -107,9 +107,9 @@ def test_the_metrics_port_answers_metrics_probes_and_404(emulator, tmp_path):
         assert get(port, "/readyz", method="HEAD").content == b""
         assert get(port, "/metrics", method="POST").status_code == 405
 
-        # A loop that does not go round (it acts, and every answer of the API comes 6 s late, past
+        # A loop that does not go round (it acts, and every answer of the API comes 4 s late, past
         # the 2 s bound): /healthz says so. The act is a create, which needs no read first.
-        emulator.configure(slow_rate=1.0, slow_ms=6_000)
+        emulator.configure(slow_rate=1.0, slow_ms=4_000)
         (work / "manifests" / "app.yaml").write_text(MANIFEST + "      T3: {}\n")
         stuck = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(get(port, "/healthz")))
         assert re.fullmatch(r"loop stuck: it last went round \d+s ago \(the bound is 2s\)\n", stuck.text), stuck.text
