@@ -40,7 +40,8 @@ class Settings:
     parallelism: int = 64
     timeout_s: float = 10.0
     max_attempts: int = 8
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: Where credentials and the endpoint come from: never in the repr (it holds the secret key).
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
     _env: RunEnv | None = field(default=None, init=False, repr=False)
 
     def resolve(self, *, credentials: bool = True) -> RunEnv:

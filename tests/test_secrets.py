@@ -330,3 +330,21 @@ def test_no_secret_anywhere(tmp_path, emulator_process):
     for path in emulator_files:
         assert path.exists()
         assert not leaks(path.read_text(errors="replace")), path
+
+
+def test_settings_and_the_run_environment_never_show_a_secret():
+    """A library user who logs the engine's Settings (or what they resolve to) logs no secret:
+    Settings held the whole environment, secret key and session token included, in its repr."""
+    from reconciler import engine
+
+    environ = {
+        "VOLC_ACCESSKEY": "AK-repr-test",
+        "VOLC_SECRETKEY": "SK-repr-secret-1f2e",
+        "VOLC_SESSION_TOKEN": "token-repr-secret-3d4c",
+        "VOLC_REGION": "cn-north-1",
+    }
+    settings = engine.Settings(endpoint="http://127.0.0.1:9", environ=environ)
+    resolved = settings.resolve()
+    for shown in (repr(settings), str(settings), repr(resolved), str(resolved)):
+        assert "SK-repr-secret-1f2e" not in shown and "token-repr-secret-3d4c" not in shown, shown
+    assert "http://127.0.0.1:9" in repr(settings)
