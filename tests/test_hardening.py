@@ -196,6 +196,31 @@ def test_the_controller_waits_longer_after_each_failed_hold(small_disk, emulator
         assert watch.stop() == 0
 
 
+def test_the_controller_stopped_on_a_full_disk_does_not_claim_the_state_written(small_disk, emulator, tmp_path):
+    """Stopped while its state's disk is full, reconcile --watch says the reads since its last hold
+    could not be recorded (and why), not "the state is written"; the next run reads them again."""
+    import httpx
+    from snapctl_testing import Watch
+
+    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
+    env = snapctl_env(emulator.url, work)
+    (small_disk / "state").mkdir()
+    state = str(small_disk / "state" / "s.json")
+    with Watch(work, env, "--state", state, "--interval", "0.2", "--metrics-port", "0") as watch:
+        port = watch.port
+        watch.wait_line("Acted in", what="the creates recorded")
+        (small_disk / "filler").write_bytes(b"\0" * free_bytes(small_disk))
+        emulator.admin("stop-task", {"AppId": APP, "RoomId": "R0", "TaskId": "T1"})
+        wait_for(
+            lambda: 'snapctl_lock_holds_total{result="failed"}' in httpx.get(f"http://127.0.0.1:{port}/metrics").text,
+            what="a failed hold",
+        )
+        assert watch.stop() == 0
+    last = watch.lines["stderr"][-1]
+    assert "Stopped after" in last and "could not be recorded" in last and "the disk is full" in last, last
+    assert "the state is written" not in "\n".join(watch.lines["stderr"])
+
+
 def test_a_lock_held_by_someone_else_is_no_failed_hold(emulator, tmp_path):
     """While a pipeline holds the state's lock, the controller's holds wait and count as
     locked (snapctl_lock_holds_total{result="locked"}), not failed (what the alert

@@ -361,7 +361,11 @@ def reconcile(
                 f"Reconcile interrupted: stopped with {read} of {declared} task(s) read in its first sweep "
                 "(recorded in the state).\n"
             )
-        err(f"Stopped after {ctl.reads} read(s) and {ctl.holds} hold(s) of the state's lock; the state is written.\n")
+        stopped = f"Stopped after {ctl.reads} read(s) and {ctl.holds} hold(s) of the state's lock"
+        if ctl.unrecorded_at_stop is None:
+            err(f"{stopped}; the state is written.\n")
+        else:  # observations only: every call was recorded when it was answered
+            err(f"{stopped}; the reads since the last hold could not be recorded: {ctl.unrecorded_at_stop}\n")
 
 
 @contextlib.contextmanager

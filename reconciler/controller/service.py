@@ -134,6 +134,8 @@ class Controller:
         self._reads_reported = 0
         self._next_hold = 0.0
         self.holds = 0
+        #: Why the reads not recorded yet could not be written as the controller stopped (else None).
+        self.unrecorded_at_stop: SnapctlError | None = None
         self._failed_holds = 0  # in a row
         self.leading = False
         self._announced = False
@@ -200,8 +202,10 @@ class Controller:
                 for address, (seen, _) in self.findings.items():
                     self._to_record.setdefault(address, seen)
                 self.findings.clear()
-                with contextlib.suppress(SnapctlError):
+                try:
                     await asyncio.to_thread(self._record_only)
+                except SnapctlError as exc:  # reads only: every call is already in the state
+                    self.unrecorded_at_stop = exc
             if self.client is not None:
                 await self.client.aclose()
 
