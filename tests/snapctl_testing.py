@@ -58,6 +58,26 @@ def _fork_server():
     return _FORKS
 
 
+_SHELL = None
+
+
+def snapctl_bin() -> Path:
+    """A directory to put first on a shell script's PATH: its ``snapctl`` is forked as
+    :func:`run_snapctl` forks one, but with the script's stdin, stdout and stderr (see
+    snapctl_forkserver.ShellForkServer); ``SNAPCTL_TEST_EXEC=1``: the console script's own."""
+    global _SHELL
+    if os.environ.get("SNAPCTL_TEST_EXEC") == "1":
+        return Path(SNAPCTL).parent
+    if _SHELL is None:
+        import atexit
+
+        from snapctl_forkserver import ShellForkServer
+
+        _SHELL = ShellForkServer()
+        atexit.register(_SHELL.close)
+    return _SHELL.bin
+
+
 def run_snapctl(
     args: list[str], *, cwd: Path, env: dict[str, str], input: str | None = None, timeout: float = 120
 ) -> Run:

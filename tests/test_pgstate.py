@@ -10,7 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from snapctl_testing import SNAPCTL, Run, run_snapctl, snapctl_env, start_apply, stats, tasks, wait_for
+from snapctl_testing import SNAPCTL, Run, run_snapctl, snapctl_bin, snapctl_env, start_apply, stats, tasks, wait_for
 
 from reconciler.state.postgres import SCHEMA_VERSION
 
@@ -316,8 +316,9 @@ def run_template_steps(path: Path, job: str, env: dict, cwd: Path) -> subprocess
 
 
 def template_env(work: Path, env: dict) -> dict:
+    """The environment of a template's job; its ``snapctl`` is forked as run_snapctl's are (snapctl_bin)."""
     return env | {
-        "PATH": f"{Path(SNAPCTL).parent}:{os.environ['PATH']}",
+        "PATH": f"{snapctl_bin()}:{Path(SNAPCTL).parent}:{os.environ['PATH']}",
         "SNAPCTL_WORKSPACE": "production",
         "GITHUB_STEP_SUMMARY": str(work / "summary.md"),
         "GITHUB_OUTPUT": str(work / "output"),
