@@ -142,7 +142,12 @@ class ApplyReport:
         return any(r.error is not None and r.error.retryable for r in self.failures)
 
 
-def stop_request(body: Mapping) -> api.StopSnapshotRequest:
+def stop_request(body: Mapping, address: str | None = None) -> api.StopSnapshotRequest:
+    """The StopSnapshot of a task the state records as running ``body``; with ``address``, a
+    record that names another task (a hand-edited state) is refused: that Stop would end it."""
+    named = f"{body['AppId']}/{body['RoomId']}/{body['TaskId']}"
+    if address is not None and named != address:
+        raise ValueError(f"the state's record of {address} names another task, {named}")
     return api.StopSnapshotRequest(
         app_id=body["AppId"], business_id=body.get("BusinessId"), room_id=body["RoomId"], task_id=body["TaskId"]
     )
@@ -393,7 +398,7 @@ class Applier:
         update: api.UpdateSnapshotRequest | None = None
         with _building(address):
             if kind in (ActionKind.delete.value, ActionKind.replace.value) and found:
-                stop = stop_request(action.current)
+                stop = stop_request(action.current, address)
                 orjson.dumps(stop.wire())
             if kind != ActionKind.delete.value:
                 start = self.requests[address]

@@ -174,3 +174,24 @@ def test_an_unreadable_state_url_is_one_line_showing_none_of_it(tmp_path, emulat
         assert "Secret42" not in moved.output, line
     assert not (work / "p.plan").exists() and not (work / "moved").exists()
     assert emulator.stats()["by_action"].keys() == {"StartSnapshot"}  # the first apply's only
+
+
+def test_a_state_record_naming_another_task_stops_nothing(tmp_path, emulator):
+    """A task's record in the state names the task a Stop goes to: edited by hand to name
+    another task, deleting the first must not stop the second. The delete fails in one
+    line naming both, nothing is sent, and the other task still runs."""
+    import json
+
+    from snapctl_testing import calls, tasks
+
+    work, env = project(tmp_path, emulator.url, "state/s.json")
+    snap(work, env, "apply", "--auto-approve")
+    path = work / "state" / "s.json"
+    document = json.loads(path.read_text())
+    document["tasks"][f"{APP}/R/T0"]["request"]["TaskId"] = "T1"
+    path.write_text(json.dumps(document))
+    (work / "manifests" / "app.yaml").write_text(manifest().replace("      T0: {image: {interval: 5}}\n", ""))
+    run = snap(work, env, "apply", "--auto-approve", code=1)
+    assert f"the state's record of {APP}/R/T0 names another task, {APP}/R/T1" in run.output, run.output
+    assert calls(emulator.url, "StopSnapshot") == 0
+    assert sorted(tasks(emulator.url)) == [f"{APP}/R/T0", f"{APP}/R/T1"]
