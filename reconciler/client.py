@@ -261,6 +261,7 @@ class SnapshotClient:
                 self.stats.record(action, "ok" if result != api.ALREADY_STARTED else "already_started")
                 return result, request_id, attempt, may_have_run
             except ApiError as exc:
+                _hide_secrets(exc, body, self._key)
                 exc.action = action
                 exc.attempts = attempt  # type: ignore[attr-defined]
                 # Whether any attempt of this call may have acted (not only this one).
@@ -539,6 +540,23 @@ def read_request_headers(
 
 
 _EPHEMERAL: list[Fingerprint] = []
+
+
+def _hide_secrets(exc: ApiError, body: dict | None, key: Any) -> None:
+    """An answer's message that quotes a secret of the call (the storage keys it sent, the
+    credentials it was signed with) says ``***`` instead: the documented messages name fields,
+    not values, but what an answer says is printed, logged and kept in JSON documents."""
+    storage = (body or {}).get("StorageConfig") or {}
+    custom = storage.get("CustomConfig") if isinstance(storage, dict) else None
+    secrets = [custom.get("AccessKey"), custom.get("SecretKey")] if isinstance(custom, dict) else []
+    secrets += [getattr(key, "secret_key", None), getattr(key, "session_token", None)]
+    message = exc.message
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= 4 and secret in message:
+            message = message.replace(secret, "***")
+    if message != exc.message:
+        exc.message = message
+        exc.args = (message, *exc.args[1:])
 
 
 def _ephemeral_fingerprint() -> Fingerprint:

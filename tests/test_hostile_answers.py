@@ -511,3 +511,34 @@ def test_a_write_answered_without_its_documented_result_is_never_taken_for_done(
         address("Refused"),
     }
     assert set(read_state(work / "state" / "snapctl.state.json").tasks) == {address("Fine"), address("Refused")}
+
+
+def test_an_error_message_quoting_a_secret_of_the_call_shows_none(tmp_path, emulator, hostile):
+    """An answer whose message quotes the storage keys the call sent, or the credentials it was
+    signed with: none of them reaches the output, the diagnostic log or the state (``***``)."""
+    from reconciler.emulator.config import DEFAULT_SECRET_KEY
+
+    storage_secret, storage_key = "SK-quoted-back-7a1c", "AK-quoted-back-2b9d"
+    text = (
+        f"app_id: {APP}\nstorage:\n"
+        "  offsite:\n    type: custom\n    vendor: s3\n    region: 0\n    bucket: b\n"
+        "    access_key: ${env:QUOTED_AK}\n    secret_key: ${env:QUOTED_SK}\n"
+        "rooms:\n  R:\n    tasks:\n      Quoted: {storage: offsite}\n      Fine: {storage: offsite}\n"
+    )
+    work = new_project(tmp_path, emulator.url, {"app.yaml": text})
+    log = tmp_path / "snapctl.log"
+    env = snapctl_env(
+        hostile.url, work, QUOTED_AK=storage_key, QUOTED_SK=storage_secret,
+        SNAPCTL_LOG="debug", SNAPCTL_LOG_PATH=str(log),
+    )  # fmt: skip
+    quoted = f"SecretKey {storage_secret} (AccessKey {storage_key}) refused; signed with {DEFAULT_SECRET_KEY}"
+    error = {"Code": "InvalidParameter", "CodeN": 10001, "Message": quoted}
+    hostile.rig(address("Quoted"), Hostile(envelope={"ResponseMetadata": {"Error": error}}, status=400),
+                action="StartSnapshot")  # fmt: skip
+    for args in (["apply", "--auto-approve"], ["apply", "--auto-approve", "--json"]):
+        run = run_snapctl(args, cwd=work, env=env)
+        assert run.code == 1 and "refused; signed with ***" in run.output, run.output
+        assert "SecretKey *** (AccessKey ***)" in run.output, run.output
+    kept = [run.output, log.read_text(), *(p.read_text() for p in (work / "state").iterdir() if p.is_file())]
+    for secret in (storage_secret, storage_key, DEFAULT_SECRET_KEY):
+        assert not [text for text in kept if secret in text], secret
