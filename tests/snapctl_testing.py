@@ -180,6 +180,7 @@ class Watch:
     the test did not stop."""
 
     def __init__(self, work: Path, env: dict[str, str], *args: str, merged: bool = False):
+        self.work = work
         self.proc = subprocess.Popen(
             [SNAPCTL, "reconcile", "--watch", *args],
             cwd=work,

@@ -127,28 +127,52 @@ def test_full_disk_stops_the_apply_and_loses_nothing(small_disk, emulator, tmp_p
     assert not (small_disk / "state" / "s.json.journal").exists()
 
 
-def test_the_controller_says_a_full_disk_once_and_when_it_is_over(small_disk, emulator, tmp_path):
-    """A full disk fails each hold of reconcile --watch: it says so in one line, not one per
-    hold, and once more when holds succeed again; the task is healed then."""
-    import httpx
+def watch_three_tasks(emulator, tmp_path: Path, *args: str, small_disk: Path | None = None):
+    """``reconcile --watch`` (a Watch) of three tasks read every 0.2 s; with ``small_disk``, its
+    state is there."""
     from snapctl_testing import Watch
 
     work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
     env = snapctl_env(emulator.url, work)
-    (small_disk / "state").mkdir()
-    state = str(small_disk / "state" / "s.json")
-    with Watch(work, env, "--state", state, "--interval", "0.2", "--metrics-port", "0") as watch:
+    if small_disk is not None:
+        (small_disk / "state").mkdir()
+        args = ("--state", str(small_disk / "state" / "s.json"), *args)
+    return Watch(work, env, "--interval", "0.2", *args)
+
+
+def fill(disk: Path) -> Path:
+    """The file that leaves ``disk`` no free byte (unlink it to make room again)."""
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * free_bytes(disk))
+    return filler
+
+
+def stop_t1(emulator) -> None:
+    """T1 of room R0 stopped out of band, for the controller to heal."""
+    emulator.admin("stop-task", {"AppId": APP, "RoomId": "R0", "TaskId": "T1"})
+
+
+def lock_holds(port: int, result: str) -> int:
+    """The controller's ``snapctl_lock_holds_total{result=...}``, from its metrics port."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    found = re.search(r'snapctl_lock_holds_total\{result="%s"\} (\d+)' % result, text)
+    return int(found.group(1)) if found else 0
+
+
+def test_the_controller_says_a_full_disk_once_and_when_it_is_over(small_disk, emulator, tmp_path):
+    """A full disk fails each hold of reconcile --watch: it says so in one line, not one per
+    hold, and once more when holds succeed again; the task is healed then."""
+    with watch_three_tasks(emulator, tmp_path, "--metrics-port", "0", small_disk=small_disk) as watch:
         port = watch.port
         wait_for(lambda: len(tasks(emulator.url)) == 3, what="the tasks started")
         watch.wait_line("Acted in", what="the creates recorded")
-        filler = small_disk / "filler"
-        filler.write_bytes(b"\0" * free_bytes(small_disk))
-        emulator.admin("stop-task", {"AppId": APP, "RoomId": "R0", "TaskId": "T1"})
+        filler = fill(small_disk)
+        stop_t1(emulator)
 
         def failed_holds() -> int:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            found = re.search(r'snapctl_lock_holds_total\{result="failed"\} (\d+)', text)
-            return int(found.group(1)) if found else 0
+            return lock_holds(port, "failed")
 
         # Four holds (at most three distinct errors): a line per hold would repeat one.
         wait_for(lambda: failed_holds() >= 4, what="four failed holds", timeout=60)
@@ -167,17 +191,10 @@ def test_the_controller_waits_longer_after_each_failed_hold(small_disk, emulator
     """After a hold that fails (a full disk) the next waits 0.3 s, then twice as long at each
     failure in a row (up to 5 s), as each failed hold's --json line says; once the disk has
     room, a hold succeeds (its line has no pause) and heals the task."""
-    from snapctl_testing import Watch
-
-    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
-    env = snapctl_env(emulator.url, work)
-    (small_disk / "state").mkdir()
-    state = str(small_disk / "state" / "s.json")
-    with Watch(work, env, "--state", state, "--interval", "0.2", "--json") as watch:
+    with watch_three_tasks(emulator, tmp_path, "--json", small_disk=small_disk) as watch:
         wait_for(lambda: any(d.get("result") for d in watch.documents()), what="the creates recorded")
-        filler = small_disk / "filler"
-        filler.write_bytes(b"\0" * free_bytes(small_disk))
-        emulator.admin("stop-task", {"AppId": APP, "RoomId": "R0", "TaskId": "T1"})
+        filler = fill(small_disk)
+        stop_t1(emulator)
 
         def failed() -> list[dict]:
             return [d for d in watch.documents() if d.get("error")]
@@ -199,22 +216,12 @@ def test_the_controller_waits_longer_after_each_failed_hold(small_disk, emulator
 def test_the_controller_stopped_on_a_full_disk_does_not_claim_the_state_written(small_disk, emulator, tmp_path):
     """Stopped while its state's disk is full, reconcile --watch says the reads since its last hold
     could not be recorded (and why), not "the state is written"; the next run reads them again."""
-    import httpx
-    from snapctl_testing import Watch
-
-    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
-    env = snapctl_env(emulator.url, work)
-    (small_disk / "state").mkdir()
-    state = str(small_disk / "state" / "s.json")
-    with Watch(work, env, "--state", state, "--interval", "0.2", "--metrics-port", "0") as watch:
+    with watch_three_tasks(emulator, tmp_path, "--metrics-port", "0", small_disk=small_disk) as watch:
         port = watch.port
         watch.wait_line("Acted in", what="the creates recorded")
-        (small_disk / "filler").write_bytes(b"\0" * free_bytes(small_disk))
-        emulator.admin("stop-task", {"AppId": APP, "RoomId": "R0", "TaskId": "T1"})
-        wait_for(
-            lambda: 'snapctl_lock_holds_total{result="failed"}' in httpx.get(f"http://127.0.0.1:{port}/metrics").text,
-            what="a failed hold",
-        )
+        fill(small_disk)
+        stop_t1(emulator)
+        wait_for(lambda: lock_holds(port, "failed") >= 1, what="a failed hold")
         assert watch.stop() == 0
     last = watch.lines["stderr"][-1]
     assert "Stopped after" in last and "could not be recorded" in last and "the disk is full" in last, last
@@ -225,22 +232,15 @@ def test_a_lock_held_by_someone_else_is_no_failed_hold(emulator, tmp_path):
     """While a pipeline holds the state's lock, the controller's holds wait and count as
     locked (snapctl_lock_holds_total{result="locked"}), not failed (what the alert
     SnapctlHoldsFailing watches); once the lock is free it heals the task it found stopped."""
-    import httpx
-    from snapctl_testing import Watch
-
-    work = project(tmp_path, emulator.url, {"app.yaml": many_tasks(1, 3)})
-    env = snapctl_env(emulator.url, work)
-    with Watch(work, env, "--interval", "0.2", "--metrics-port", "0") as watch:
+    with watch_three_tasks(emulator, tmp_path, "--metrics-port", "0") as watch:
         port = watch.port
         wait_for(lambda: len(tasks(emulator.url)) == 3, what="the tasks started")
         watch.wait_line("Acted in", what="the creates recorded")
 
         def holds(result: str) -> int:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            found = re.search(r'snapctl_lock_holds_total\{result="%s"\} (\d+)' % result, text)
-            return int(found.group(1)) if found else 0
+            return lock_holds(port, result)
 
-        lock = work / "state" / "snapctl.state.json.lock"
+        lock = watch.work / "state" / "snapctl.state.json.lock"
         holder = subprocess.Popen(
             [
                 "python3",
@@ -254,7 +254,7 @@ def test_a_lock_held_by_someone_else_is_no_failed_hold(emulator, tmp_path):
         )
         try:
             assert holder.stdout.readline().strip() == "locked"
-            emulator.admin("stop-task", {"AppId": APP, "RoomId": "R0", "TaskId": "T1"})
+            stop_t1(emulator)
             wait_for(lambda: holds("locked") >= 1, what="a hold that found the lock taken")
             assert f"{APP}/R0/T1" not in tasks(emulator.url)
         finally:
