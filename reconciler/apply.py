@@ -23,9 +23,11 @@ did not adopt (``StateStore.record_not_adopted``), which stay refused without ``
 The intent of such a StartSnapshot keeps when it was sent (``owned_if_started_after``):
 if the run dies, or its disk fills, before the refusal is recorded, the intent stays
 pending, and a later run cannot tell that task from one this state started and never
-recorded. There, "already started" is judged by the task's StartTime (GetSnapshotTask):
-a task started before the call (give or take :data:`START_TIME_SKEW_S`) is another's and
-is not adopted; one started since is this state's.
+recorded. So a later run reads such a task (GetSnapshotTask) before it sends anything:
+one started since the call (give or take :data:`START_TIME_SKEW_S`) is this state's; one
+running from before is another's, sent nothing and not adopted; one not found (never
+started, or older than the read's 72 hours) may only be started, never stopped or
+updated, and an "already started" answer is judged by StartTime again.
 """
 
 from __future__ import annotations
