@@ -188,6 +188,8 @@ class Applier:
         self.adopt = adopt
         #: Tasks whose StartSnapshot answered "already started" and that this state may not adopt.
         self._refused: set[str] = set()
+        #: Tasks a new state's unsettled first Start left, read and found this state's (started since).
+        self._found_own: set[str] = set()
 
     def may_adopt(self, address: str) -> bool:
         """Whether a task that already runs may be recorded as this state's (see the module's docstring)."""
@@ -326,6 +328,8 @@ class Applier:
     def _owned_if_started_after(self, address: str) -> int | None:
         """For the intent of a StartSnapshot: when a state that may not adopt the task sent its
         first call for it (epoch ms), kept from an earlier run's intent; None where it may."""
+        if address in self._found_own:
+            return None  # read already, and this state's: an "already started" needs no second read
         earlier = self.store.state.pending.get(address)
         if earlier is not None and earlier.get("owned_if_started_after") is not None:
             return earlier["owned_if_started_after"]
@@ -349,6 +353,7 @@ class Applier:
         # A failed read raises (the task's result is an error): its intent stays pending, judged next run.
         seen = await self.client.get_task(*address.split("/", 2))
         if _started_since(seen, owned_after):
+            self._found_own.add(address)
             return True
         if seen.observed.value not in RUNS:
             return False
